@@ -1,0 +1,1 @@
+"""aime-jax: AIME (Action Inference by Maximising Evidence) in JAX/Flax."""

@@ -1,0 +1,13 @@
+"""Errors caused by user input: the command-line entry points print their message, no traceback."""
+
+
+class AimeError(Exception):
+    """Bad input (a name, a path, a dataset, a config); the message names the problem and the fix."""
+
+
+class DatasetError(AimeError):
+    """A dataset folder or episode file that cannot be used as it is."""
+
+
+class ConfigError(AimeError):
+    """A configuration value that is unknown, of the wrong type or inconsistent."""

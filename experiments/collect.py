@@ -1,0 +1,38 @@
+"""Collects episodes in the simulator, e.g.
+
+  python experiments/collect.py --env=walker-walk --modality=visual --policy=random --episodes=2 --out=DIR
+
+Rerunning the same command continues an interrupted collection.
+"""
+import sys
+
+from absl import app, flags
+
+from aime_jax.data.collect import collect
+from aime_jax.errors import AimeError
+
+flags.DEFINE_string("env", "walker-walk", "Environment, e.g. walker-walk or cheetah-run.")
+flags.DEFINE_string("modality", "mdp", "mdp, lpomdp or visual (visual also stores images).")
+flags.DEFINE_string("policy", "random", "Policy that acts: 'random'.")
+flags.DEFINE_integer("episodes", 10, "Number of episodes.")
+flags.DEFINE_string("out", None, "Output folder.", required=True)
+flags.DEFINE_integer("seed", 0, "Seed; episode i depends only on (seed, i).")
+flags.DEFINE_integer("action_repeat", 2, "Simulator steps per agent step.")
+flags.DEFINE_integer("image_size", 64, "Image height and width (visual).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    try:
+        paths = collect(
+            FLAGS.env, FLAGS.modality, FLAGS.out, FLAGS.episodes, FLAGS.policy, FLAGS.seed,
+            FLAGS.action_repeat, FLAGS.image_size,
+        )
+    except AimeError as e:
+        sys.exit(f"error: {e}")
+    print(f"{len(paths)} episodes in {FLAGS.out}")
+
+
+if __name__ == "__main__":
+    app.run(main)

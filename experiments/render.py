@@ -1,0 +1,33 @@
+"""Re-renders the `image` key of a folder of episodes from their stored physics states, e.g.
+
+  python experiments/render.py --data=DIR --size=64 --workers=4
+
+Rerunning continues an interrupted render (files that already have images of --size are skipped).
+"""
+import sys
+
+from absl import app, flags
+
+from aime_jax.data.render import render_folder
+from aime_jax.errors import AimeError
+
+flags.DEFINE_string("data", None, "Folder of episodes.", required=True)
+flags.DEFINE_integer("size", 64, "Image height and width.")
+flags.DEFINE_integer("workers", None, "Rendering processes (default: all cores).")
+flags.DEFINE_integer("camera", 0, "MuJoCo camera id.")
+flags.DEFINE_string("domain", None, "walker or cheetah (default: from meta.json or the keys).")
+flags.DEFINE_bool("force", False, "Render again even where images of this size exist.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    try:
+        n = render_folder(FLAGS.data, FLAGS.size, FLAGS.workers, FLAGS.camera, FLAGS.domain, FLAGS.force)
+    except AimeError as e:
+        sys.exit(f"error: {e}")
+    print(f"rendered {n} episodes in {FLAGS.data}")
+
+
+if __name__ == "__main__":
+    app.run(main)
