@@ -1,0 +1,57 @@
+"""The collection and rendering commands, end to end on the real simulator."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from aime_jax.data import EpisodeStore, load_episode
+from aime_jax.errors import DatasetError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_collect_visual_then_rerender_state_only_copy(tmp_path):
+    visual, state = tmp_path / "visual", tmp_path / "state"
+    out = _run("experiments/collect.py", "--env=cheetah-run", "--modality=visual", "--policy=random",
+               "--episodes=1", f"--out={visual}")
+    assert out.returncode == 0, out.stderr
+    assert "1/1" in out.stderr  # the progress bar
+    ep = load_episode(visual / "0.npz")
+    assert ep["image"].shape == (501, 64, 64, 3) and ep["image"].dtype == np.uint8
+    assert {"position", "velocity", "physics_state", "pre_action", "reward"} <= set(ep)
+
+    # The same seed without images, rendered afterwards on two processes, gives the same frames.
+    out = _run("experiments/collect.py", "--env=cheetah-run", "--modality=mdp", "--episodes=1", f"--out={state}")
+    assert out.returncode == 0, out.stderr
+    assert "image" not in load_episode(state / "0.npz")
+    out = _run("experiments/render.py", f"--data={state}", "--workers=2")
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal(load_episode(state / "0.npz")["image"], ep["image"])
+    # Rendering again is a no-op; a resumed collection adds only the missing episodes.
+    assert "rendered 0 episodes" in _run("experiments/render.py", f"--data={state}").stdout
+    out = _run("experiments/collect.py", "--env=cheetah-run", "--modality=mdp", "--episodes=2", f"--out={state}")
+    assert out.returncode == 0, out.stderr
+    # The new episode has no images yet: the store refuses the mixed folder until it is rendered.
+    with pytest.raises(DatasetError, match=r"1\.npz: its keys .* differ"):
+        EpisodeStore(state, progress=False)
+    assert _run("experiments/render.py", f"--data={state}").returncode == 0
+    assert EpisodeStore(state, progress=False).num_episodes == 2
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    out = _run("experiments/collect.py", "--env=walker-dance", f"--out={tmp_path}")
+    assert out.returncode != 0
+    assert "error: unknown environment 'walker-dance'; valid names:" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = _run("experiments/render.py", f"--data={tmp_path / 'missing'}")
+    assert "error: dataset folder" in out.stderr and "Traceback" not in out.stderr
+    out = _run("experiments/collect.py", "--env=walker-walk", "--policy=expert.ckpt", f"--out={tmp_path}")
+    assert "error: unknown policy 'expert.ckpt'" in out.stderr
