@@ -1,0 +1,209 @@
+"""Data parallelism over one mesh axis, 'data': parameters replicated, batches split on axis 0.
+
+The same code runs on 1 CPU, 8 GPUs or a TPU pod. In a multi-process run every process holds
+only its own slice of the global batch; `shard_batch` stitches the slices into global arrays.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from aime_jax.errors import ConfigError
+
+DATA_AXIS = "data"
+
+
+def _launched_multiprocess() -> bool:
+    """True when the environment shows that a launcher started several processes for this run."""
+    env = os.environ
+    if "JAX_NUM_PROCESSES" in env:
+        return int(env["JAX_NUM_PROCESSES"]) > 1
+    if "JAX_COORDINATOR_ADDRESS" in env or "JAX_PROCESS_ID" in env:
+        return True
+    if int(env.get("SLURM_NTASKS", "1")) > 1:
+        return True
+    tpu_hosts = env.get("TPU_PROCESS_ADDRESSES") or env.get("TPU_WORKER_HOSTNAMES") or ""
+    return len(tpu_hosts.split(",")) > 1
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> bool:
+    """Connects the processes of a multi-process run; returns whether it did.
+
+    Call it first thing in `main`, before any other JAX call (even `jax.devices()`): the
+    backend is fixed the first time JAX touches it, and a backend created before
+    `jax.distributed.initialize` sees only this process's devices.
+
+    A single-process run (no arguments, no launcher in the environment) is left alone. Explicit
+    arguments win; otherwise `JAX_COORDINATOR_ADDRESS` / `JAX_NUM_PROCESSES` / `JAX_PROCESS_ID`
+    (our local launcher), SLURM (`srun` with more than one task) or a multi-worker TPU slice
+    (`TPU_WORKER_HOSTNAMES`, or JAX_NUM_PROCESSES set by the pod launcher) mark a multi-process
+    launch, and JAX's own cluster detection fills in whatever the arguments leave out.
+    """
+    if num_processes is not None:
+        if num_processes <= 1:
+            return False
+    elif not _launched_multiprocess():
+        return False
+    env = os.environ
+    if num_processes is None and "JAX_NUM_PROCESSES" in env:
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and "JAX_PROCESS_ID" in env:
+        process_id = int(env["JAX_PROCESS_ID"])
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
+    )
+    return True
+
+
+def make_mesh(num_devices: int | None = None) -> Mesh:
+    """A 1-D mesh named 'data' over all global devices, or the first `num_devices` of them."""
+    devices = jax.devices()
+    if num_devices is not None:
+        if not 1 <= num_devices <= len(devices):
+            raise ConfigError(
+                f"asked for a mesh of {num_devices} devices but {len(devices)} are available; "
+                f"set the device count between 1 and {len(devices)}, or leave it unset for all"
+            )
+        if num_devices < len(devices) and jax.process_count() > 1:
+            raise ConfigError(
+                f"a mesh over {num_devices} of {len(devices)} devices is only supported in a "
+                "single-process run; leave the device count unset in a multi-process run"
+            )
+        devices = devices[:num_devices]
+    # Auto axes: the train step is written without sharding-in-types, XLA propagates shardings.
+    return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over 'data', the other axes whole on every device."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A full copy on every device of the mesh."""
+    return NamedSharding(mesh, P())
+
+
+def shard_batch(local_batch: Any, mesh: Mesh) -> Any:
+    """Turns this process's share of a batch (a pytree of numpy arrays) into global jax.Arrays.
+
+    Every process passes the same local batch size; the global batch is the concatenation of the
+    local ones in process order along axis 0. In a single-process run the local batch is the
+    whole batch.
+    """
+    sharding = batch_sharding(mesh)
+    num_devices = mesh.shape[DATA_AXIS]
+
+    def put(x: Any) -> jax.Array:
+        x = np.asarray(x)
+        global_shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        if global_shape[0] % num_devices:
+            raise ConfigError(
+                f"the global batch size {global_shape[0]} is not divisible by the {num_devices} "
+                f"devices of the '{DATA_AXIS}' mesh axis; set the batch size to a multiple of "
+                f"{num_devices} or run on a number of devices that divides {global_shape[0]}"
+            )
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+    return jax.tree.map(put, local_batch)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+    """Places a pytree (params, optimizer state, keys) as a full copy on every device.
+
+    In a multi-process run every process must pass the same values (e.g. built from the same
+    seed), as JAX does not check that they agree.
+    """
+    return jax.device_put(tree, replicated(mesh))
+
+
+class _End:
+    """Marks the end of the producer's iterator in the queue."""
+
+
+class _Failure:
+    """Carries an exception from the producer thread to the consumer."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class Prefetcher:
+    """Iterates over device-sharded batches, copying the next ones while the train step runs.
+
+    A background thread pulls host batches from `batches`, calls `shard_batch` on them and
+    keeps at most `depth` of them in a queue. An exception raised by the host iterator (or by
+    the copy) is re-raised from `__next__`. Use as a context manager, or call `close()`, so
+    that an abandoned iteration does not leave the thread blocked on a full queue.
+    """
+
+    def __init__(self, batches: Iterable[Any], mesh: Mesh, depth: int = 2):
+        if depth < 1:
+            raise ConfigError(f"prefetch depth must be at least 1, got {depth}")
+        self._mesh = mesh
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._finished = False
+        self._thread = threading.Thread(
+            target=self._produce, args=(iter(batches),), name="Prefetcher", daemon=True
+        )
+        self._thread.start()
+
+    def _produce(self, batches: Iterator[Any]) -> None:
+        try:
+            for batch in batches:
+                if not self._put(shard_batch(batch, self._mesh)):
+                    return
+            self._put(_End())
+        except BaseException as error:  # re-raised by the consumer in __next__
+            self._put(_Failure(error))
+
+    def _put(self, item: Any) -> bool:
+        # A timed put so that close() can stop a producer blocked on a full queue.
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Prefetcher:
+        return self
+
+    def __next__(self) -> Any:
+        if self._finished:
+            raise StopIteration
+        item = self._queue.get()
+        if isinstance(item, (_End, _Failure)):
+            self._finished = True
+            self._thread.join()
+            if isinstance(item, _Failure):
+                raise item.error
+            raise StopIteration
+        return item
+
+    def close(self) -> None:
+        """Stops the producer thread and frees the batches it had prepared."""
+        self._stop.set()
+        self._finished = True
+        self._thread.join()
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,131 @@
+"""RunLogger: metrics.jsonl, summary lines, progress bar off a TTY, videos, wandb kept off."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import imageio
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aime_jax.logging import RunLogger
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_metrics_jsonl_and_resume_appends(tmp_path):
+    with RunLogger(tmp_path, total_steps=100, log_every=10) as logger:
+        logger.log(10, {"loss": jnp.float32(1.5), "kl": 0.25, "count": jnp.int32(3)})
+        logger.log(20, {"loss": jnp.float32(1.0), "kl": 0.5, "count": 4})
+        logger.log(20, {"return": jnp.asarray(900.0)}, prefix="eval")
+    with RunLogger(tmp_path, total_steps=100, initial_step=20) as logger:
+        logger.log(30, {"loss": jnp.asarray([0.75])[0], "hist": jnp.arange(3)})
+
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [10, 20, 20, 30]
+    assert rows[0]["train/loss"] == 1.5 and rows[0]["train/kl"] == 0.25
+    assert rows[0]["train/count"] == 3 and isinstance(rows[0]["train/count"], int)
+    assert rows[2] == {"step": 20, "eval/return": 900.0, "time": rows[2]["time"]}
+    assert rows[3]["train/loss"] == 0.75 and rows[3]["train/hist"] == [0, 1, 2]
+    assert all(isinstance(r["time"], float) for r in rows)
+
+
+def test_one_summary_line_per_log_call(tmp_path, capsys):
+    with RunLogger(tmp_path, total_steps=100_000, initial_step=900) as logger:
+        logger.advance(100)
+        logger.log(1000, {"loss": jnp.float32(12.3), "kl": jnp.float32(4.5)})
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1
+    assert out[0].startswith("[train] step 1000/100000 | loss 12.3 | kl 4.5 | ")
+    assert out[0].endswith(" steps/s")
+
+
+def test_progress_bar_off_a_tty_prints_little(tmp_path, capsys):
+    with RunLogger(tmp_path, total_steps=5000) as logger:
+        for _ in range(5000):
+            logger.advance()
+    err = capsys.readouterr().err
+    assert "5000/5000" in err
+    assert err.count("\r") + err.count("\n") <= 4
+
+
+def test_should_log():
+    logger = RunLogger("unused", total_steps=25, log_every=10, is_main_process=False)
+    assert [s for s in range(1, 26) if logger.should_log(s)] == [10, 20, 25]
+
+
+def test_non_main_process_writes_and_prints_nothing(tmp_path, capfd):
+    workdir = tmp_path / "run"
+    with RunLogger(workdir, total_steps=10, is_main_process=False) as logger:
+        logger.advance(5)
+        logger.log(5, {"loss": jnp.float32(1.0)})
+        assert logger.video("eval", np.zeros((2, 8, 8, 3), np.uint8), step=5) is None
+    assert not workdir.exists()
+    captured = capfd.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+def test_video_is_written_and_readable(tmp_path):
+    frames = np.random.default_rng(0).integers(0, 256, (12, 64, 48, 3), dtype=np.uint8)
+    with RunLogger(tmp_path, total_steps=10) as logger:
+        path = logger.video("eval_walker", frames, step=500, fps=25)
+        with pytest.raises(ValueError, match="uint8"):
+            logger.video("bad", frames.astype(np.float32), step=500)
+    assert path == tmp_path / "videos" / "eval_walker_500.mp4"
+    read = imageio.mimread(path)
+    assert len(read) == 12 and read[0].shape == (64, 48, 3)
+
+
+def test_wandb_disabled_never_imports_wandb(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import jax.numpy as jnp
+        from aime_jax.logging import RunLogger
+        with RunLogger({str(tmp_path)!r}, total_steps=10, wandb_mode="disabled") as logger:
+            logger.log(1, {{"loss": jnp.float32(1.0)}})
+        assert "wandb" not in sys.modules, "wandb was imported"
+        print("OK")
+        """
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    assert not (tmp_path / "wandb").exists()
+
+
+def test_wandb_offline_logs_and_resumes_the_same_run(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import numpy as np, jax.numpy as jnp
+        from aime_jax.logging import RunLogger
+        for start in (0, 2):
+            with RunLogger({str(tmp_path)!r}, total_steps=10, initial_step=start,
+                           wandb_mode="offline", config={{"seed": 0}}) as logger:
+                logger.log(start + 1, {{"loss": jnp.float32(1.0)}})
+                logger.video("eval", np.zeros((3, 16, 16, 3), np.uint8), step=start + 2)
+        print("OK")
+        """
+    )
+    env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_SILENT="true",
+               WANDB_CONFIG_DIR=str(tmp_path / "cfg"), WANDB_CACHE_DIR=str(tmp_path / "cache"),
+               WANDB_DATA_DIR=str(tmp_path / "data"))
+    env.pop("WANDB_MODE", None)  # conftest disables wandb through the environment
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+    run_id = (tmp_path / "wandb_run_id").read_text()
+    # Both runs write under the one id; wandb names the folders offline-run-{time}-{id}[-n].
+    runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(f"-{run_id}" in r.name for r in runs)
+    assert all(list(r.glob("files/media/**/*.mp4")) for r in runs)
