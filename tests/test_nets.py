@@ -1,0 +1,122 @@
+"""MLP, Gaussian heads, the World Models CNN and the tanh-Gaussian policy."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from aime_jax.errors import ConfigError
+from aime_jax.nets import (
+    MLP,
+    ConvDecoder,
+    ConvEncoder,
+    GaussianMLP,
+    TanhGaussianPolicy,
+    tanh_gaussian_log_prob,
+    tanh_gaussian_mode,
+    tanh_gaussian_sample,
+)
+from aime_jax.nets.cnn import EMBED_SIZE, IMAGE_SHAPE
+
+
+def _init_apply(module, *inputs):
+    # Jitted: eager Flax dispatches (and compiles) op by op, which is slower on CPU.
+    params = jax.jit(module.init)(jax.random.key(0), *inputs)
+    return params, jax.jit(module.apply)(params, *inputs)
+
+
+def test_mlp_shapes_layer_norm_and_identity():
+    x = jnp.ones((2, 3, 5))
+    params, y = _init_apply(MLP((7, 7), 4, "silu", layer_norm=True), x)
+    assert y.shape == (2, 3, 4)
+    assert "LayerNorm_0" in params["params"]
+    _, trunk = _init_apply(MLP((7,), None, "elu"), x)
+    assert trunk.shape == (2, 3, 7)
+    _, same = _init_apply(MLP((), None), x)
+    np.testing.assert_array_equal(same, x)
+    with pytest.raises(ConfigError):
+        _init_apply(MLP((3,), 2, "gelu"), x)
+
+
+@pytest.mark.parametrize(
+    "std, separate, low, high",
+    [("softplus", True, 1e-6, np.inf), ("sigmoid2", False, 0.1, 2.1), ("unit", True, 1.0, 1.0)],
+)
+def test_gaussian_mlp_std_parameterisations(std, separate, low, high):
+    x = 10.0 * jax.random.normal(jax.random.key(1), (4, 6))
+    head = GaussianMLP(3, (8,), separate=separate, std=std, min_std=low if std != "unit" else 0.0)
+    params, (mean, scale) = _init_apply(head, x)
+    assert mean.shape == scale.shape == (4, 3)
+    assert np.all(np.asarray(scale) >= low) and np.all(np.asarray(scale) <= high)
+    expected_nets = {"unit": {"mean"}, "softplus": {"mean", "std"}, "sigmoid2": {"mean_std"}}[std]
+    assert set(params["params"]) == expected_nets
+
+
+def test_conv_encoder_embeds_uint8_images_to_1024():
+    image = jax.random.randint(jax.random.key(2), (2, 3) + IMAGE_SHAPE, 0, 256).astype(jnp.uint8)
+    _, embed = _init_apply(ConvEncoder(), image)
+    assert embed.shape == (2, 3, EMBED_SIZE)
+    assert embed.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(embed)))
+
+
+def test_conv_decoder_outputs_64x64x3_in_unit_range():
+    feats = 5.0 * jax.random.normal(jax.random.key(3), (2, 3, 24))
+    _, image = _init_apply(ConvDecoder(depth=8), feats)
+    assert image.shape == (2, 3) + IMAGE_SHAPE
+    assert np.all((np.asarray(image) >= 0) & (np.asarray(image) <= 1))
+
+
+def _normal_cdf(x):
+    return 0.5 * (1.0 + math.erf(x / math.sqrt(2.0)))
+
+
+def test_tanh_gaussian_log_prob_matches_numerical_change_of_variables():
+    mean, std = 0.3, 0.7
+    actions = np.linspace(-0.95, 0.95, 19)
+    eps = 1e-5
+    # Density of a = tanh(u), u ~ N(mean, std), as the derivative of its CDF P(a' <= a).
+    cdf = lambda a: _normal_cdf((math.atanh(a) - mean) / std)  # noqa: E731
+    reference = [math.log((cdf(a + eps) - cdf(a - eps)) / (2 * eps)) for a in actions]
+    ones = jnp.ones((len(actions), 1))
+    log_prob = tanh_gaussian_log_prob(mean * ones, std * ones, jnp.asarray(actions)[:, None])
+    assert log_prob.shape == (len(actions),)
+    np.testing.assert_allclose(log_prob, reference, rtol=1e-3, atol=1e-3)
+
+
+def test_tanh_gaussian_log_prob_sums_dims_and_stays_finite_at_the_bounds():
+    mean, std = jnp.zeros((2, 3)), jnp.ones((2, 3))
+    action = jnp.array([[1.0, -1.0, 0.0], [0.5, 0.5, 0.5]])
+    log_prob = tanh_gaussian_log_prob(mean, std, action)
+    assert log_prob.shape == (2,) and np.all(np.isfinite(np.asarray(log_prob)))
+    per_dim = [
+        tanh_gaussian_log_prob(mean[:, i : i + 1], std[:, i : i + 1], action[:, i : i + 1])
+        for i in range(3)
+    ]
+    np.testing.assert_allclose(log_prob, sum(per_dim), rtol=1e-6)
+
+
+def test_tanh_gaussian_sample_is_bounded_and_reparameterised():
+    mean, std = jnp.full((1000, 2), 0.5), jnp.full((1000, 2), 0.3)
+    sample = tanh_gaussian_sample(mean, std, jax.random.key(4))
+    assert np.all(np.abs(np.asarray(sample)) < 1)
+    assert abs(float(jnp.mean(jnp.arctanh(sample))) - 0.5) < 0.05
+    grad = jax.grad(lambda m: jnp.sum(tanh_gaussian_sample(m, std, jax.random.key(4))))(mean)
+    assert np.all(np.asarray(grad) > 0)
+    np.testing.assert_allclose(tanh_gaussian_mode(mean), np.tanh(0.5), rtol=1e-6)
+
+
+def test_tanh_gaussian_policy_methods():
+    policy = TanhGaussianPolicy(action_dim=6, hidden_sizes=(16, 16))
+    feats = jnp.ones((4, 10))
+    params = policy.init(jax.random.key(5), feats)
+    assert set(params["params"]["GaussianMLP_0"]) == {"mean", "std"}
+    mean, std = policy.apply(params, feats)
+    assert mean.shape == std.shape == (4, 6) and np.all(np.asarray(std) > 0)
+    action = policy.apply(params, feats, jax.random.key(6), method=TanhGaussianPolicy.sample)
+    assert action.shape == (4, 6)
+    mode = policy.apply(params, feats, method=TanhGaussianPolicy.mode)
+    np.testing.assert_allclose(mode, jnp.tanh(mean), rtol=1e-6)
+    log_prob = policy.apply(params, feats, action, method=TanhGaussianPolicy.log_prob)
+    np.testing.assert_allclose(log_prob, tanh_gaussian_log_prob(mean, std, action), rtol=1e-6)
