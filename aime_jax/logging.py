@@ -100,8 +100,11 @@ class RunLogger:
         """Moves the progress bar on by `n` steps."""
         self._bar.update(n)
 
-    def log(self, step: int, metrics: dict[str, Any], prefix: str = "train") -> None:
-        """Records scalar (or small array) metrics at `step`.
+    def log(
+        self, step: int, metrics: dict[str, Any], prefix: str = "train", summary: tuple[str, ...] | None = None
+    ) -> None:
+        """Records scalar (or small array) metrics at `step`; `summary` picks (and orders) the
+        metrics of the printed line (default: all). Every metric goes to the files and wandb.
 
         The only place where metrics leave the device: one `jax.device_get` for the whole dict,
         so the train loop keeps dispatching steps between log calls.
@@ -119,7 +122,8 @@ class RunLogger:
 
         self._metrics_file.write(json.dumps({"step": step, **values, "time": time.time()}) + "\n")
         self._metrics_file.flush()
-        shown = [f"{key} {_format(v)}" for key, v in host.items() if isinstance(v, (int, float))]
+        keys = [k for k in summary if k in host] if summary is not None else list(host)
+        shown = [f"{key} {_format(host[key])}" for key in keys if isinstance(host[key], (int, float))]
         summary = " | ".join(
             [f"[{prefix}] step {step}/{self.total_steps}", *shown, f"{steps_per_s:.1f} steps/s"]
         )

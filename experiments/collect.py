@@ -6,7 +6,7 @@ Rerunning the same command continues an interrupted collection.
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from aime_jax.data.collect import collect
 from aime_jax.errors import AimeError
@@ -24,6 +24,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:
+        # Orbax and dm_control log every detail at INFO; --verbosity=0 brings it back.
+        logging.set_verbosity(logging.WARNING)
     try:
         paths = collect(
             FLAGS.env, FLAGS.modality, FLAGS.out, FLAGS.episodes, FLAGS.policy, FLAGS.seed,

@@ -6,7 +6,7 @@ Rerunning continues an interrupted render (files that already have images of --s
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from aime_jax.data.render import render_folder
 from aime_jax.errors import AimeError
@@ -22,6 +22,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    if not FLAGS["verbosity"].present:
+        # Orbax and dm_control log every detail at INFO; --verbosity=0 brings it back.
+        logging.set_verbosity(logging.WARNING)
     try:
         n = render_folder(FLAGS.data, FLAGS.size, FLAGS.workers, FLAGS.camera, FLAGS.domain, FLAGS.force)
     except AimeError as e:

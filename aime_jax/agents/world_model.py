@@ -1,0 +1,282 @@
+"""Phase 1 of AIME: fit the world model to embodiment data by maximising the ELBO.
+
+`make_train_step` returns the pure step `(state, batch) -> (state, metrics)`; it is jitted with
+the train state replicated and donated and the batch split over the mesh's 'data' axis, so the
+same code runs on one CPU, several GPUs or a TPU pod. `train_world_model(config, workdir)` owns
+the loop: data stream, checkpoints, validation, logging.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from aime_jax import parallel
+from aime_jax.checkpoint import Checkpointer
+from aime_jax.data import EpisodeStore, WindowSampler
+from aime_jax.errors import AimeError, DatasetError
+from aime_jax.logging import RunLogger
+from aime_jax.world_model import rssm
+
+ACTION_KEY = "pre_action"
+# What the one-line summaries show; metrics.jsonl and wandb get everything.
+SUMMARY = ("loss", "nelbo_per_step", "recon_per_step", "kl_per_step", "grad_norm")
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs; `rng` is a raw uint32 key, folded with `step` per step."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def _detached_heads(params) -> dict[str, bool]:
+    """Top-level parameter groups trained on detached features (probes, inverse dynamics)."""
+    return {name: name.startswith(("probes_", "idm")) for name in params}
+
+
+def _labels(params):
+    return {name: "heads" if head else "model" for name, head in _detached_heads(params).items()}
+
+
+def make_optimizer(lr: float, grad_clip: float) -> optax.GradientTransformation:
+    """Adam with global-norm clipping, applied separately to the world model and to the detached
+    heads, so that a probe's large gradients never shrink the world model's clipped step."""
+    def adam():
+        return optax.chain(optax.clip_by_global_norm(grad_clip), optax.adam(lr))
+
+    return optax.multi_transform({"model": adam(), "heads": adam()}, _labels)
+
+
+def batch_keys(wm_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    return (*wm_config.obs_keys, *wm_config.probe_keys, ACTION_KEY)
+
+
+def obs_spec(store: EpisodeStore, keys) -> dict[str, tuple[int, ...]]:
+    store.check_keys(keys)
+    return {k: tuple(store.arrays[k].shape[1:]) for k in keys}
+
+
+def create_train_state(
+    wm_config: ml_collections.ConfigDict,
+    spec: Mapping[str, tuple[int, ...]],
+    action_dim: int,
+    optimizer: optax.GradientTransformation,
+    seed: int,
+) -> tuple[rssm.WorldModel, TrainState]:
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+    model, params = rssm.init_world_model(wm_config, spec, action_dim, init_rng)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), rng=train_rng
+    )
+    return model, state
+
+
+def make_train_step(
+    model: rssm.WorldModel, wm_config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation
+) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            return rssm.elbo_loss(model, params, batch, rng, wm_config)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        heads = _detached_heads(grads)
+        metrics["grad_norm"] = optax.global_norm({k: g for k, g in grads.items() if not heads[k]})
+        if any(heads.values()):
+            metrics["head_grad_norm"] = optax.global_norm({k: g for k, g in grads.items() if heads[k]})
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(model: rssm.WorldModel, wm_config: ml_collections.ConfigDict):
+    def eval_step(params, batch, rng):
+        return rssm.elbo_loss(model, params, batch, rng, wm_config)[1]
+
+    return eval_step
+
+
+def open_loop_prediction(model: rssm.WorldModel, params, batch, rng, context: int) -> jax.Array:
+    """Filters `context` frames, imagines the rest under the recorded actions; returns decoded
+    image means (B, T, H, W, 3) in [0, 1]."""
+    obs = {k: batch[k] for k in model.config.obs_keys}
+    actions = batch[ACTION_KEY]
+    embeds = model.apply({"params": params}, obs, method=rssm.WorldModel.embed)
+    filter_rng, imagine_rng = jax.random.split(rng)
+    states, _ = rssm.observe(model, params, embeds[:, :context], actions[:, :context], filter_rng)
+    last = jax.tree.map(lambda x: x[:, -1], states)
+    imagined, _ = rssm.imagine(model, params, last, actions[:, context:], imagine_rng)
+    joined = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), states, imagined)
+    dists = model.apply({"params": params}, rssm.features(joined), method=rssm.WorldModel.decode)
+    return dists[rssm.IMAGE_KEY][0]
+
+
+def split_episodes(store: EpisodeStore, val_fraction: float) -> tuple[EpisodeStore, EpisodeStore]:
+    """The last `val_fraction` of the episodes (at least one) are held out for validation."""
+    n = store.num_episodes
+    if n < 2:
+        raise DatasetError(
+            f"{store.folder!r} holds {n} episode; phase 1 needs at least 2 (one is held out for "
+            "validation): collect more"
+        )
+    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
+    return store.select(range(n - n_val)), store.select(range(n - n_val, n))
+
+
+def _finite(metrics: Mapping[str, Any]) -> bool:
+    return all(np.all(np.isfinite(v)) for v in metrics.values())
+
+
+class _Phase1:
+    """The pieces of a phase-1 run, built from a config and a dataset folder."""
+
+    def __init__(self, config: ml_collections.ConfigDict, data_dir: str, mesh):
+        self.config = config
+        self.mesh = mesh
+        wm = config.world_model
+        store = EpisodeStore(data_dir, progress=jax.process_index() == 0)
+        self.keys = batch_keys(wm)
+        spec = obs_spec(store, self.keys)
+        self.action_dim = spec.pop(ACTION_KEY)[-1]
+        self.train_store, self.val_store = split_episodes(store, config.data.val_fraction)
+        self.fingerprint = store.fingerprint
+        self.optimizer = make_optimizer(config.phase1.lr, config.phase1.grad_clip)
+        self.model, state = create_train_state(wm, spec, self.action_dim, self.optimizer, config.seed)
+        self.state = parallel.replicate(state, mesh)
+        self.sampler = WindowSampler(
+            self.train_store, config.data.window, config.data.batch_size, config.seed, self.keys,
+            jax.process_index(), jax.process_count(),
+        )
+        val_sampler = WindowSampler(
+            self.val_store, config.data.window, config.data.batch_size, config.seed + 1, self.keys,
+            jax.process_index(), jax.process_count(),
+        )
+        self.val_batches = [val_sampler.batch(i) for i in range(config.phase1.val_batches)]
+        repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+        self.train_step = jax.jit(
+            make_train_step(self.model, wm, self.optimizer),
+            in_shardings=(repl, data),
+            out_shardings=(repl, repl),
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(
+            make_eval_step(self.model, wm), in_shardings=(repl, data, repl), out_shardings=repl
+        )
+        self.video_fn = None
+        if rssm.IMAGE_KEY in wm.obs_keys:
+            context = min(config.phase1.video_context, config.data.window - 1)
+            self.video_fn = jax.jit(
+                lambda params, batch, rng: open_loop_prediction(self.model, params, batch, rng, context)
+            )
+
+    def validate(self, params, step: int) -> dict[str, float]:
+        rng = jax.random.PRNGKey(self.config.seed + step)
+        totals: dict[str, float] = {}
+        for batch in self.val_batches:
+            metrics = jax.device_get(self.eval_step(params, parallel.shard_batch(batch, self.mesh), rng))
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v) / len(self.val_batches)
+        return totals
+
+    def video(self, params, step: int) -> np.ndarray:
+        """Truth | open-loop prediction, side by side, for the first validation window."""
+        batch = {k: v[:1] for k, v in self.val_batches[0].items()}
+        pred = jax.device_get(self.video_fn(params, batch, jax.random.PRNGKey(step)))[0]
+        truth = batch[rssm.IMAGE_KEY][0]
+        pred = np.clip(np.round(pred.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
+        return np.concatenate([truth, pred], axis=2)
+
+
+def abstract_train_state(config: ml_collections.ConfigDict, spec, action_dim: int, mesh=None):
+    """Shapes, dtypes and shardings of a phase-1 train state, without allocating it (for restore)."""
+    optimizer = make_optimizer(config.phase1.lr, config.phase1.grad_clip)
+    shapes = jax.eval_shape(
+        lambda: create_train_state(config.world_model, spec, action_dim, optimizer, config.seed)[1]
+    )
+    if mesh is None:
+        return shapes
+    repl = parallel.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=repl), shapes)
+
+
+def train_world_model(config: ml_collections.ConfigDict, workdir: str, data_dir: str, mesh=None) -> TrainState:
+    """Runs (or resumes) phase 1 in `workdir`; returns the final train state.
+
+    A rerun with the same workdir continues from the latest checkpoint and, because the data
+    stream and the step RNG are functions of the step, ends with the parameters of an
+    uninterrupted run.
+    """
+    mesh = mesh or parallel.make_mesh(config.mesh.num_devices or None)
+    run = _Phase1(config, data_dir, mesh)
+    p = config.phase1
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=p.keep, save_interval_steps=p.save_every)
+    state = run.state
+    if ckpt.latest_step() is not None:
+        meta = ckpt.restore_meta()
+        if meta.get("data_fingerprint") != run.fingerprint:
+            raise AimeError(
+                f"{workdir} was trained on another dataset (fingerprint {meta.get('data_fingerprint')}, "
+                f"now {run.fingerprint} for {data_dir!r}); use a new --workdir or restore the dataset"
+            )
+        state, _ = ckpt.restore(state)
+    start = int(jax.device_get(state.step))
+    meta = {"stage": "phase1", "data_dir": os.path.abspath(data_dir), "data_fingerprint": run.fingerprint,
+            "action_dim": int(run.action_dim), "config": config.to_dict()}
+    if start >= p.steps:
+        ckpt.close()
+        return state
+
+    logger = RunLogger(
+        workdir, p.steps, start, p.log_every, config.wandb.mode, config.wandb.project,
+        config.wandb.name or None, config.to_dict(),
+    )
+    last_good = ckpt.latest_step()
+
+    def evaluate(step: int) -> None:
+        probes = tuple(f"probe_mse/{k}" for k in config.world_model.probe_keys)
+        logger.log(step, run.validate(state.params, step), prefix="val", summary=SUMMARY[:4] + probes)
+        if run.video_fn is not None:
+            logger.video("open_loop", run.video(state.params, step), step)
+
+    try:
+        if start == 0:
+            evaluate(0)  # the untrained model's validation ELBO, the baseline of every curve
+        with parallel.Prefetcher(run.sampler.iterate(start), mesh, config.data.prefetch) as batches:
+            for step in range(start + 1, p.steps + 1):
+                state, metrics = run.train_step(state, next(batches))
+                logger.advance()
+                logging_now = step % p.log_every == 0 or step == p.steps
+                saving_now = step % p.save_every == 0 or step == p.steps
+                if logging_now or saving_now:
+                    fetched = jax.device_get(metrics)
+                    if not _finite(fetched):
+                        bad = sorted(k for k, v in fetched.items() if not np.all(np.isfinite(v)))
+                        raise AimeError(
+                            f"phase 1 stopped: non-finite {bad} at step {step}. The last good "
+                            f"checkpoint (step {last_good}) in {workdir} is intact; lower "
+                            "config.phase1.lr or config.phase1.grad_clip and rerun"
+                        )
+                    if logging_now:
+                        logger.log(step, fetched, summary=SUMMARY)
+                if step % p.eval_every == 0 or step == p.steps:
+                    evaluate(step)
+                if saving_now:
+                    ckpt.save(step, state, dict(meta, step=step), force=step == p.steps)
+                    last_good = step
+    finally:
+        ckpt.close()
+        logger.close()
+    return state

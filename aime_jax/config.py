@@ -1,0 +1,152 @@
+"""The experiment configuration: shared defaults for every configs/<domain>_<modality>.py file.
+
+`make_config(domain, modality, arg)` returns the paper's settings (arg '') or a small run that
+finishes on a 2-core CPU in minutes (arg 'quick'). `resolve(config)` fills in what follows from
+the chosen domain and modality (observed and probed keys), and `validate(config)` reports
+config errors before anything is compiled.
+"""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from aime_jax import envs
+from aime_jax.errors import ConfigError
+from aime_jax.world_model.config import get_config as world_model_config
+
+SCALES = ("", "quick")
+STAGES = ("datasets", "phase1")
+# The world model of the release for each domain.
+DEFAULT_VARIANT = {"walker": "rssm", "cheetah": "rssmo"}
+DEFAULT_TASK = {"walker": "walker-walk", "cheetah": "cheetah-run"}
+
+
+def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.ConfigDict:
+    if arg not in SCALES:
+        raise ConfigError(f"unknown config argument {arg!r}; use one of {SCALES} (e.g. configs/walker_mdp.py:quick)")
+    envs.observation_keys(domain, modality)
+    c = ml_collections.ConfigDict()
+    c.domain = domain
+    c.modality = modality
+    c.env = DEFAULT_TASK[domain]
+    c.seed = 0
+    c.stages = "datasets,phase1"
+
+    c.data = ml_collections.ConfigDict()
+    # Datasets live in <root>/<name>; an absolute `embodiment_dir` overrides that.
+    c.data.root = "data"
+    c.data.embodiment = f"{domain}-random"
+    c.data.embodiment_dir = ""
+    # Episodes of the random-policy dataset the datasets stage collects when it is missing.
+    c.data.random_episodes = 1000
+    c.data.window = 50
+    c.data.batch_size = 50
+    c.data.val_fraction = 0.05
+    c.data.prefetch = 2
+
+    c.world_model = world_model_config(DEFAULT_VARIANT[domain])
+
+    c.phase1 = ml_collections.ConfigDict()
+    c.phase1.steps = 100_000  # 1000 epochs x 100 batches, as in the release
+    c.phase1.lr = 3e-4
+    c.phase1.grad_clip = 100.0
+    c.phase1.log_every = 100
+    c.phase1.eval_every = 1000
+    c.phase1.save_every = 1000
+    c.phase1.keep = 3
+    c.phase1.val_batches = 4
+    # Open-loop video (visual): filter this many frames, then imagine the rest of the window.
+    c.phase1.video_context = 5
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.num_devices = 0  # 0: every device
+
+    c.wandb = ml_collections.ConfigDict()
+    c.wandb.mode = "disabled"  # 'online' or 'offline' turns it on
+    c.wandb.project = "aime-jax"
+    c.wandb.name = ""
+
+    if arg == "quick":
+        c.data.random_episodes = 30
+        c.data.batch_size = 16
+        c.data.window = 32
+        c.phase1.steps = 600
+        c.phase1.log_every = 50
+        c.phase1.eval_every = 200
+        c.phase1.save_every = 200
+        c.phase1.val_batches = 2
+        wm = c.world_model
+        wm.deter_size = 128
+        wm.stoch_size = 16 if domain == "cheetah" else 32
+        small = 64 if modality != "visual" else 128
+        for head in (wm.latent, wm.vector_decoder, wm.probe, wm.idm, wm.vector_encoder, wm.pre_gru):
+            head.hidden_sizes = tuple(small for _ in head.hidden_sizes)
+        wm.cnn_depth = 8
+    return c
+
+
+def resolve(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Fills in the keys the world model observes and probes for the configured modality."""
+    validate_names(config)
+    with config.unlocked():
+        config.world_model.obs_keys = envs.observation_keys(config.domain, config.modality)
+        config.world_model.probe_keys = envs.probe_keys(config.domain, config.modality)
+    return config
+
+
+def validate_names(config: ml_collections.ConfigDict) -> None:
+    if config.modality not in envs.MODALITIES:
+        raise ConfigError(f"config.modality={config.modality!r}; choose one of {', '.join(envs.MODALITIES)}")
+    if config.domain not in envs.DOMAINS:
+        raise ConfigError(f"config.domain={config.domain!r}; choose one of {', '.join(envs.DOMAINS)}")
+    if config.env not in envs.ENV_NAMES or envs.domain_of(config.env) != config.domain:
+        valid = [n for n in envs.ENV_NAMES if n.startswith(config.domain + "-")]
+        raise ConfigError(f"config.env={config.env!r}; for {config.domain} choose one of {', '.join(valid)}")
+
+
+def stages(config: ml_collections.ConfigDict) -> list[str]:
+    names = [s.strip() for s in config.stages.split(",") if s.strip()]
+    unknown = [s for s in names if s not in STAGES]
+    if unknown:
+        raise ConfigError(f"config.stages names unknown stage(s) {unknown}; valid stages: {', '.join(STAGES)}")
+    return names
+
+
+def embodiment_dir(config: ml_collections.ConfigDict) -> str:
+    return config.data.embodiment_dir or os.path.join(config.data.root, config.data.embodiment)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+    """Checks that need no compilation; raises ConfigError naming the value and the fix."""
+    validate_names(config)
+    stage_names = stages(config)
+    d = config.data
+    for name in ("window", "batch_size"):
+        if d[name] < 1:
+            raise ConfigError(f"config.data.{name} must be >= 1, got {d[name]}")
+    if d.batch_size % num_devices:
+        raise ConfigError(
+            f"config.data.batch_size={d.batch_size} is not divisible by the {num_devices} devices; "
+            f"use a multiple of {num_devices} or set config.mesh.num_devices"
+        )
+    if d.batch_size % process_count:
+        raise ConfigError(f"config.data.batch_size={d.batch_size} is not divisible by {process_count} processes")
+    if not 0.0 < d.val_fraction < 1.0:
+        raise ConfigError(f"config.data.val_fraction must be in (0, 1), got {d.val_fraction}")
+    p = config.phase1
+    for name in ("steps", "log_every", "eval_every", "save_every", "keep", "val_batches"):
+        if p[name] < 1:
+            raise ConfigError(f"config.phase1.{name} must be >= 1, got {p[name]}")
+    if config.wandb.mode not in ("disabled", "online", "offline"):
+        raise ConfigError(f"config.wandb.mode={config.wandb.mode!r}; use disabled, online or offline")
+    if config.world_model.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"config.world_model.dtype={config.world_model.dtype!r}; use float32 or bfloat16")
+    if config.world_model.variant not in ("rssm", "rssmo"):
+        raise ConfigError(f"config.world_model.variant={config.world_model.variant!r}; use rssm or rssmo")
+    folder = embodiment_dir(config)
+    if "datasets" not in stage_names and not os.path.isdir(folder):
+        raise ConfigError(
+            f"embodiment dataset {folder!r} does not exist; add the 'datasets' stage to "
+            "config.stages, set config.data.embodiment_dir, or collect it with experiments/collect.py"
+        )

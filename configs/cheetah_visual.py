@@ -1,0 +1,6 @@
+"""Cheetah in the visual modality; `configs/cheetah_visual.py:quick` is a small CPU run."""
+from aime_jax.config import make_config
+
+
+def get_config(arg: str = ""):
+    return make_config("cheetah", "visual", arg)

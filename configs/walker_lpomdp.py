@@ -1,0 +1,6 @@
+"""Walker in the LPOMDP modality; `configs/walker_lpomdp.py:quick` is a small CPU run."""
+from aime_jax.config import make_config
+
+
+def get_config(arg: str = ""):
+    return make_config("walker", "lpomdp", arg)
