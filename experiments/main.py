@@ -6,6 +6,7 @@
 interrupted run stopped.
 """
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -35,10 +36,17 @@ def main(argv):
     from aime_jax import stages
     from aime_jax.errors import AimeError
 
-    if FLAGS.config is None:
+    try:
+        config = FLAGS.config
+        if config is not None:
+            config.keys()  # the config file is loaded lazily: fail here, not later
+    except OSError as e:  # ml_collections reports a config file it could not load this way
+        sys.exit(f"error: {e}")
+    if config is None:
         sys.exit("error: --config is required, e.g. --config=configs/walker_mdp.py:quick")
-    config = FLAGS.config
-    workdir = FLAGS.workdir or os.path.join("runs", f"{config.domain}_{config.modality}")
+    # configs/walker_mdp.py:quick -> runs/walker_mdp_quick
+    name = os.path.basename(config_flags.get_config_filename(FLAGS["config"])).replace(".py", "").replace(":", "_")
+    workdir = FLAGS.workdir or os.path.join("runs", name)
     try:
         config_lib.resolve(config)
         mesh_devices = config.mesh.num_devices or jax.device_count()
@@ -55,5 +63,19 @@ def main(argv):
     print(f"done: {', '.join(names)} in {workdir}")
 
 
+def parse_flags(argv):
+    """absl's parser, with config errors (unknown key, wrong type) as one line."""
+    try:
+        return FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        message = str(e)
+        hint = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', message)
+        if hint:
+            message = f"unknown config key {hint.group(2)!r} (did you mean {hint.group(1)!r}?)"
+        elif isinstance(e, (AttributeError, KeyError)):
+            message = f"unknown config key {message}"
+        sys.exit(f"error: bad command line: {message}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,192 @@
+"""Phase 1: the sharded step, resuming, learning on real walker data, and config errors."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from aime_jax import config as config_lib
+from aime_jax.agents import world_model as learner
+from aime_jax.data import save_episode
+from aime_jax.errors import AimeError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(modality="mdp", **phase1):
+    c = config_lib.make_config("walker", modality, "quick")
+    wm = c.world_model
+    wm.deter_size, wm.stoch_size = 32, 8
+    for head in (wm.latent, wm.vector_decoder, wm.probe):
+        head.hidden_sizes = (32,) * len(head.hidden_sizes)
+    c.data.window, c.data.batch_size = 10, 4
+    c.phase1.update(dict(steps=6, log_every=3, eval_every=3, save_every=3, val_batches=1), **phase1)
+    return config_lib.resolve(c)
+
+
+def _params(run_dir, config, data_dir):
+    return jax.device_get(learner.train_world_model(config, run_dir, data_dir).params)
+
+
+def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(walker_random_dir, tmp_path):
+    full = _params(str(tmp_path / "full"), tiny_config(), walker_random_dir)
+    # Interrupted after the step-3 checkpoint, then the same run continued to the end.
+    _params(str(tmp_path / "resumed"), tiny_config(steps=3), walker_random_dir)
+    resumed = _params(str(tmp_path / "resumed"), tiny_config(), walker_random_dir)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    lines = [json.loads(l) for l in open(tmp_path / "resumed" / "metrics.jsonl")]
+    assert sorted({l["step"] for l in lines if "train/loss" in l}) == [3, 6]
+    # A finished run is complete: rerunning it trains nothing more.
+    again = _params(str(tmp_path / "full"), tiny_config(), walker_random_dir)
+    for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(again)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resume_refuses_another_dataset(walker_random_dir, tmp_path):
+    _params(str(tmp_path / "run"), tiny_config(steps=3), walker_random_dir)
+    other = tmp_path / "other"
+    os.makedirs(other)
+    for name in ("0.npz", "1.npz"):
+        with open(os.path.join(walker_random_dir, name), "rb") as src, open(other / name, "wb") as dst:
+            dst.write(src.read())
+    with pytest.raises(AimeError, match="trained on another dataset"):
+        _params(str(tmp_path / "run"), tiny_config(), str(other))
+
+
+def test_non_finite_loss_stops_with_a_message(walker_random_dir, tmp_path):
+    bad = tmp_path / "bad"
+    for i in range(2):
+        with np.load(os.path.join(walker_random_dir, f"{i}.npz")) as z:
+            ep = {k: z[k] for k in z.files}
+        ep["velocity"][:] = np.nan
+        save_episode(bad / f"{i}.npz", ep)
+    with pytest.raises(AimeError, match=r"non-finite .* at step 3.*last good checkpoint \(step None\)"):
+        _params(str(tmp_path / "run"), tiny_config(), str(bad))
+    assert not os.path.exists(tmp_path / "run" / "checkpoints" / "3")
+
+
+_SHARDED = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+sys.path.insert(0, {repo!r})
+sys.path.insert(0, {tests!r})
+import jax, numpy as np
+from test_phase1 import tiny_config
+from aime_jax import parallel
+from aime_jax.agents import world_model as learner
+
+config = tiny_config()
+config.data.batch_size = 8
+spec = {{"orientations": (14,), "height": (1,), "velocity": (9,)}}
+rng = np.random.default_rng(0)
+batch = {{k: rng.normal(size=(8, 10) + s).astype(np.float32) for k, s in spec.items()}}
+batch["pre_action"] = rng.uniform(-1, 1, (8, 10, 6)).astype(np.float32)
+opt = learner.make_optimizer(3e-4, 100.0)
+results = []
+for n in (1, 4):
+    mesh = parallel.make_mesh(n)
+    model, state = learner.create_train_state(config.world_model, spec, 6, opt, 0)
+    state = parallel.replicate(state, mesh)
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    step = jax.jit(learner.make_train_step(model, config.world_model, opt),
+                   in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+    for _ in range(3):
+        state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == n
+    results.append((jax.device_get(state.params), float(metrics["loss"])))
+(p1, l1), (p4, l4) = results
+np.testing.assert_allclose(l1, l4, rtol=1e-5)
+for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+print("OK", l1, l4)
+"""
+
+
+def test_sharded_step_on_4_devices_equals_single_device():
+    code = _SHARDED.format(repo=REPO, tests=os.path.join(REPO, "tests"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_phase1_halves_the_validation_nelbo_on_real_walker_data(walker_random_dir, tmp_path):
+    config = config_lib.resolve(config_lib.make_config("walker", "mdp", "quick"))
+    config.phase1.update(steps=400, eval_every=400, save_every=400)
+    learner.train_world_model(config, str(tmp_path), walker_random_dir)
+    val = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if '"val/nelbo"' in l]
+    first, last = val[0], val[-1]
+    assert first["step"] == 0 and last["step"] == 400
+    assert np.isfinite(last["val/nelbo"])
+    assert last["val/nelbo"] < 0.5 * first["val/nelbo"], (first["val/nelbo"], last["val/nelbo"])
+    assert os.path.isdir(tmp_path / "checkpoints" / "400")
+
+
+@pytest.mark.slow
+def test_visual_phase1_writes_an_open_loop_video(tmp_path):
+    from aime_jax.data.collect import collect
+
+    data = str(tmp_path / "data")
+    collect("walker-stand", "visual", data, episodes=2, seed=0, progress=False)
+    config = config_lib.resolve(config_lib.make_config("walker", "visual", "quick"))
+    config.data.update(window=12, batch_size=2)
+    config.phase1.update(steps=4, log_every=2, eval_every=4, save_every=4, val_batches=1, video_context=4)
+    learner.train_world_model(config, str(tmp_path / "run"), data)
+    videos = os.listdir(tmp_path / "run" / "videos")
+    assert "open_loop_4.mp4" in videos
+    import imageio.v3 as iio
+
+    frames = iio.imread(tmp_path / "run" / "videos" / "open_loop_4.mp4")
+    assert frames.shape == (12, 64, 128, 3)
+    val = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl") if '"val/' in l]
+    assert "val/probe_mse/velocity" in val[-1] and "val/mse/image" in val[-1]
+
+
+def _main(*args):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "experiments/main.py", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("--config.modality=pixels", "config.modality='pixels'; choose one of mdp, lpomdp, visual"),
+        ("--config.env=cheetah-run", "config.env='cheetah-run'; for walker choose one of"),
+        ("--config.stages=phase1,phase9", "unknown stage(s) ['phase9']"),
+        ("--config.data.batch_size=0", "config.data.batch_size must be >= 1"),
+        ("--config.wandb.mode=cloud", "config.wandb.mode='cloud'"),
+    ],
+)
+def test_bad_config_values_fail_before_compiling(tmp_path, override, message):
+    out = _main("--config=configs/walker_mdp.py:quick", f"--workdir={tmp_path}", override)
+    assert out.returncode != 0
+    assert message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "phase1")
+
+
+def test_missing_dataset_fails_before_compiling(tmp_path):
+    out = _main("--config=configs/walker_mdp.py:quick", f"--workdir={tmp_path}", "--config.stages=phase1",
+                f"--config.data.embodiment_dir={tmp_path / 'nowhere'}")
+    assert out.returncode != 0
+    assert "embodiment dataset" in out.stderr and "does not exist" in out.stderr
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.data.batch_szie=3", "batch_szie"),
+    ("--config.data.window=long", "window"),
+])
+def test_unknown_keys_and_wrong_types_are_named(tmp_path, override, message):
+    out = _main("--config=configs/walker_mdp.py:quick", f"--workdir={tmp_path}", override)
+    assert out.returncode != 0 and message in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_missing_config_file_is_named(tmp_path):
+    out = _main("--config=configs/nope.py", f"--workdir={tmp_path}")
+    assert out.returncode != 0 and "configs/nope.py" in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
