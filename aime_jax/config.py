@@ -16,7 +16,7 @@ from aime_jax.errors import ConfigError
 from aime_jax.world_model.config import get_config as world_model_config
 
 SCALES = ("", "quick")
-STAGES = ("datasets", "phase1")
+STAGES = ("datasets", "phase1", "phase2", "eval")
 # The world model of the release for each domain.
 DEFAULT_VARIANT = {"walker": "rssm", "cheetah": "rssmo"}
 DEFAULT_TASK = {"walker": "walker-walk", "cheetah": "cheetah-run"}
@@ -31,7 +31,9 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     c.modality = modality
     c.env = DEFAULT_TASK[domain]
     c.seed = 0
-    c.stages = "datasets,phase1"
+    c.stages = "datasets,phase1,phase2,eval"
+    # A finished phase-1 run directory to reuse instead of training one (skips the phase1 stage).
+    c.world_model_dir = ""
 
     c.data = ml_collections.ConfigDict()
     # Datasets live in <root>/<name>; an absolute `embodiment_dir` overrides that.
@@ -44,6 +46,10 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     c.data.batch_size = 50
     c.data.val_fraction = 0.05
     c.data.prefetch = 2
+    # Demonstrations: <root>/<demos> (default '<env>-expert'), or an explicit demos_dir.
+    c.data.demos = ""
+    c.data.demos_dir = ""
+    c.data.num_demos = 100
 
     c.world_model = world_model_config(DEFAULT_VARIANT[domain])
 
@@ -58,6 +64,27 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     c.phase1.val_batches = 4
     # Open-loop video (visual): filter this many frames, then imagine the rest of the window.
     c.phase1.video_context = 5
+
+    c.phase2 = ml_collections.ConfigDict()
+    c.phase2.steps = 50_000  # 500 epochs x 100 batches, as in the release
+    c.phase2.lr = 3e-4
+    c.phase2.grad_clip = 100.0
+    c.phase2.kl_only = False  # drop the reconstruction term
+    c.phase2.kl_scale = 1.0  # 0: reconstruction only
+    c.phase2.log_every = 100
+    c.phase2.eval_every = 1000  # 10 epochs
+    c.phase2.eval_episodes = 10
+    c.phase2.save_every = 1000
+    c.phase2.keep = 3
+    c.phase2.policy = ml_collections.ConfigDict(
+        dict(hidden_sizes=(128, 128), activation="elu", layer_norm=False, min_std=1e-6)
+    )
+
+    c.eval = ml_collections.ConfigDict()
+    c.eval.episodes = 100
+    c.eval.num_envs = 10
+    c.eval.workers = 1 if modality != "visual" else 2
+    c.eval.seed = 12345
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.num_devices = 0  # 0: every device
@@ -76,6 +103,13 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
         c.phase1.eval_every = 200
         c.phase1.save_every = 200
         c.phase1.val_batches = 2
+        c.data.num_demos = 10
+        c.phase2.steps = 300
+        c.phase2.log_every = 50
+        c.phase2.eval_every = 300
+        c.phase2.save_every = 300
+        c.phase2.eval_episodes = 4
+        c.eval.episodes = 10
         wm = c.world_model
         wm.deter_size = 128
         wm.stoch_size = 16 if domain == "cheetah" else 32
@@ -117,6 +151,10 @@ def embodiment_dir(config: ml_collections.ConfigDict) -> str:
     return config.data.embodiment_dir or os.path.join(config.data.root, config.data.embodiment)
 
 
+def demos_dir(config: ml_collections.ConfigDict) -> str:
+    return config.data.demos_dir or os.path.join(config.data.root, config.data.demos or f"{config.env}-expert")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Checks that need no compilation; raises ConfigError naming the value and the fix."""
     validate_names(config)
@@ -134,19 +172,38 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ConfigError(f"config.data.batch_size={d.batch_size} is not divisible by {process_count} processes")
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"config.data.val_fraction must be in (0, 1), got {d.val_fraction}")
-    p = config.phase1
-    for name in ("steps", "log_every", "eval_every", "save_every", "keep", "val_batches"):
-        if p[name] < 1:
-            raise ConfigError(f"config.phase1.{name} must be >= 1, got {p[name]}")
+    for stage, names in (
+        ("phase1", ("steps", "log_every", "eval_every", "save_every", "keep", "val_batches")),
+        ("phase2", ("steps", "log_every", "eval_every", "save_every", "keep", "eval_episodes")),
+        ("eval", ("episodes", "num_envs", "workers")),
+    ):
+        for name in names:
+            if config[stage][name] < 1:
+                raise ConfigError(f"config.{stage}.{name} must be >= 1, got {config[stage][name]}")
+    if d.num_demos < 1:
+        raise ConfigError(f"config.data.num_demos must be >= 1, got {d.num_demos}")
+    if config.world_model_dir and not os.path.isdir(config.world_model_dir):
+        raise ConfigError(
+            f"config.world_model_dir={config.world_model_dir!r} does not exist; point it at the run "
+            "directory of a finished phase-1 run, or leave it empty to train one"
+        )
     if config.wandb.mode not in ("disabled", "online", "offline"):
         raise ConfigError(f"config.wandb.mode={config.wandb.mode!r}; use disabled, online or offline")
     if config.world_model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.world_model.dtype={config.world_model.dtype!r}; use float32 or bfloat16")
     if config.world_model.variant not in ("rssm", "rssmo"):
         raise ConfigError(f"config.world_model.variant={config.world_model.variant!r}; use rssm or rssmo")
+    if "datasets" in stage_names:
+        return
     folder = embodiment_dir(config)
-    if "datasets" not in stage_names and not os.path.isdir(folder):
+    if "phase1" in stage_names and not config.world_model_dir and not os.path.isdir(folder):
         raise ConfigError(
             f"embodiment dataset {folder!r} does not exist; add the 'datasets' stage to "
             "config.stages, set config.data.embodiment_dir, or collect it with experiments/collect.py"
+        )
+    demos = demos_dir(config)
+    if "phase2" in stage_names and not os.path.isdir(demos):
+        raise ConfigError(
+            f"demonstrations {demos!r} do not exist; set config.data.demos_dir to a folder of "
+            "expert episodes (observations are enough)"
         )

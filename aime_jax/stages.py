@@ -7,6 +7,7 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 
 from aime_jax import config as config_lib
 from aime_jax.errors import AimeError
@@ -43,15 +44,142 @@ def datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
         )
     if visual and jax.process_index() == 0:
         render_folder(folder, size=64)
+    if "phase2" in config_lib.stages(config):
+        demos = config_lib.demos_dir(config)
+        if not os.path.isdir(demos):
+            raise AimeError(
+                f"demonstrations for {config.env} not found in {demos!r}. aime-jax cannot make expert "
+                "demonstrations yet (the expert trainer is still to come); point "
+                "config.data.demos_dir at a folder of expert episodes (e.g. the authors' published "
+                "files, or episodes collected with your own policy), or drop phase2,eval from "
+                "config.stages"
+            )
+        if visual and jax.process_index() == 0:
+            render_folder(demos, size=64)
 
 
 def phase1(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     from aime_jax.agents.world_model import train_world_model
 
+    if config.world_model_dir:
+        print(f"phase 1 skipped: reusing the world model of {config.world_model_dir}")
+        return
     train_world_model(config, os.path.join(workdir, "phase1"), config_lib.embodiment_dir(config), mesh)
 
 
-STAGE_FNS = {"datasets": datasets, "phase1": phase1}
+def world_model_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    return config.world_model_dir or workdir
+
+
+def expert_returns(config: ml_collections.ConfigDict) -> dict:
+    """Our normaliser (the demonstrations' mean return, or their card's) and the paper's."""
+    from aime_jax.data import EpisodeStore
+    from aime_jax.evaluate import PAPER_EXPERT_RETURNS
+
+    demos = config_lib.demos_dir(config)
+    card = os.path.join(demos, "card.json")
+    ours = None
+    if os.path.exists(card):
+        with open(card) as f:
+            ours = json.load(f).get("expert_return")
+    if ours is None:
+        store = EpisodeStore(demos, progress=False)
+        ours = float(np.mean([store.episode(i, ["reward"])["reward"].sum() for i in range(store.num_episodes)]))
+    return {"expert_return": ours, "paper_expert_return": PAPER_EXPERT_RETURNS.get(config.env)}
+
+
+def make_scorer(config: ml_collections.ConfigDict):
+    """agent, episodes -> summary dict with raw and normalised returns (both normalisers)."""
+    from aime_jax.evaluate import evaluate, normalised
+
+    experts = expert_returns(config)
+
+    def score(agent, episodes: int, record_video: bool = False):
+        result = evaluate(
+            config.env, config.modality, agent, episodes, num_envs=config.eval.num_envs,
+            seed=config.eval.seed, workers=config.eval.workers, record_video=record_video,
+        )
+        summary = {
+            "return_mean": result.mean,
+            "return_std": result.std,
+            "normalised": normalised(result.mean, experts["expert_return"]),
+            "normalised_std": normalised(result.std, experts["expert_return"]),
+        }
+        if experts["paper_expert_return"]:
+            summary["normalised_paper"] = normalised(result.mean, experts["paper_expert_return"])
+        return summary, result
+
+    return score, experts
+
+
+def phase2(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
+    from aime_jax.agents.aime import train_aime
+
+    score, _ = make_scorer(config)
+    train_aime(
+        config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir),
+        config_lib.demos_dir(config), mesh, evaluate_agent=lambda agent, n: score(agent, n)[0],
+    )
+
+
+def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
+    """The final score: `eval.episodes` episodes of the trained policy and of a random policy."""
+    from aime_jax.agents.aime import load_agent
+    from aime_jax.evaluate import RandomAgent, evaluate, normalised, write_results
+
+    path = os.path.join(workdir, "results.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            if json.load(f).get("episodes") == config.eval.episodes:
+                print(f"evaluation skipped: {path} is complete")
+                return
+    agent = load_agent(config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir), mesh)
+    score, experts = make_scorer(config)
+    summary, result = score(agent, config.eval.episodes, record_video=True)
+    # The random policy needs no observations: its episodes are run without rendering.
+    rand = evaluate(config.env, "mdp", RandomAgent(config.eval.seed), config.eval.episodes,
+                    num_envs=config.eval.num_envs, seed=config.eval.seed)
+    results = {
+        "algo": "aime",
+        "env": config.env,
+        "modality": config.modality,
+        "embodiment": config.world_model_dir or config_lib.embodiment_dir(config),
+        "num_demos": config.data.num_demos,
+        "seed": config.seed,
+        "episodes": config.eval.episodes,
+        **summary,
+        "returns": result.returns,
+        **experts,
+        "random": {"return_mean": rand.mean, "return_std": rand.std,
+                   "normalised": normalised(rand.mean, experts["expert_return"])},
+        "episodes_per_s": result.episodes_per_s,
+    }
+    if jax.process_index() == 0:
+        write_results(path, results)
+        if result.frames is not None:
+            import imageio.v3 as iio
+
+            os.makedirs(os.path.join(workdir, "videos"), exist_ok=True)
+            iio.imwrite(os.path.join(workdir, "videos", "eval_episode0.mp4"), result.frames, fps=25,
+                        macro_block_size=2)
+    print_results(results)
+
+
+def print_results(results: dict) -> None:
+    rows = [
+        ("policy", "return", "normalised (ours)", "normalised (paper)"),
+        ("AIME", f"{results['return_mean']:.1f} ± {results['return_std']:.1f}",
+         f"{results['normalised']:.1f}", f"{results.get('normalised_paper', float('nan')):.1f}"),
+        ("random", f"{results['random']['return_mean']:.1f} ± {results['random']['return_std']:.1f}",
+         f"{results['random']['normalised']:.1f}", ""),
+    ]
+    print(f"results: {results['env']} / {results['modality']}, {results['num_demos']} demos, "
+          f"{results['episodes']} episodes, expert return {results['expert_return']:.1f}")
+    for row in rows:
+        print("  " + " | ".join(f"{c:>20}" for c in row))
+
+
+STAGE_FNS = {"datasets": datasets, "phase1": phase1, "phase2": phase2, "eval": evaluation}
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -18,9 +18,10 @@ import numpy as np
 import optax
 
 from aime_jax import parallel
+from aime_jax.agents.loop import LoopConfig, train_loop
 from aime_jax.checkpoint import Checkpointer
 from aime_jax.data import EpisodeStore, WindowSampler
-from aime_jax.errors import AimeError, DatasetError
+from aime_jax.errors import DatasetError
 from aime_jax.logging import RunLogger
 from aime_jax.world_model import rssm
 
@@ -136,10 +137,6 @@ def split_episodes(store: EpisodeStore, val_fraction: float) -> tuple[EpisodeSto
     return store.select(range(n - n_val)), store.select(range(n - n_val, n))
 
 
-def _finite(metrics: Mapping[str, Any]) -> bool:
-    return all(np.all(np.isfinite(v)) for v in metrics.values())
-
-
 class _Phase1:
     """The pieces of a phase-1 run, built from a config and a dataset folder."""
 
@@ -151,6 +148,7 @@ class _Phase1:
         self.keys = batch_keys(wm)
         spec = obs_spec(store, self.keys)
         self.action_dim = spec.pop(ACTION_KEY)[-1]
+        self.spec = spec
         self.train_store, self.val_store = split_episodes(store, config.data.val_fraction)
         self.fingerprint = store.fingerprint
         self.optimizer = make_optimizer(config.phase1.lr, config.phase1.grad_clip)
@@ -221,62 +219,39 @@ def train_world_model(config: ml_collections.ConfigDict, workdir: str, data_dir:
     """
     mesh = mesh or parallel.make_mesh(config.mesh.num_devices or None)
     run = _Phase1(config, data_dir, mesh)
-    p = config.phase1
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=p.keep, save_interval_steps=p.save_every)
-    state = run.state
-    if ckpt.latest_step() is not None:
-        meta = ckpt.restore_meta()
-        if meta.get("data_fingerprint") != run.fingerprint:
-            raise AimeError(
-                f"{workdir} was trained on another dataset (fingerprint {meta.get('data_fingerprint')}, "
-                f"now {run.fingerprint} for {data_dir!r}); use a new --workdir or restore the dataset"
-            )
-        state, _ = ckpt.restore(state)
-    start = int(jax.device_get(state.step))
     meta = {"stage": "phase1", "data_dir": os.path.abspath(data_dir), "data_fingerprint": run.fingerprint,
-            "action_dim": int(run.action_dim), "config": config.to_dict()}
-    if start >= p.steps:
-        ckpt.close()
-        return state
+            "action_dim": int(run.action_dim), "obs_spec": {k: list(v) for k, v in run.spec.items()},
+            "config": config.to_dict()}
+    probes = tuple(f"probe_mse/{k}" for k in config.world_model.probe_keys)
 
-    logger = RunLogger(
-        workdir, p.steps, start, p.log_every, config.wandb.mode, config.wandb.project,
-        config.wandb.name or None, config.to_dict(),
-    )
-    last_good = ckpt.latest_step()
-
-    def evaluate(step: int) -> None:
-        probes = tuple(f"probe_mse/{k}" for k in config.world_model.probe_keys)
+    def evaluate(state, step: int, logger: RunLogger) -> None:
         logger.log(step, run.validate(state.params, step), prefix="val", summary=SUMMARY[:4] + probes)
         if run.video_fn is not None:
             logger.video("open_loop", run.video(state.params, step), step)
 
+    return train_loop(
+        name="phase 1", workdir=workdir, state=run.state, train_step=run.train_step,
+        batches=run.sampler.iterate, mesh=mesh, loop=LoopConfig.from_config(config.phase1, config.data),
+        meta=meta, config=config, evaluate=evaluate, summary=SUMMARY, data_dir=data_dir,
+    )
+
+
+def load_world_model(run_dir: str, mesh=None) -> tuple[rssm.WorldModel, Any, ml_collections.ConfigDict]:
+    """The trained world model of a phase-1 run: (model, params, phase-1 config).
+
+    `run_dir` is a pipeline run directory (holding phase1/) or a phase-1 directory itself. Only
+    the Orbax checkpoint is read: its metadata holds the config and shapes, the model is rebuilt
+    from them and its parameters restored into an abstract target (no pickles).
+    """
+    nested = os.path.join(run_dir, "phase1")
+    phase1_dir = nested if os.path.isdir(nested) else run_dir
+    ckpt = Checkpointer(os.path.join(phase1_dir, "checkpoints"))
     try:
-        if start == 0:
-            evaluate(0)  # the untrained model's validation ELBO, the baseline of every curve
-        with parallel.Prefetcher(run.sampler.iterate(start), mesh, config.data.prefetch) as batches:
-            for step in range(start + 1, p.steps + 1):
-                state, metrics = run.train_step(state, next(batches))
-                logger.advance()
-                logging_now = step % p.log_every == 0 or step == p.steps
-                saving_now = step % p.save_every == 0 or step == p.steps
-                if logging_now or saving_now:
-                    fetched = jax.device_get(metrics)
-                    if not _finite(fetched):
-                        bad = sorted(k for k, v in fetched.items() if not np.all(np.isfinite(v)))
-                        raise AimeError(
-                            f"phase 1 stopped: non-finite {bad} at step {step}. The last good "
-                            f"checkpoint (step {last_good}) in {workdir} is intact; lower "
-                            "config.phase1.lr or config.phase1.grad_clip and rerun"
-                        )
-                    if logging_now:
-                        logger.log(step, fetched, summary=SUMMARY)
-                if step % p.eval_every == 0 or step == p.steps:
-                    evaluate(step)
-                if saving_now:
-                    ckpt.save(step, state, dict(meta, step=step), force=step == p.steps)
-                    last_good = step
+        meta = ckpt.restore_meta()
+        config = ml_collections.ConfigDict(meta["config"])
+        spec = {k: tuple(v) for k, v in meta["obs_spec"].items()}
+        action_dim = int(meta["action_dim"])
+        state, _ = ckpt.restore(abstract_train_state(config, spec, action_dim, mesh))
     finally:
         ckpt.close()
-        logger.close()
-    return state
+    return rssm.build_world_model(config.world_model, spec, action_dim), state.params, config

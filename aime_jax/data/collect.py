@@ -66,7 +66,7 @@ def collect(
     modality: str,
     out: str,
     episodes: int,
-    policy: str = "random",
+    policy: str | Policy = "random",
     seed: int = 0,
     action_repeat: int = 2,
     image_size: int = 64,
@@ -74,20 +74,24 @@ def collect(
 ) -> list[str]:
     """Writes episodes `0.npz` ... `<episodes-1>.npz` to `out`, skipping those already there.
 
+    `policy` is 'random' or a callable `policy(observation, proprio, rng) -> action` (with an
+    optional `name` attribute for meta.json).
+
     Episode i depends only on (seed, i), so an interrupted collection continued later produces
     the same files as one that ran through.
     """
     if episodes < 1:
         raise AimeError(f"--episodes must be >= 1, got {episodes}")
     env = envs.make(env_name, modality, seed=seed, action_repeat=action_repeat, image_size=image_size)
-    act = load_policy(policy)
+    act = load_policy(policy) if isinstance(policy, str) else policy
+    policy_name = policy if isinstance(policy, str) else getattr(policy, "name", type(policy).__name__)
     os.makedirs(out, exist_ok=True)
     _write_meta(
         out,
         {
             "env": env_name,
             "modality": modality,
-            "policy": policy,
+            "policy": policy_name,
             "seed": seed,
             "action_repeat": action_repeat,
             "image_size": image_size if env.render_images else None,

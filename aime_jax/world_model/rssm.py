@@ -400,14 +400,10 @@ def elbo_loss(
     return loss, metrics
 
 
-def init_world_model(
-    config: ml_collections.ConfigDict,
-    obs_spec: Mapping[str, tuple[int, ...]],
-    action_dim: int,
-    rng: chex.PRNGKey,
-) -> tuple[WorldModel, Params]:
-    """Builds the model and its float32 parameters. obs_spec maps each key (observed and probed)
-    to its per-step shape, e.g. {"orientations": (14,), "image": (64, 64, 3)}."""
+def build_world_model(
+    config: ml_collections.ConfigDict, obs_spec: Mapping[str, tuple[int, ...]], action_dim: int
+) -> WorldModel:
+    """The model object alone (no parameters), e.g. to restore trained parameters into."""
     missing = [k for k in (*config.obs_keys, *config.probe_keys) if k not in obs_spec]
     if not config.obs_keys or missing:
         raise ConfigError(
@@ -417,10 +413,21 @@ def init_world_model(
     if IMAGE_KEY in config.probe_keys:
         raise ConfigError("image cannot be a probe key: probes are vector heads")
     spec = tuple((k, tuple(obs_spec[k])) for k in (*config.obs_keys, *config.probe_keys))
-    model = WorldModel(ml_collections.FrozenConfigDict(config), spec, action_dim)
+    return WorldModel(ml_collections.FrozenConfigDict(config), spec, action_dim)
+
+
+def init_world_model(
+    config: ml_collections.ConfigDict,
+    obs_spec: Mapping[str, tuple[int, ...]],
+    action_dim: int,
+    rng: chex.PRNGKey,
+) -> tuple[WorldModel, Params]:
+    """Builds the model and its float32 parameters. obs_spec maps each key (observed and probed)
+    to its per-step shape, e.g. {"orientations": (14,), "image": (64, 64, 3)}."""
+    model = build_world_model(config, obs_spec, action_dim)
     obs = {
         k: jnp.zeros((1, 1) + shape, jnp.uint8 if k == IMAGE_KEY else jnp.float32)
-        for k, shape in spec
+        for k, shape in model.obs_spec
     }
     init_rng, sample_rng = jax.random.split(rng)
     # Jitted: eager initialisation dispatches op by op and is slow for the CNN.

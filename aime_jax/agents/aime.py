@@ -1,0 +1,250 @@
+"""Phase 2 of AIME: infer the expert's actions from observation-only demonstrations.
+
+The world model is frozen. Inside the same filtering recursion as phase 1, the dataset action
+a_{t-1} is replaced by a reparameterised sample from the policy at the previous latent state, and
+the policy is trained to maximise the ELBO of the demonstration observations; gradients flow
+through the sampled actions into the GRU, prior and posterior. Every window starts from the
+all-zero state, and its first action also comes from the policy.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from aime_jax import parallel
+from aime_jax.agents.loop import LoopConfig, train_loop
+from aime_jax.agents.world_model import ACTION_KEY
+from aime_jax.data import EpisodeStore, WindowSampler
+from aime_jax.errors import ConfigError
+from aime_jax.nets.policy import TanhGaussianPolicy, tanh_gaussian_mode, tanh_gaussian_sample
+from aime_jax.world_model import rssm
+
+SUMMARY = ("loss", "nelbo_per_step", "recon_per_step", "kl_per_step", "action_mse", "grad_norm")
+
+
+@flax.struct.dataclass
+class PolicyState:
+    """The phase-2 train state: only the policy has parameters and optimiser state."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def make_policy(policy_config: ml_collections.ConfigDict, action_dim: int, dtype=jnp.float32) -> TanhGaussianPolicy:
+    return TanhGaussianPolicy(
+        action_dim, tuple(policy_config.hidden_sizes), policy_config.activation,
+        policy_config.layer_norm, policy_config.min_std, dtype,
+    )
+
+
+def phase2_loss_config(wm_config: ml_collections.ConfigDict, phase2: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The phase-1 loss terms with phase 2's settings: no free nats, no KL balancing (PAPER.md)."""
+    loss = ml_collections.ConfigDict(wm_config.loss.to_dict())
+    loss.free_nats = 0.0
+    loss.kl_balance = None
+    loss.kl_only = phase2.kl_only
+    loss.kl_scale = phase2.kl_scale
+    return loss
+
+
+def infer_actions(model: rssm.WorldModel, wm_params, policy: TanhGaussianPolicy, policy_params, embeds, rng):
+    """Filters embeds (B, T, E) with actions sampled from the policy at the previous state.
+
+    Returns states (B, T, ...), step statistics, and the sampled and mode actions (B, T, A);
+    action t is the one that led to observation t.
+    """
+    batch = embeds.shape[0]
+    state0 = rssm.initial_state(model.config, batch)
+    keys = jax.random.split(rng, embeds.shape[1])
+
+    def body(state, x):
+        embed, key = x
+        act_key, step_key = jax.random.split(key)
+        mean, std = policy.apply({"params": policy_params}, rssm.features(state))
+        action = tanh_gaussian_sample(mean, std, act_key)
+        state, out = model.apply(
+            {"params": wm_params}, state, action, embed, step_key, method=rssm.WorldModel.step
+        )
+        return state, (state, out, action, tanh_gaussian_mode(mean))
+
+    _, outputs = jax.lax.scan(body, state0, (jnp.swapaxes(embeds, 0, 1), keys))
+    return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), outputs)
+
+
+def phase2_loss(model, wm_params, policy, policy_params, batch: Mapping[str, jax.Array], rng, loss_config):
+    """Negative ELBO of the demonstration observations under policy-inferred actions."""
+    obs = {k: batch[k] for k in model.config.obs_keys}
+    embeds = model.apply({"params": wm_params}, obs, method=rssm.WorldModel.embed)
+    states, outs, actions, modes = infer_actions(model, wm_params, policy, policy_params, embeds, rng)
+    loss, metrics = rssm.negative_elbo(model, wm_params, obs, states, outs, loss_config)
+    metrics["loss"] = loss
+    metrics["action_std"] = jnp.std(actions)
+    if ACTION_KEY in batch:
+        # For analysis only (a real user's demonstrations carry no actions). Step 0 is skipped:
+        # its action precedes the window and is guessed from the zero state.
+        true = batch[ACTION_KEY][:, 1:].astype(jnp.float32)
+        metrics["action_mse"] = jnp.mean(jnp.square(modes[:, 1:].astype(jnp.float32) - true))
+        # What a uniform random policy would score: E[(u - a)^2] = 1/3 + a^2 for u ~ U[-1, 1].
+        metrics["action_mse_random"] = 1.0 / 3.0 + jnp.mean(jnp.square(true))
+    return loss, metrics
+
+
+def make_train_step(model, policy, loss_config, optimizer):
+    """(state, wm_params, batch) -> (state, metrics); only the policy is differentiated."""
+
+    def train_step(state: PolicyState, wm_params, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            return phase2_loss(model, wm_params, policy, params, batch, rng, loss_config)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def create_policy_state(policy, features_size: int, optimizer, seed: int) -> PolicyState:
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed + 1_000_003))
+    params = policy.init(init_rng, jnp.zeros((1, features_size)))["params"]
+    return PolicyState(jnp.zeros((), jnp.int32), params, optimizer.init(params), train_rng)
+
+
+def demos_store(demos_dir: str, num_demos: int, obs_keys) -> EpisodeStore:
+    """The first `num_demos` demonstrations (in file order) of a folder."""
+    store = EpisodeStore(demos_dir)
+    store.check_keys(obs_keys)
+    if num_demos < 1:
+        raise ConfigError(f"config.data.num_demos must be >= 1, got {num_demos}")
+    if num_demos > store.num_episodes:
+        raise ConfigError(
+            f"config.data.num_demos={num_demos}, but {demos_dir!r} holds {store.num_episodes} "
+            "demonstrations; lower num_demos or add demonstrations"
+        )
+    return store.select(range(num_demos))
+
+
+class AimeAgent:
+    """Acts in the simulator: filter the latent state with the real observation and the previous
+    action, then take the mode of the policy; one jitted call per step for a batch of envs.
+
+    Each episode draws its posterior samples from its own key (from its episode seed), so its
+    actions do not depend on which batch it ran in (see `aime_jax.evaluate`).
+    """
+
+    def __init__(self, model, wm_params, policy, policy_params):
+        self.model, self.policy = model, policy
+        self.wm_params, self.policy_params = wm_params, policy_params
+        self._act = jax.jit(self._act_fn)
+
+    def _act_fn(self, wm_params, policy_params, state, keys, observation, prev_action):
+        embed = self.model.apply({"params": wm_params}, observation, method=rssm.WorldModel.embed)
+        keys, subkeys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+
+        def one(state, action, embed, key):
+            add_batch = functools.partial(jax.tree.map, lambda x: x[None])
+            new, _ = self.model.apply(
+                {"params": wm_params}, add_batch(state), action[None], embed[None], key,
+                method=rssm.WorldModel.step,
+            )
+            return jax.tree.map(lambda x: x[0], new)
+
+        state = jax.vmap(one)(state, prev_action, embed, subkeys)
+        mean, _ = self.policy.apply({"params": policy_params}, rssm.features(state))
+        return state, keys, tanh_gaussian_mode(mean)
+
+    def initial_carry(self, episode_seeds):
+        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(np.asarray(episode_seeds) % (2**31), jnp.uint32))
+        return rssm.initial_state(self.model.config, len(episode_seeds)), keys
+
+    def act(self, carry, observation, prev_action, is_first):
+        state, keys = carry
+        obs = {k: jnp.asarray(observation[k]) for k in self.model.config.obs_keys}
+        state, keys, action = self._act(
+            self.wm_params, self.policy_params, state, keys, obs, jnp.asarray(prev_action, jnp.float32)
+        )
+        return (state, keys), np.asarray(action, np.float32)
+
+
+def load_agent(config: ml_collections.ConfigDict, workdir: str, world_model_dir: str, mesh=None) -> AimeAgent:
+    """The agent of the latest phase-2 checkpoint in `workdir` (its world model from
+    `world_model_dir`), restored into an abstract target."""
+    from aime_jax.agents.world_model import load_world_model
+    from aime_jax.checkpoint import Checkpointer
+
+    model, wm_params, _ = load_world_model(world_model_dir, mesh)
+    policy = make_policy(config.phase2.policy, model.action_dim)
+    optimizer = optax.chain(optax.clip_by_global_norm(config.phase2.grad_clip), optax.adam(config.phase2.lr))
+    features_size = model.config.deter_size + model.config.stoch_size
+    target = jax.eval_shape(lambda: create_policy_state(policy, features_size, optimizer, config.seed))
+    with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+        state, _ = ckpt.restore(target)
+    return AimeAgent(model, wm_params, policy, state.params)
+
+
+def train_aime(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    world_model_dir: str,
+    demos_dir: str,
+    mesh=None,
+    evaluate_agent=None,
+):
+    """Runs (or resumes) phase 2 in `workdir`; returns (agent, final policy state).
+
+    `evaluate_agent(agent, episodes) -> dict` scores an agent in the simulator; when given, it
+    runs with `config.phase2.eval_episodes` episodes every `phase2.eval_every` steps.
+    """
+    from aime_jax.agents.world_model import load_world_model
+
+    mesh = mesh or parallel.make_mesh(config.mesh.num_devices or None)
+    model, wm_params, _ = load_world_model(world_model_dir, mesh)
+    obs_keys = tuple(model.config.obs_keys)
+    store = demos_store(demos_dir, config.data.num_demos, obs_keys)
+    keys = obs_keys + ((ACTION_KEY,) if ACTION_KEY in store.keys else ())
+    sampler = WindowSampler(
+        store, config.data.window, config.data.batch_size, config.seed + 2, keys,
+        jax.process_index(), jax.process_count(),
+    )
+    p = config.phase2
+    policy = make_policy(p.policy, model.action_dim)
+    optimizer = optax.chain(optax.clip_by_global_norm(p.grad_clip), optax.adam(p.lr))
+    features_size = model.config.deter_size + model.config.stoch_size
+    state = parallel.replicate(create_policy_state(policy, features_size, optimizer, config.seed), mesh)
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    step_fn = jax.jit(
+        make_train_step(model, policy, phase2_loss_config(model.config, p), optimizer),
+        in_shardings=(repl, repl, data), out_shardings=(repl, repl), donate_argnums=0,
+    )
+
+    def train_step(state, batch):
+        return step_fn(state, wm_params, batch)
+
+    def evaluate(state, step, logger):
+        if evaluate_agent is None:
+            return
+        agent = AimeAgent(model, wm_params, policy, state.params)
+        logger.log(step, evaluate_agent(agent, p.eval_episodes), prefix="eval",
+                   summary=("return_mean", "return_std", "normalised", "normalised_paper"))
+
+    meta = {"stage": "phase2", "demos_dir": os.path.abspath(demos_dir), "data_fingerprint": store.fingerprint,
+            "world_model_dir": os.path.abspath(world_model_dir), "config": config.to_dict()}
+    state = train_loop(
+        name="phase 2", workdir=workdir, state=state, train_step=train_step, batches=sampler.iterate,
+        mesh=mesh, loop=LoopConfig.from_config(p, config.data), meta=meta, config=config,
+        evaluate=evaluate, summary=SUMMARY, data_dir=demos_dir,
+    )
+    return AimeAgent(model, wm_params, policy, state.params), state

@@ -1,0 +1,117 @@
+"""The training loop every learner shares: resume, data stream, logging, evaluation, checkpoints.
+
+Learners supply a jitted pure step `(state, batch) -> (state, metrics)` whose state has a `step`
+field, a sampler whose batches are functions of the step, and an evaluation callback; the loop
+makes the run resumable: a rerun with the same workdir restores the latest checkpoint and
+continues the same data stream, so it ends where an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from aime_jax import parallel
+from aime_jax.checkpoint import Checkpointer
+from aime_jax.errors import AimeError
+from aime_jax.logging import RunLogger
+
+
+@dataclasses.dataclass
+class LoopConfig:
+    steps: int
+    log_every: int
+    eval_every: int
+    save_every: int
+    keep: int
+    prefetch: int = 2
+
+    @classmethod
+    def from_config(cls, stage: ml_collections.ConfigDict, data: ml_collections.ConfigDict) -> "LoopConfig":
+        return cls(stage.steps, stage.log_every, stage.eval_every, stage.save_every, stage.keep, data.prefetch)
+
+
+def _finite(metrics) -> bool:
+    return all(np.all(np.isfinite(v)) for v in metrics.values())
+
+
+def restore_or_keep(ckpt: Checkpointer, state, fingerprint: str, workdir: str, data_dir: str):
+    """The latest checkpoint's state if there is one (refusing another dataset), else `state`."""
+    if ckpt.latest_step() is None:
+        return state
+    saved = ckpt.restore_meta().get("data_fingerprint")
+    if saved != fingerprint:
+        raise AimeError(
+            f"{workdir} was trained on another dataset (fingerprint {saved}, now {fingerprint} "
+            f"for {data_dir!r}); use a new --workdir or restore the dataset"
+        )
+    return ckpt.restore(state)[0]
+
+
+def train_loop(
+    *,
+    name: str,
+    workdir: str,
+    state: Any,
+    train_step: Callable,
+    batches: Callable[[int], Any],
+    mesh,
+    loop: LoopConfig,
+    meta: dict,
+    config: ml_collections.ConfigDict,
+    evaluate: Callable[[Any, int, RunLogger], None] | None = None,
+    summary: tuple[str, ...] | None = None,
+    data_dir: str = "",
+) -> Any:
+    """Runs (or resumes, or skips when complete) one training stage in `workdir`.
+
+    batches(start_step) yields the host batches from `start_step` on. `meta` (JSON) is stored
+    with every checkpoint; its `data_fingerprint` guards resuming against another dataset.
+    `evaluate(state, step, logger)` runs at step 0, every `eval_every` steps and at the end.
+    """
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=loop.keep, save_interval_steps=loop.save_every)
+    try:
+        state = restore_or_keep(ckpt, state, meta["data_fingerprint"], workdir, data_dir)
+        start = int(jax.device_get(state.step))
+        if start >= loop.steps:
+            return state
+        logger = RunLogger(
+            workdir, loop.steps, start, loop.log_every, config.wandb.mode, config.wandb.project,
+            config.wandb.name or None, config.to_dict(),
+        )
+        last_good = ckpt.latest_step()
+        try:
+            if start == 0 and evaluate is not None:
+                evaluate(state, 0, logger)  # the untrained baseline of every curve
+            with parallel.Prefetcher(batches(start), mesh, loop.prefetch) as stream:
+                for step in range(start + 1, loop.steps + 1):
+                    state, metrics = train_step(state, next(stream))
+                    logger.advance()
+                    logging_now = step % loop.log_every == 0 or step == loop.steps
+                    saving_now = step % loop.save_every == 0 or step == loop.steps
+                    if logging_now or saving_now:
+                        # The only host sync between log intervals: the device runs ahead meanwhile.
+                        fetched = jax.device_get(metrics)
+                        if not _finite(fetched):
+                            bad = sorted(k for k, v in fetched.items() if not np.all(np.isfinite(v)))
+                            raise AimeError(
+                                f"{name} stopped: non-finite {bad} at step {step}. The last good "
+                                f"checkpoint (step {last_good}) in {workdir} is intact; lower the "
+                                "learning rate or the gradient clip and rerun"
+                            )
+                        if logging_now:
+                            logger.log(step, fetched, summary=summary)
+                    if evaluate is not None and (step % loop.eval_every == 0 or step == loop.steps):
+                        evaluate(state, step, logger)
+                    if saving_now:
+                        ckpt.save(step, state, dict(meta, step=step), force=step == loop.steps)
+                        last_good = step
+        finally:
+            logger.close()
+    finally:
+        ckpt.close()
+    return state

@@ -1,0 +1,198 @@
+"""Scoring a policy in the real simulator: batched rollouts, returns, normalised returns, results.
+
+An agent is anything with two methods (see `Agent`):
+
+    carry = agent.initial_carry(episode_seeds)          # one entry per episode of the batch
+    carry, action = agent.act(carry, observation, prev_action, is_first)
+
+`initial_carry` receives the seeds the batch's episodes were reset with, so that a stochastic
+agent can draw its randomness per episode (an episode's actions then do not depend on which
+batch it ran in, or its size); deterministic agents use only `len(episode_seeds)`. `act` sees the
+modality's observation batched (float32 vectors, uint8 images), the previous action (zero at an
+episode's first step, as `pre_action` in the datasets) and `is_first`, and returns `(N, 6)`
+float32 actions. A world-model agent filters its latent state in `carry`.
+
+Episode i is reset with `episode_seed(seed, i)`, whatever `num_envs` and `workers` are, so every
+policy evaluated with the same seed is scored on the same initial states.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Any, Protocol, Sequence
+
+import numpy as np
+
+from aime_jax.data.collect import episode_seed
+from aime_jax.envs.dmc import ACTION_DIM
+from aime_jax.envs.vector import VectorEnv
+from aime_jax.errors import AimeError
+
+# Expert returns of the authors' release, the denominators of the paper's normalised returns.
+PAPER_EXPERT_RETURNS: dict[str, float] = {
+    "walker-stand": 957.87,
+    "walker-walk": 943.79,
+    "walker-run": 604.10,
+    "cheetah-run": 888.65,
+    "cheetah-runbackward": 218.50,
+    "cheetah-flip": 485.79,
+    "cheetah-flipbackward": 379.91,
+}
+
+
+class Agent(Protocol):
+    def initial_carry(self, episode_seeds: Sequence[int]) -> Any: ...
+
+    def act(
+        self,
+        carry: Any,
+        observation: dict[str, np.ndarray],
+        prev_action: np.ndarray,
+        is_first: np.ndarray,
+    ) -> tuple[Any, np.ndarray]: ...
+
+
+class RandomAgent:
+    """Uniform actions in [-1, 1]; episode e's actions depend only on (seed, e's reset seed)."""
+
+    def __init__(self, seed: int = 0, action_dim: int = ACTION_DIM):
+        self.seed = seed
+        self.action_dim = action_dim
+
+    def initial_carry(self, episode_seeds: Sequence[int]) -> list[np.random.Generator]:
+        return [np.random.default_rng([self.seed, int(s)]) for s in episode_seeds]
+
+    def act(
+        self,
+        carry: list[np.random.Generator],
+        observation: dict[str, np.ndarray],
+        prev_action: np.ndarray,
+        is_first: np.ndarray,
+    ) -> tuple[list[np.random.Generator], np.ndarray]:
+        action = np.stack([rng.uniform(-1.0, 1.0, self.action_dim) for rng in carry])
+        return carry, action.astype(np.float32)
+
+
+@dataclasses.dataclass
+class EvalResult:
+    """Per-episode returns and lengths in episode order; `elapsed_s` covers the rollouts only
+    (not starting the environments), `frames` is episode 0's video (T+1, H, W, 3) uint8 if asked."""
+
+    env_name: str
+    modality: str
+    seed: int
+    returns: list[float]
+    lengths: list[int]
+    mean: float
+    std: float
+    elapsed_s: float
+    episodes_per_s: float
+    frames: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the frames, JSON-ready."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "frames"}
+
+
+def evaluate(
+    env_name: str,
+    modality: str,
+    agent: Agent,
+    episodes: int,
+    num_envs: int = 10,
+    seed: int = 0,
+    workers: int = 1,
+    record_video: bool = False,
+    action_repeat: int = 2,
+    image_size: int = 64,
+) -> EvalResult:
+    """Runs `episodes` episodes in batches of `num_envs` (the last may be smaller).
+
+    `workers` processes share the environments (see `VectorEnv`); both are capped at what the
+    episodes need. With `record_video`, episode 0's frames come back in `frames`: its
+    observations in the visual modality, otherwise renders of camera 0 at `image_size`.
+    """
+    if episodes < 1:
+        raise AimeError(f"episodes must be >= 1, got {episodes}")
+    if num_envs < 1 or workers < 1:
+        raise AimeError(f"num_envs and workers must be >= 1, got num_envs={num_envs}, workers={workers}")
+    num_envs = min(num_envs, episodes)
+    workers = min(workers, num_envs)
+    returns: list[float] = []
+    lengths: list[int] = []
+    frames: list[np.ndarray] = []
+    with VectorEnv(env_name, modality, num_envs, workers, action_repeat, image_size) as env:
+        start = time.perf_counter()
+        for first in range(0, episodes, num_envs):
+            seeds = [episode_seed(seed, i) for i in range(first, min(first + num_envs, episodes))]
+            video = record_video and first == 0
+            batch_returns, batch_lengths = _run_batch(env, agent, seeds, frames if video else None)
+            returns.extend(batch_returns)
+            lengths.extend(batch_lengths)
+        elapsed = time.perf_counter() - start
+    return EvalResult(
+        env_name=env_name,
+        modality=modality,
+        seed=seed,
+        returns=returns,
+        lengths=lengths,
+        mean=float(np.mean(returns)),
+        std=float(np.std(returns)),
+        elapsed_s=elapsed,
+        episodes_per_s=episodes / elapsed,
+        frames=np.stack(frames) if frames else None,
+    )
+
+
+def _run_batch(
+    env: VectorEnv, agent: Agent, seeds: list[int], frames: list[np.ndarray] | None
+) -> tuple[list[float], list[int]]:
+    n = len(seeds)
+    step = env.reset(seeds)
+    carry = agent.initial_carry(seeds)
+    prev_action = np.zeros((n, env.action_dim), np.float32)
+    returns = np.zeros(n, np.float64)
+    length = 0
+    while True:
+        if frames is not None:
+            frames.append(step.observation["image"][0] if "image" in step.observation else env.render(0))
+        if step.is_last[0]:
+            return returns.tolist(), [length] * n
+        carry, action = agent.act(carry, step.observation, prev_action, step.is_first)
+        action = np.asarray(action, np.float32)
+        if action.shape != (n, env.action_dim):
+            raise AimeError(
+                f"{type(agent).__name__}.act returned actions of shape {action.shape}; expected "
+                f"({n}, {env.action_dim}) for {n} episodes"
+            )
+        step = env.step(action)
+        returns += step.reward
+        length += 1
+        # The environment clips actions, and the datasets' pre_action holds the clipped value.
+        prev_action = np.clip(action, -1.0, 1.0)
+
+
+def normalised(returns_mean: float, expert_return: float) -> float:
+    """The paper's score: 100 * mean return / expert return."""
+    if expert_return <= 0:
+        raise AimeError(f"expert_return must be positive, got {expert_return}")
+    return 100.0 * returns_mean / expert_return
+
+
+def write_results(path: str, result: dict) -> None:
+    """Writes `result` as JSON atomically: readers see the old file or the new one, never half."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
