@@ -44,18 +44,6 @@ def datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
         )
     if visual and jax.process_index() == 0:
         render_folder(folder, size=64)
-    if "phase2" in config_lib.stages(config):
-        demos = config_lib.demos_dir(config)
-        if not os.path.isdir(demos):
-            raise AimeError(
-                f"demonstrations for {config.env} not found in {demos!r}. aime-jax cannot make expert "
-                "demonstrations yet (the expert trainer is still to come); point "
-                "config.data.demos_dir at a folder of expert episodes (e.g. the authors' published "
-                "files, or episodes collected with your own policy), or drop phase2,eval from "
-                "config.stages"
-            )
-        if visual and jax.process_index() == 0:
-            render_folder(demos, size=64)
 
 
 def phase1(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
@@ -112,13 +100,33 @@ def make_scorer(config: ml_collections.ConfigDict):
     return score, experts
 
 
+def demonstrations(config: ml_collections.ConfigDict) -> str:
+    """The demonstrations folder (rendered for visual), or a message saying how to get one."""
+    from aime_jax.data.render import render_folder
+
+    demos = config_lib.demos_dir(config)
+    if not os.path.isdir(demos):
+        raise AimeError(
+            f"phase 2 needs demonstrations of {config.env}, and {demos!r} does not exist. "
+            "aime-jax cannot make expert demonstrations yet (the expert trainer is still to "
+            "come); point config.data.demos_dir at a folder of expert episodes (the authors' "
+            "published files, or episodes of your own policy collected with aime_jax.data.collect), "
+            "or run only --config.stages=datasets,phase1"
+        )
+    if config.modality == "visual" and jax.process_index() == 0:
+        render_folder(demos, size=64)
+    return demos
+
+
 def phase2(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     from aime_jax.agents.aime import train_aime
+
+    demos = demonstrations(config)
 
     score, _ = make_scorer(config)
     train_aime(
         config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir),
-        config_lib.demos_dir(config), mesh, evaluate_agent=lambda agent, n: score(agent, n)[0],
+        demos, mesh, evaluate_agent=lambda agent, n: score(agent, n)[0],
     )
 
 

@@ -145,6 +145,8 @@ class AimeAgent:
     actions do not depend on which batch it ran in (see `aime_jax.evaluate`).
     """
 
+    CHUNK = 16
+
     def __init__(self, model, wm_params, policy, policy_params):
         self.model, self.policy = model, policy
         self.wm_params, self.policy_params = wm_params, policy_params
@@ -172,11 +174,28 @@ class AimeAgent:
 
     def act(self, carry, observation, prev_action, is_first):
         state, keys = carry
-        obs = {k: jnp.asarray(observation[k]) for k in self.model.config.obs_keys}
-        state, keys, action = self._act(
-            self.wm_params, self.policy_params, state, keys, obs, jnp.asarray(prev_action, jnp.float32)
-        )
+        n = len(keys)
+        obs = {k: np.asarray(observation[k]) for k in self.model.config.obs_keys}
+        inputs = (state, keys, obs, np.asarray(prev_action, np.float32))
+        states, key_parts, actions = [], [], []
+        # Always in chunks of CHUNK rows (the last one padded): every episode then goes through
+        # the same compiled shapes, so its float results (and its trajectory) do not depend on
+        # how many environments were evaluated together.
+        for start in range(0, n, self.CHUNK):
+            rows = min(self.CHUNK, n - start)
+            chunk = jax.tree.map(lambda x: _pad_rows(x[start : start + self.CHUNK], self.CHUNK), inputs)
+            state_c, keys_c, action_c = self._act(self.wm_params, self.policy_params, *chunk)
+            states.append(jax.tree.map(lambda x: x[:rows], state_c))
+            key_parts.append(keys_c[:rows])
+            actions.append(action_c[:rows])
+        state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *states)
+        keys, action = jnp.concatenate(key_parts), jnp.concatenate(actions)
         return (state, keys), np.asarray(action, np.float32)
+
+
+def _pad_rows(x, rows: int):
+    x = jnp.asarray(x)
+    return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
 
 
 def load_agent(config: ml_collections.ConfigDict, workdir: str, world_model_dir: str, mesh=None) -> AimeAgent:

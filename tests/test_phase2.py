@@ -1,0 +1,103 @@
+"""AIME phase 2: a frozen world model, policy-only training, evaluation with the AIME agent."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from aime_jax.agents import aime
+from aime_jax.agents import world_model as learner
+from aime_jax.evaluate import evaluate
+
+from test_phase1 import tiny_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_phase2(config, **phase2):
+    config.phase2.update(dict(steps=4, log_every=2, eval_every=4, save_every=2, eval_episodes=1), **phase2)
+    config.phase2.policy.hidden_sizes = (32, 32)
+    config.data.num_demos = 2
+    return config
+
+
+@pytest.fixture(scope="module")
+def phase1_run(walker_random_dir, tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("phase1"))
+    learner.train_world_model(tiny_config(), run, walker_random_dir)
+    return run
+
+
+def test_world_model_is_frozen_and_only_the_policy_trains(phase1_run, walker_random_dir, tmp_path):
+    _, before, _ = learner.load_world_model(phase1_run)
+    before = jax.device_get(before)
+    agent, state = aime.train_aime(tiny_phase2(tiny_config()), str(tmp_path), phase1_run, walker_random_dir)
+    _, after, _ = learner.load_world_model(phase1_run)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(after))):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(agent.wm_params))):
+        np.testing.assert_array_equal(a, b)
+    # The phase-2 state holds the policy alone, and the policy did change.
+    assert set(state.params) == {"GaussianMLP_0"} or "gru" not in str(jax.tree_util.tree_structure(state.params))
+    assert int(state.step) == 4
+    lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    train = [l for l in lines if "train/action_mse" in l]
+    assert train and all(np.isfinite(l["train/loss"]) for l in train)
+    assert "train/action_mse_random" in train[0]
+
+
+def test_aime_agent_batched_evaluation_equals_one_at_a_time(phase1_run, walker_random_dir, tmp_path):
+    agent, _ = aime.train_aime(tiny_phase2(tiny_config(), steps=2), str(tmp_path), phase1_run, walker_random_dir)
+    batched = evaluate("walker-walk", "mdp", agent, episodes=3, num_envs=3, seed=5)
+    single = evaluate("walker-walk", "mdp", agent, episodes=3, num_envs=1, seed=5)
+    np.testing.assert_array_equal(batched.returns, single.returns)
+    # The restored agent acts exactly like the one training returned.
+    restored = aime.load_agent(tiny_phase2(tiny_config(), steps=2), str(tmp_path), phase1_run)
+    np.testing.assert_allclose(evaluate("walker-walk", "mdp", restored, 1, seed=5).returns, single.returns[:1], rtol=1e-4)
+
+
+def _main(workdir, *args):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    return subprocess.Popen(
+        [sys.executable, "experiments/main.py", "--config=configs/walker_mdp.py:quick", f"--workdir={workdir}", *args],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+@pytest.mark.slow
+def test_pipeline_resumes_after_a_kill_in_any_stage(walker_random_dir, tmp_path):
+    work = tmp_path / "run"
+    common = [
+        f"--config.data.embodiment_dir={walker_random_dir}", f"--config.data.demos_dir={walker_random_dir}",
+        "--config.data.num_demos=2", "--config.data.window=10", "--config.data.batch_size=4",
+        "--config.phase1.steps=60", "--config.phase1.save_every=10", "--config.phase1.eval_every=60",
+        "--config.phase2.steps=40", "--config.phase2.save_every=10", "--config.phase2.eval_every=40",
+        "--config.phase2.eval_episodes=1", "--config.eval.episodes=2", "--config.eval.num_envs=2",
+    ]
+    for stage_dir in ("phase1", "phase2"):
+        proc = _main(work, *common)
+        deadline = time.time() + 400
+        while time.time() < deadline and not os.path.isdir(work / stage_dir / "checkpoints" / "10"):
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not os.path.exists(work / "results.json")
+    proc = _main(work, *common)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out[-3000:]
+    results = json.load(open(work / "results.json"))
+    assert len(results["returns"]) == 2 and results["random"]["return_mean"] > 0
+    assert os.path.exists(work / "videos" / "eval_episode0.mp4")
+    for stage_dir, steps in (("phase1", 60), ("phase2", 40)):
+        logged = [json.loads(l)["step"] for l in open(work / stage_dir / "metrics.jsonl") if '"train/loss"' in l]
+        assert max(logged) == steps
+    # A finished pipeline skips every stage.
+    proc = _main(work, *common)
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0 and "evaluation skipped" in out, out[-3000:]
