@@ -18,13 +18,12 @@ policy evaluated with the same seed is scored on the same initial states.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import time
 from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from aime_jax.atomic import write_json
 from aime_jax.data.collect import episode_seed
 from aime_jax.envs.dmc import ACTION_DIM
 from aime_jax.envs.vector import VectorEnv
@@ -183,16 +182,4 @@ def normalised(returns_mean: float, expert_return: float) -> float:
 
 def write_results(path: str, result: dict) -> None:
     """Writes `result` as JSON atomically: readers see the old file or the new one, never half."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    write_json(path, result, sort_keys=True)

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from aime_jax import config as config_lib
+from aime_jax.atomic import write_json
 from aime_jax.errors import AimeError
 
 
@@ -207,10 +208,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
                 f"{workdir} holds a run with other settings ({', '.join(changed)}); use a new "
                 "--workdir, or the same settings to resume"
             )
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(new, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, new)
 
 
 def _diff(a, b, prefix=""):

@@ -90,7 +90,7 @@ def test_authors_layout_loads_without_conversion(tmp_path):
 
 
 def test_store_windows_equal_direct_loading(tmp_path):
-    eps = _write_folder(tmp_path, [20, 35, 7, 50], image=True)
+    _write_folder(tmp_path, [20, 35, 7, 50], image=True)
     store = EpisodeStore(tmp_path, progress=False)
     assert isinstance(store.arrays["image"], np.memmap)
     window = 8

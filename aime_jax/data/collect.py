@@ -8,6 +8,7 @@ from typing import Callable
 import numpy as np
 
 from aime_jax import envs
+from aime_jax.atomic import write_json
 from aime_jax.data.episodes import episode_from_steps, save_episode
 from aime_jax.errors import AimeError
 
@@ -55,10 +56,7 @@ def _write_meta(out: str, meta: dict) -> None:
                 "choose another --out folder or the same settings"
             )
         return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, meta)
 
 
 def collect(

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 import zipfile
 import zlib
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from aime_jax.atomic import atomic_open
 from aime_jax.errors import DatasetError
 
 REQUIRED_KEYS = ("pre_action", "reward", "is_first", "is_last", "is_terminal")
@@ -24,16 +24,6 @@ SCALAR_KEYS = ("reward", "is_first", "is_last", "is_terminal", "discount")
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
 # Kept at full precision: re-rendering must reproduce the simulator exactly.
 EXACT_KEYS = ("physics_state",)
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-# mkstemp creates files readable by the owner only; episodes should get the usual permissions.
-_UMASK = _current_umask()
 
 
 def episode_from_steps(steps: Sequence, include_image: bool | None = None) -> dict[str, np.ndarray]:
@@ -60,21 +50,8 @@ def save_episode(path: str | os.PathLike, episode: dict[str, np.ndarray], compre
     The temporary name does not end in `.npz`, so a writer killed mid-write leaves nothing that a
     reader takes for an episode.
     """
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **episode)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_open(path) as f:
+        (np.savez_compressed if compress else np.savez)(f, **episode)
 
 
 def _sort_key(name: str):
