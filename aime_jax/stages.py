@@ -139,7 +139,8 @@ def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     path = os.path.join(workdir, "results.json")
     if os.path.exists(path):
         with open(path) as f:
-            if json.load(f).get("episodes") == config.eval.episodes:
+            done = json.load(f)
+            if done.get("episodes") == config.eval.episodes and done.get("phase2_steps") == config.phase2.steps:
                 print(f"evaluation skipped: {path} is complete")
                 return
     agent = load_agent(config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir), mesh)
@@ -156,6 +157,7 @@ def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
         "num_demos": config.data.num_demos,
         "seed": config.seed,
         "episodes": config.eval.episodes,
+        "phase2_steps": config.phase2.steps,
         **summary,
         "returns": result.returns,
         **experts,
@@ -201,7 +203,11 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             old = json.load(f)
         changed = sorted(_diff(old, new))
         # Stages, logging and step counts may change between reruns (e.g. to train for longer).
-        harmless = ("stages", "wandb.", "phase1.steps", "phase1.log_every", "phase1.eval_every", "data.prefetch")
+        harmless = (
+            "stages", "wandb.", "data.prefetch", "eval.",
+            *(f"{stage}.{key}" for stage in ("phase1", "phase2") for key in ("steps", "log_every", "eval_every")),
+            "phase2.eval_episodes",
+        )
         changed = [k for k in changed if not k.startswith(harmless)]
         if changed:
             raise AimeError(
