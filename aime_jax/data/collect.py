@@ -21,11 +21,16 @@ def random_policy(observation: dict, proprio: dict, rng: np.random.Generator) ->
 
 
 def load_policy(spec: str) -> Policy:
+    """'random', or the run directory of an expert trained with experiments/train_expert.py."""
     if spec == "random":
         return random_policy
+    if os.path.isdir(os.path.join(spec, "checkpoints")):
+        from aime_jax.agents.sac import load_expert_policy
+
+        return load_expert_policy(spec)
     raise AimeError(
-        f"unknown policy {spec!r}: this version collects with --policy=random only; saved expert "
-        "policies are not supported yet"
+        f"unknown policy {spec!r}: use --policy=random or the run directory of an expert trained "
+        "with experiments/train_expert.py (it holds checkpoints/)"
     )
 
 

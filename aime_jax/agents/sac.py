@@ -1,0 +1,770 @@
+"""Soft actor-critic experts on proprioceptive state: the demonstrators and the `<task>-buffer`
+embodiment datasets.
+
+SAC (Haarnoja et al. 2018, with the learned temperature of the second paper): a tanh-Gaussian
+actor, twin Q critics with Polyak-averaged targets, the temperature tuned towards the target
+entropy -action_dim, Adam for all three. `SAC.update_many(state, batches)` runs one update per
+entry of the batches' leading axis inside one `lax.scan`, so the host samples and transfers the
+batches of several updates at once and dispatches one call.
+
+`train_expert` runs the online loop: `num_envs` in-process environments stepped in lockstep (one
+jitted actor call for all of them), a numpy ring replay buffer, checkpoints at episode boundaries
+(Orbax for the train state, atomic `.npy` files for the buffer) so that a rerun with the same
+workdir continues from the last checkpoint with the same buffer, periodic evaluation of the mode
+policy, and, optionally, every training episode saved in the authors' layout. `load_expert_policy`
+restores the actor from the Orbax checkpoint alone.
+
+The observation is the concatenation of the MDP keys of `envs.observation_keys(domain, 'mdp')`,
+taken from `Step.proprio`, so the same expert acts in every modality. Env steps are agent steps
+(action repeat 2: 500 per episode).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from typing import Any, Sequence
+
+import chex
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from aime_jax import envs
+from aime_jax.checkpoint import META, STATE, CheckpointNotFoundError, Checkpointer, restore_params_tree
+from aime_jax.data.collect import episode_seed
+from aime_jax.data.episodes import episode_from_steps, save_episode
+from aime_jax.envs.dmc import ACTION_DIM
+from aime_jax.errors import AimeError, ConfigError
+from aime_jax.evaluate import PAPER_EXPERT_RETURNS, evaluate, normalised, write_results
+from aime_jax.logging import RunLogger
+from aime_jax.nets.mlp import MLP
+from aime_jax.nets.policy import tanh_gaussian_mode
+
+SUMMARY = ("episode_return", "critic_loss", "actor_loss", "temperature", "entropy", "q", "updates_per_s")
+# dm_control's walker and cheetah episodes last 1000 physics steps.
+SIMULATOR_STEPS_PER_EPISODE = 1000
+# Evaluation episodes start from episode_seed(EVAL_SEED, i) whatever the training seed, so every
+# expert is scored on the same initial states (training episodes use small seeds).
+EVAL_SEED = 1_000_000
+_LOG_2 = math.log(2.0)
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+@dataclasses.dataclass(frozen=True)
+class SACConfig:
+    """Hyperparameters of the learner and of the loop. Env steps are agent steps.
+
+    The defaults are chosen for wall-clock speed on a CPU (see `default_config`): 128 x 2 ReLU
+    MLPs with LayerNorm, Adam lr 1e-3, batch 128, one update per env step.
+    """
+
+    hidden_sizes: tuple[int, ...] = (128, 128)
+    layer_norm: bool = True
+    actor_lr: float = 1e-3
+    critic_lr: float = 1e-3
+    temperature_lr: float = 1e-3
+    batch_size: int = 128
+    discount: float = 0.99
+    tau: float = 0.005
+    init_temperature: float = 0.1
+    # None: -action_dim.
+    target_entropy: float | None = None
+    log_std_min: float = -5.0
+    log_std_max: float = 2.0
+    # Uniform random actions for the first seed_steps env steps; updates start after them.
+    seed_steps: int = 5000
+    # Updates per env step, and updates per jitted call: the updates run in chunks of
+    # updates_per_call (every updates_per_call / utd env steps), because each call costs ~1 ms
+    # of dispatch and batch transfer on a CPU, a third of a default update (benchmarks/sac.py).
+    utd: float = 1.0
+    updates_per_call: int = 10
+    num_envs: int = 1
+    action_repeat: int = 2
+    buffer_size: int = 1_000_000
+    # Evaluation, checkpoints and buffer episodes happen at episode boundaries after these counts.
+    eval_every: int = 10_000
+    eval_episodes: int = 10
+    save_every: int = 10_000
+    log_every: int = 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden_sizes"] = list(self.hidden_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SACConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown SAC setting(s) {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        if "hidden_sizes" in d:
+            d["hidden_sizes"] = tuple(int(h) for h in d["hidden_sizes"])
+        return cls(**d)
+
+    def validate(self) -> "SACConfig":
+        positive = ("batch_size", "num_envs", "action_repeat", "buffer_size", "eval_every", "eval_episodes",
+                    "save_every", "log_every")
+        bad = [k for k in positive if getattr(self, k) < 1]
+        if bad:
+            raise ConfigError(f"SAC settings {bad} must be >= 1, got {[getattr(self, k) for k in bad]}")
+        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
+            raise ConfigError(f"hidden_sizes must be a non-empty list of positive sizes, got {self.hidden_sizes}")
+        if self.utd <= 0 or self.updates_per_call < 1:
+            raise ConfigError(f"utd and updates_per_call must be positive, got {self.utd}, {self.updates_per_call}")
+        if not 0.0 < self.tau <= 1.0 or not 0.0 <= self.discount <= 1.0:
+            raise ConfigError(f"need 0 < tau <= 1 and 0 <= discount <= 1, got {self.tau}, {self.discount}")
+        if self.seed_steps < 0 or self.init_temperature <= 0 or self.log_std_min >= self.log_std_max:
+            raise ConfigError(
+                "need seed_steps >= 0, init_temperature > 0 and log_std_min < log_std_max, got "
+                f"{self.seed_steps}, {self.init_temperature}, ({self.log_std_min}, {self.log_std_max})"
+            )
+        return self
+
+
+def default_config(env_name: str, **overrides: Any) -> SACConfig:
+    """The settings we train experts with (the same for every task); `overrides` replace any field.
+
+    On a CPU the updates cost nearly all of the wall time (a 256 x 2, batch-256 update costs as
+    much as ~30 walker env steps), and the cost grows with width x batch while, on walker-stand,
+    128 x 2 networks at batch 128 learned about as fast per env step as 256 x 2 at batch 128 or
+    256 (single seeds: level over 60k steps, within the seed spread at 20k; benchmarks/sac.py):
+    so 128 x 2, batch 128, one update per env step, ~300 updates/s on 2 cores. LayerNorm in
+    every hidden layer, as in recent fast SAC variants, with lr 1e-3: on cheetah-run
+    (LayerNorm in both) lr 1e-3 scored 374 / 424 at 50k / 60k steps against 246 / 323 for 3e-4
+    (one seed each); on walker-stand single-seed runs of 1e-3 with LayerNorm and the classic 3e-4
+    without it were level. Wider networks are one override away (`hidden_sizes=(256, 256)`)
+    where the asymptote matters more than the hours.
+    """
+    envs.domain_of(env_name)  # an unknown task fails here, with the valid names
+    return SACConfig.from_dict(overrides).validate()
+
+
+class Actor(nn.Module):
+    """observation -> (mean, log_std) of the pre-tanh Gaussian; log_std squashed into
+    [log_std_min, log_std_max] with a tanh so the entropy stays bounded both ways."""
+
+    action_dim: int
+    hidden_sizes: Sequence[int]
+    layer_norm: bool
+    log_std_min: float
+    log_std_max: float
+
+    @nn.compact
+    def __call__(self, obs: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = MLP(self.hidden_sizes, 2 * self.action_dim, "relu", self.layer_norm)(obs)
+        mean, raw = jnp.split(out, 2, axis=-1)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (jnp.tanh(raw) + 1.0)
+        return mean, log_std
+
+
+class Critic(nn.Module):
+    hidden_sizes: Sequence[int]
+    layer_norm: bool
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        x = jnp.concatenate([obs, action], axis=-1)
+        return MLP(self.hidden_sizes, 1, "relu", self.layer_norm)(x)[..., 0]
+
+
+class TwinCritic(nn.Module):
+    """Two independent critics evaluated as one batched network: (obs, action) -> (2, ...)."""
+
+    hidden_sizes: Sequence[int]
+    layer_norm: bool
+    num: int = 2
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        ensemble = nn.vmap(
+            Critic,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=self.num,
+        )
+        return ensemble(self.hidden_sizes, self.layer_norm, name="q")(obs, action)
+
+
+def sample_with_log_prob(mean: jax.Array, log_std: jax.Array, rng: chex.PRNGKey) -> tuple[jax.Array, jax.Array]:
+    """A reparameterised tanh-Gaussian action and its log-density, summed over the last axis.
+
+    The change of variables uses the pre-tanh sample u: log(1 - tanh(u)^2) = 2 (log 2 - u -
+    softplus(-2u)), exact and finite where tanh(u) rounds to +-1 (no clipping of the action).
+    """
+    chex.assert_equal_shape([mean, log_std])
+    noise = jax.random.normal(rng, mean.shape, mean.dtype)
+    pre_tanh = mean + jnp.exp(log_std) * noise
+    gaussian = -0.5 * jnp.square(noise) - log_std - _LOG_SQRT_2PI
+    log_det = 2.0 * (_LOG_2 - pre_tanh - jax.nn.softplus(-2.0 * pre_tanh))
+    return jnp.tanh(pre_tanh), jnp.sum(gaussian - log_det, axis=-1)
+
+
+def critic_loss(q: jax.Array, target: jax.Array) -> jax.Array:
+    """Sum over the critics of each one's mean squared TD error; q is (num_critics, B)."""
+    chex.assert_rank(q, 2)
+    chex.assert_shape(target, q.shape[1:])
+    return jnp.sum(jnp.mean(jnp.square(q - target[None]), axis=1))
+
+
+def soft_target(
+    reward: jax.Array,
+    discount: jax.Array,
+    next_q: jax.Array,
+    next_log_prob: jax.Array,
+    gamma: float,
+    temperature: jax.Array,
+) -> jax.Array:
+    """r + gamma * discount * (min_i Q_i'(s', a') - alpha log pi(a'|s')); next_q is (2, B)."""
+    chex.assert_rank(next_q, 2)
+    chex.assert_equal_shape([reward, discount, next_log_prob, next_q[0]])
+    return reward + gamma * discount * (jnp.min(next_q, axis=0) - temperature * next_log_prob)
+
+
+def temperature_loss(log_temperature: jax.Array, log_prob: jax.Array, target_entropy: float) -> jax.Array:
+    """alpha * (H(pi) - target): lowers alpha while the entropy is above the target, raises it below."""
+    chex.assert_rank(log_temperature, 0)
+    return jnp.exp(log_temperature) * jnp.mean(jax.lax.stop_gradient(-log_prob) - target_entropy)
+
+
+@flax.struct.dataclass
+class SACState:
+    step: jax.Array  # updates done
+    actor_params: Any
+    critic_params: Any
+    target_critic_params: Any
+    log_temperature: jax.Array
+    actor_opt: Any
+    critic_opt: Any
+    temperature_opt: Any
+    rng: jax.Array
+
+
+BATCH_KEYS = ("obs", "action", "reward", "discount", "next_obs")
+
+
+class SAC:
+    """The networks, optimisers and jitted pure functions of one SAC learner.
+
+    `update(state, batch)` and `update_many(state, batches)` donate the state; batches are dicts
+    of `BATCH_KEYS` with shapes (B, ...) and (K, B, ...) respectively.
+    """
+
+    def __init__(self, config: SACConfig, obs_dim: int, action_dim: int = ACTION_DIM):
+        self.config = config
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.target_entropy = -float(action_dim) if config.target_entropy is None else float(config.target_entropy)
+        hidden = tuple(config.hidden_sizes)
+        self.actor = Actor(action_dim, hidden, config.layer_norm, config.log_std_min, config.log_std_max)
+        self.critic = TwinCritic(hidden, config.layer_norm)
+        self.actor_optimizer = optax.adam(config.actor_lr)
+        self.critic_optimizer = optax.adam(config.critic_lr)
+        self.temperature_optimizer = optax.adam(config.temperature_lr)
+        # Jitted: op by op, initialising the networks and optimisers takes seconds on a CPU.
+        self._init = jax.jit(self._initial_state)
+        self.update = jax.jit(self._update, donate_argnums=0)
+        self.update_many = jax.jit(self._update_many, donate_argnums=0)
+        self.sample_actions = jax.jit(self._sample_actions)
+        self.mode_actions = jax.jit(self._mode_actions)
+
+    def init_actor(self, rng: chex.PRNGKey) -> Any:
+        return self.actor.init(rng, jnp.zeros((1, self.obs_dim), jnp.float32))
+
+    def init(self, seed: int) -> SACState:
+        return self._init(jax.random.PRNGKey(seed))
+
+    def _initial_state(self, key: chex.PRNGKey) -> SACState:
+        actor_key, critic_key, rng = jax.random.split(key, 3)
+        actor_params = self.init_actor(actor_key)
+        critic_params = self.critic.init(
+            critic_key, jnp.zeros((1, self.obs_dim), jnp.float32), jnp.zeros((1, self.action_dim), jnp.float32)
+        )
+        log_temperature = jnp.asarray(math.log(self.config.init_temperature), jnp.float32)
+        return SACState(
+            step=jnp.zeros((), jnp.int32),
+            actor_params=actor_params,
+            critic_params=critic_params,
+            # A copy, not the same buffers: the state is donated as a whole.
+            target_critic_params=jax.tree.map(jnp.copy, critic_params),
+            log_temperature=log_temperature,
+            actor_opt=self.actor_optimizer.init(actor_params),
+            critic_opt=self.critic_optimizer.init(critic_params),
+            temperature_opt=self.temperature_optimizer.init(log_temperature),
+            rng=rng,
+        )
+
+    def _update(self, state: SACState, batch: dict[str, jax.Array]) -> tuple[SACState, dict[str, jax.Array]]:
+        cfg = self.config
+        chex.assert_rank(batch["obs"], 2)
+        chex.assert_shape([batch["reward"], batch["discount"]], batch["obs"].shape[:1])
+        rng, next_key, actor_key = jax.random.split(state.rng, 3)
+        temperature = jnp.exp(state.log_temperature)
+
+        next_mean, next_log_std = self.actor.apply(state.actor_params, batch["next_obs"])
+        next_action, next_log_prob = sample_with_log_prob(next_mean, next_log_std, next_key)
+        next_q = self.critic.apply(state.target_critic_params, batch["next_obs"], next_action)
+        target = jax.lax.stop_gradient(
+            soft_target(batch["reward"], batch["discount"], next_q, next_log_prob, cfg.discount, temperature)
+        )
+
+        def critic_objective(params):
+            q = self.critic.apply(params, batch["obs"], batch["action"])
+            return critic_loss(q, target), q
+
+        (c_loss, q), grads = jax.value_and_grad(critic_objective, has_aux=True)(state.critic_params)
+        updates, critic_opt = self.critic_optimizer.update(grads, state.critic_opt, state.critic_params)
+        critic_params = optax.apply_updates(state.critic_params, updates)
+
+        def actor_objective(params):
+            mean, log_std = self.actor.apply(params, batch["obs"])
+            action, log_prob = sample_with_log_prob(mean, log_std, actor_key)
+            q_pi = jnp.min(self.critic.apply(critic_params, batch["obs"], action), axis=0)
+            return jnp.mean(temperature * log_prob - q_pi), log_prob
+
+        (a_loss, log_prob), grads = jax.value_and_grad(actor_objective, has_aux=True)(state.actor_params)
+        updates, actor_opt = self.actor_optimizer.update(grads, state.actor_opt, state.actor_params)
+        actor_params = optax.apply_updates(state.actor_params, updates)
+
+        t_loss, grad = jax.value_and_grad(temperature_loss)(state.log_temperature, log_prob, self.target_entropy)
+        updates, temperature_opt = self.temperature_optimizer.update(grad, state.temperature_opt, state.log_temperature)
+        log_temperature = optax.apply_updates(state.log_temperature, updates)
+
+        target_critic_params = optax.incremental_update(critic_params, state.target_critic_params, cfg.tau)
+        new_state = SACState(
+            step=state.step + 1,
+            actor_params=actor_params,
+            critic_params=critic_params,
+            target_critic_params=target_critic_params,
+            log_temperature=log_temperature,
+            actor_opt=actor_opt,
+            critic_opt=critic_opt,
+            temperature_opt=temperature_opt,
+            rng=rng,
+        )
+        metrics = {
+            "critic_loss": c_loss,
+            "actor_loss": a_loss,
+            "temperature_loss": t_loss,
+            "temperature": temperature,
+            "entropy": -jnp.mean(log_prob),
+            "q": jnp.mean(q),
+            "target": jnp.mean(target),
+        }
+        return new_state, metrics
+
+    def _update_many(self, state: SACState, batches: dict[str, jax.Array]) -> tuple[SACState, dict[str, jax.Array]]:
+        """K updates in one scan over the batches' leading axis; metrics averaged over them."""
+        state, metrics = jax.lax.scan(self._update, state, batches)
+        return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+    def _sample_actions(self, actor_params: Any, obs: jax.Array, rng: chex.PRNGKey, step: jax.Array) -> jax.Array:
+        mean, log_std = self.actor.apply(actor_params, obs)
+        return sample_with_log_prob(mean, log_std, jax.random.fold_in(rng, step))[0]
+
+    def _mode_actions(self, actor_params: Any, obs: jax.Array) -> jax.Array:
+        return tanh_gaussian_mode(self.actor.apply(actor_params, obs)[0])
+
+
+def observation_vector(observation: dict[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
+    """The MDP keys concatenated on the last axis, float32 (works batched or for one step)."""
+    return np.concatenate([np.asarray(observation[k], np.float32) for k in keys], axis=-1)
+
+
+class ReplayBuffer:
+    """A preallocated numpy ring of transitions; indices are drawn on the host.
+
+    `save` writes the contents oldest first as one `.npy` per key into a temporary folder and
+    renames it into place, so a folder that exists is complete.
+    """
+
+    def __init__(self, capacity: int, obs_dim: int, action_dim: int = ACTION_DIM):
+        if capacity < 1:
+            raise ConfigError(f"replay buffer capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.data = {
+            "obs": np.zeros((capacity, obs_dim), np.float32),
+            "action": np.zeros((capacity, action_dim), np.float32),
+            "reward": np.zeros((capacity,), np.float32),
+            "discount": np.zeros((capacity,), np.float32),
+            "next_obs": np.zeros((capacity, obs_dim), np.float32),
+        }
+        self.size = 0
+        self.ptr = 0
+
+    def add(self, **batch: np.ndarray) -> None:
+        """Adds N transitions; every key of `BATCH_KEYS` with a leading axis of N."""
+        n = len(batch["obs"])
+        idx = (self.ptr + np.arange(n)) % self.capacity
+        for k in BATCH_KEYS:
+            self.data[k][idx] = batch[k]
+        self.ptr = int((self.ptr + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
+
+    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+        if self.size == 0:
+            raise AimeError("cannot sample from an empty replay buffer")
+        idx = rng.integers(0, self.size, shape)
+        return {k: v[idx] for k, v in self.data.items()}
+
+    def chronological(self) -> dict[str, np.ndarray]:
+        if self.size < self.capacity:
+            return {k: v[: self.size] for k, v in self.data.items()}
+        return {k: np.roll(v, -self.ptr, axis=0) for k, v in self.data.items()}
+
+    def save(self, directory: str) -> None:
+        parent = os.path.dirname(os.path.abspath(directory))
+        os.makedirs(parent, exist_ok=True)
+        tmp = os.path.join(parent, f".tmp-{os.path.basename(directory)}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        try:
+            for k, v in self.chronological().items():
+                with open(os.path.join(tmp, f"{k}.npy"), "wb") as f:
+                    np.save(f, v)
+                    f.flush()
+                    os.fsync(f.fileno())
+            shutil.rmtree(directory, ignore_errors=True)
+            os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def load(self, directory: str) -> None:
+        """Replaces the contents with a saved buffer (its newest `capacity` transitions)."""
+        try:
+            saved = {k: np.load(os.path.join(directory, f"{k}.npy")) for k in BATCH_KEYS}
+        except (OSError, ValueError) as e:
+            raise AimeError(
+                f"replay buffer {directory} is missing or unreadable ({e}); the checkpoint next to it "
+                "cannot be resumed: start a new workdir"
+            ) from None
+        n = len(saved["obs"])
+        keep = min(n, self.capacity)
+        for k in BATCH_KEYS:
+            if saved[k].shape[1:] != self.data[k].shape[1:]:
+                raise AimeError(
+                    f"replay buffer {directory}: {k} has shape {saved[k].shape}, expected (N, *{self.data[k].shape[1:]})"
+                )
+            self.data[k][:keep] = saved[k][n - keep :]
+        self.size = keep
+        self.ptr = keep % self.capacity
+
+
+class SACAgent:
+    """The mode (deterministic) policy of a SAC actor.
+
+    Both an evaluation agent (`initial_carry` / `act`, see aime_jax.evaluate) and a collection
+    policy (`policy(observation, proprio, rng) -> action`, see aime_jax.data.collect): it reads the
+    MDP keys from the observation when acting in `evaluate` (MDP modality) and from `proprio`
+    when collecting, so it serves every modality there.
+    """
+
+    def __init__(self, sac: SAC, actor_params: Any, obs_keys: Sequence[str], name: str = "sac-expert"):
+        self.sac, self.actor_params, self.obs_keys, self.name = sac, actor_params, tuple(obs_keys), name
+
+    def initial_carry(self, episode_seeds: Sequence[int]) -> None:
+        return None
+
+    def act(self, carry: None, observation: dict[str, np.ndarray], prev_action: np.ndarray, is_first: np.ndarray):
+        missing = [k for k in self.obs_keys if k not in observation]
+        if missing:
+            raise AimeError(f"the SAC expert needs the MDP observation keys {list(self.obs_keys)}; missing {missing}")
+        obs = observation_vector(observation, self.obs_keys)
+        return carry, np.asarray(self.sac.mode_actions(self.actor_params, obs))
+
+    def __call__(self, observation: dict, proprio: dict, rng: np.random.Generator) -> np.ndarray:
+        obs = observation_vector(proprio, self.obs_keys)[None]
+        return np.asarray(self.sac.mode_actions(self.actor_params, obs))[0]
+
+
+def _checkpoint_dir(workdir: str) -> str:
+    return os.path.join(workdir, "checkpoints")
+
+
+def _replay_dir(workdir: str, step: int) -> str:
+    return os.path.join(workdir, "replay", str(step))
+
+
+def _prune_replay(workdir: str, keep: int | None) -> None:
+    """Removes every saved buffer but the one of checkpoint `keep`, and half-written ones."""
+    root = os.path.join(workdir, "replay")
+    if not os.path.isdir(root):
+        return
+    for name in os.listdir(root):
+        if name != str(keep):
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+
+def _obs_spec(env_name: str) -> tuple[tuple[str, ...], int]:
+    domain = envs.domain_of(env_name)
+    keys = envs.observation_keys(domain, "mdp")
+    return keys, sum(envs.PROPRIO_KEYS[domain][k] for k in keys)
+
+
+@dataclasses.dataclass
+class _Progress:
+    """Host-side counters saved with every checkpoint (JSON)."""
+
+    env_steps: int = 0
+    episodes: int = 0
+    updates: int = 0
+    pending_updates: float = 0.0
+    wall_s: float = 0.0
+    eval_wall_s: float = 0.0
+    train_returns: list = dataclasses.field(default_factory=list)
+    evals: list = dataclasses.field(default_factory=list)
+
+
+def _episode_dir_meta(episode_dir: str, env_name: str, seed: int, config: SACConfig) -> None:
+    """meta.json as `collect` writes it, so the folder reads like any collected dataset; a folder
+    that already holds another run's episodes is refused."""
+    meta = {"env": env_name, "modality": "mdp", "policy": "sac-training", "seed": seed,
+            "action_repeat": config.action_repeat, "image_size": None}
+    path = os.path.join(episode_dir, "meta.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        clash = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+        if clash:
+            raise AimeError(
+                f"episode folder {episode_dir} holds episodes of another run {clash} (old, new); choose another folder"
+            )
+        return
+    os.makedirs(episode_dir, exist_ok=True)
+    write_results(path, meta)
+
+
+def _check_resume(meta: dict, env_name: str, seed: int, config: SACConfig, workdir: str) -> None:
+    if meta["seed"] != seed:
+        raise AimeError(
+            f"{workdir} holds a SAC run with seed {meta['seed']}, not {seed}; use a new workdir or that seed"
+        )
+    saved_cfg = SACConfig.from_dict(meta["config"])
+    network = ("hidden_sizes", "layer_norm", "log_std_min", "log_std_max")
+    changed = [k for k in network if getattr(saved_cfg, k) != getattr(config, k)]
+    if meta["env"] != env_name or changed or saved_cfg.num_envs != config.num_envs:
+        raise AimeError(
+            f"{workdir} holds a SAC run of {meta['env']} with other networks or num_envs "
+            f"({ {k: getattr(saved_cfg, k) for k in (*network, 'num_envs')} }); use a new workdir or the same settings"
+        )
+
+
+def train_expert(
+    env_name: str,
+    workdir: str,
+    total_env_steps: int,
+    seed: int = 0,
+    config: SACConfig | None = None,
+    episode_dir: str | None = None,
+    max_wall_s: float | None = None,
+) -> dict[str, Any]:
+    """Trains (or resumes, or returns at once when complete) a SAC expert in `workdir`.
+
+    Runs whole episodes until `total_env_steps` agent steps are done (rounded up to whole rounds
+    of `num_envs` episodes), or until the run's wall time passes `max_wall_s`, checkpointing
+    there (a rerun without it continues). Training episode i starts from `episode_seed(seed, i)`; with
+    `episode_dir` it is written there as `<i>.npz` (proprioception, actions, rewards, physics
+    states; no images) as soon as it ends. Returns (and writes to `workdir/summary.json`) the
+    counts, wall time and evaluation curve.
+    """
+    config = (config or default_config(env_name)).validate()
+    envs.tasks.get_task(env_name)
+    if total_env_steps < 1:
+        raise ConfigError(f"total_env_steps must be >= 1, got {total_env_steps}")
+    obs_keys, obs_dim = _obs_spec(env_name)
+    n = config.num_envs
+    episode_steps = math.ceil(SIMULATOR_STEPS_PER_EPISODE / config.action_repeat)
+    round_steps = n * episode_steps
+    total = math.ceil(total_env_steps / round_steps) * round_steps
+
+    if episode_dir is not None:
+        _episode_dir_meta(episode_dir, env_name, seed, config)
+    sac = SAC(config, obs_dim)
+    state = sac.init(seed)
+    buffer = ReplayBuffer(min(config.buffer_size, total), obs_dim)
+    prog = _Progress()
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = Checkpointer(_checkpoint_dir(workdir), max_to_keep=1, save_interval_steps=1)
+    try:
+        latest = ckpt.latest_step()
+        _prune_replay(workdir, latest)
+        if latest is not None:
+            _check_resume(ckpt.restore_meta(), env_name, seed, config, workdir)
+            state, meta = ckpt.restore(state)
+            buffer.load(_replay_dir(workdir, latest))
+            prog = _Progress(**meta["progress"])
+        if prog.env_steps < total:
+            prog = _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, config, obs_keys,
+                          episode_dir, max_wall_s)
+    finally:
+        ckpt.close()
+    summary = _summary(env_name, seed, config, prog)
+    write_results(os.path.join(workdir, "summary.json"), summary)
+    return summary
+
+
+def _summary(env_name: str, seed: int, config: SACConfig, prog: _Progress) -> dict[str, Any]:
+    last = prog.evals[-1] if prog.evals else None
+    summary = {
+        "env": env_name,
+        "seed": seed,
+        "config": config.to_dict(),
+        "env_steps": prog.env_steps,
+        "episodes": prog.episodes,
+        "updates": prog.updates,
+        "wall_s": prog.wall_s,
+        "eval_wall_s": prog.eval_wall_s,
+        "eval_return": last["return"] if last else None,
+        "eval_curve": prog.evals,
+        "train_returns": prog.train_returns,
+    }
+    if last and env_name in PAPER_EXPERT_RETURNS:
+        summary["paper_expert_return"] = PAPER_EXPERT_RETURNS[env_name]
+        summary["eval_normalised_paper"] = normalised(last["return"], PAPER_EXPERT_RETURNS[env_name])
+    return summary
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return after // every > before // every
+
+
+def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, config, obs_keys, episode_dir, max_wall_s):
+    n = config.num_envs
+    chunk = config.updates_per_call
+    act_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+    pool = [envs.make(env_name, "mdp", seed=None, action_repeat=config.action_repeat) for _ in range(n)]
+    logger = RunLogger(workdir, total, prog.env_steps, config.log_every,
+                       config={"env": env_name, "seed": seed, **config.to_dict()})
+    metrics: dict[str, Any] = {}
+    start = time.perf_counter()
+    wall0 = prog.wall_s
+    mark = (prog.env_steps, prog.updates, start)
+    recent = prog.train_returns[-n:]
+    try:
+        done = False
+        while not done:
+            first, round_start = prog.episodes, prog.env_steps
+            steps = [env.reset(seed=episode_seed(seed, first + j)) for j, env in enumerate(pool)]
+            trajectories = [[s] for s in steps] if episode_dir else None
+            obs = np.stack([observation_vector(s.proprio, obs_keys) for s in steps])
+            returns = np.zeros(n)
+            random_actions = np.random.default_rng([seed, 2, first])
+            while True:
+                before = prog.env_steps
+                if before < config.seed_steps:
+                    action = random_actions.uniform(-1.0, 1.0, (n, ACTION_DIM)).astype(np.float32)
+                else:
+                    action = np.asarray(sac.sample_actions(state.actor_params, obs, act_key, before))
+                steps = [env.step(a) for env, a in zip(pool, action)]
+                next_obs = np.stack([observation_vector(s.proprio, obs_keys) for s in steps])
+                reward = np.array([s.reward for s in steps], np.float32)
+                buffer.add(
+                    obs=obs, action=np.clip(action, -1.0, 1.0), reward=reward,
+                    discount=np.array([0.0 if s.is_terminal else 1.0 for s in steps], np.float32),
+                    next_obs=next_obs,
+                )
+                if trajectories is not None:
+                    for traj, s in zip(trajectories, steps):
+                        traj.append(s)
+                returns += reward
+                obs = next_obs
+                prog.env_steps += n
+                if prog.env_steps > config.seed_steps:
+                    prog.pending_updates += n * config.utd
+                while prog.pending_updates >= chunk:
+                    # Indices are a pure function of (seed, update count): a resumed run draws the
+                    # batches an uninterrupted one would have.
+                    batches = buffer.sample(np.random.default_rng([seed, 1, prog.updates]), (chunk, config.batch_size))
+                    state, metrics = sac.update_many(state, jax.device_put(batches))
+                    prog.updates += chunk
+                    prog.pending_updates -= chunk
+                logger.advance(n)
+                last = steps[0].is_last
+                if _crossed(before, prog.env_steps, config.log_every) or (last and prog.env_steps >= total):
+                    now = time.perf_counter()
+                    host = {
+                        "episode_return": float(np.mean(recent)) if recent else float("nan"),
+                        "env_steps_per_s": (prog.env_steps - mark[0]) / (now - mark[2]),
+                        "updates_per_s": (prog.updates - mark[1]) / (now - mark[2]),
+                        "updates": prog.updates,
+                    }
+                    logger.log(prog.env_steps, {**host, **metrics}, summary=SUMMARY)
+                    mark = (prog.env_steps, prog.updates, now)
+                if last:
+                    break
+            if trajectories is not None:
+                for j, traj in enumerate(trajectories):
+                    path = os.path.join(episode_dir, f"{first + j}.npz")
+                    save_episode(path, episode_from_steps(traj, include_image=False))
+            prog.episodes += n
+            recent = [float(r) for r in returns]
+            prog.train_returns.extend(recent)
+            out_of_time = max_wall_s is not None and wall0 + time.perf_counter() - start >= max_wall_s
+            done = prog.env_steps >= total or out_of_time
+            if done or _crossed(round_start, prog.env_steps, config.eval_every):
+                t0 = time.perf_counter()
+                agent = SACAgent(sac, state.actor_params, obs_keys)
+                result = evaluate(env_name, "mdp", agent, config.eval_episodes, num_envs=config.eval_episodes,
+                                  seed=EVAL_SEED, action_repeat=config.action_repeat)
+                prog.eval_wall_s += time.perf_counter() - t0
+                prog.wall_s = wall0 + time.perf_counter() - start
+                prog.evals.append({"env_steps": prog.env_steps, "return": result.mean, "return_std": result.std,
+                                   "wall_s": prog.wall_s})
+                logger.log(prog.env_steps, {"return": result.mean, "return_std": result.std}, prefix="eval")
+            if done or _crossed(round_start, prog.env_steps, config.save_every):
+                prog.wall_s = wall0 + time.perf_counter() - start
+                buffer.save(_replay_dir(workdir, prog.env_steps))
+                meta = {"env": env_name, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
+                        "obs_dim": sac.obs_dim, "action_dim": sac.action_dim, "progress": dataclasses.asdict(prog)}
+                ckpt.save(prog.env_steps, state, meta, force=True)
+                ckpt.wait()
+                _prune_replay(workdir, prog.env_steps)
+    finally:
+        logger.close()
+    # wall_s is the one saved with the last checkpoint, so a finished run reports the same on rerun.
+    return prog
+
+
+def _read_meta(directory: str) -> tuple[dict, int]:
+    """The latest checkpoint's metadata and step, read-only (safe while a trainer is writing)."""
+    path = os.path.abspath(directory)
+    if not os.path.isdir(path):
+        raise CheckpointNotFoundError(
+            f"no SAC expert at {directory}: the folder does not exist; train one with "
+            "`python experiments/train_expert.py --env=... --workdir=...`"
+        )
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    with ocp.CheckpointManager(path, options=options, item_names=(STATE, META)) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise CheckpointNotFoundError(f"no complete checkpoint in {path}; the expert has not saved yet")
+        meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+    if "progress" not in meta or "config" not in meta:
+        raise AimeError(f"{path} does not hold a SAC expert checkpoint (its metadata has {sorted(meta)})")
+    return meta, step
+
+
+def load_expert_policy(workdir: str) -> SACAgent:
+    """The mode policy of the latest checkpoint of a `train_expert` run (its workdir or the
+    checkpoints/ folder in it), restored from the Orbax checkpoint alone.
+
+    The result is a collection policy `policy(observation, proprio, rng) -> action` (mode actions,
+    `rng` unused) for `aime_jax.data.collect.collect(policy=...)`, and an evaluation agent.
+    """
+    directory = _checkpoint_dir(workdir) if os.path.isdir(_checkpoint_dir(workdir)) else workdir
+    meta, step = _read_meta(directory)
+    sac = SAC(SACConfig.from_dict(meta["config"]), int(meta["obs_dim"]), int(meta["action_dim"]))
+    abstract = jax.eval_shape(sac.init_actor, jax.random.PRNGKey(0))
+    params = restore_params_tree(directory, {"actor_params": abstract}, step)["actor_params"]
+    return SACAgent(sac, params, meta["obs_keys"], name=f"sac-expert:{meta['env']}@{step}")
