@@ -1,0 +1,368 @@
+"""Throughput, compile time, memory and FLOPs of the phase-1 train step at the paper's sizes; JSON out.
+
+  python benchmarks/phase1.py --out=benchmarks/results/phase1_cpu.json
+
+Each configuration runs in its own subprocess, so its peak host memory (ru_maxrss) is its own.
+The step is jitted exactly as the learner jits it (replicated, donated state; batch split over a
+one-device 'data' mesh) and fed a synthetic batch of the dataset's shapes and dtypes at the
+paper's B=50, T=50. Speedups compare against the authors' PyTorch release timed on this CPU.
+
+FLOPs: XLA's cost analysis counts a while loop's body once, whatever its trip count, so on the
+compiled step it misses 49 of the 50 RSSM steps of the forward and of the backward scan. The
+per-step FLOPs below come from a second lowering (never compiled or run) with every
+`jax.lax.scan` fully unrolled; the raw figure of the compiled step is reported beside it.
+"""
+import argparse
+import contextlib
+import functools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aime_jax import envs, parallel
+from aime_jax.agents import world_model as wm_agent
+from aime_jax.config import make_config, resolve
+from aime_jax.nets.cnn import IMAGE_SHAPE
+from aime_jax.world_model import rssm
+
+BATCH, WINDOW, ACTION_DIM = 50, 50, 6
+# (domain, modality, world-model dtype); the variant is the release's default for the domain.
+CONFIGS = {
+    "walker_mdp": ("walker", "mdp", "float32"),
+    "cheetah_mdp": ("cheetah", "mdp", "float32"),
+    "cheetah_mdp_bf16": ("cheetah", "mdp", "bfloat16"),
+    "walker_visual": ("walker", "visual", "float32"),
+    "cheetah_visual": ("cheetah", "visual", "float32"),
+}
+# The authors' PyTorch release, phase 1 at B=50, T=50, on this CPU: seconds per step.
+TORCH_S_PER_STEP = {"mdp": 0.88, "visual": 10.8}
+# Speedup targets over the release.
+TARGET_SPEEDUP = {"mdp": 1.5, "visual": 2.0}
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def _busy_cpu_s() -> float:
+    """Busy CPU seconds of the whole machine since boot (all processes, all cores)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(max_s: float, threshold: float = 0.1, window_s: float = 5.0) -> float:
+    """Waits (at most `max_s`) until other processes use under `threshold` of the machine over a
+    `window_s` window; returns the seconds waited. On a shared machine this keeps the timings
+    from measuring somebody else's job."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_s:
+        busy0, w0 = _busy_cpu_s(), time.perf_counter()
+        time.sleep(window_s)
+        if (_busy_cpu_s() - busy0) / ((time.perf_counter() - w0) * os.cpu_count()) < threshold:
+            break
+    return round(time.perf_counter() - t0, 1)
+
+
+def _own_cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # kilobytes on Linux
+
+
+def _flops(cost) -> float | None:
+    if isinstance(cost, (list, tuple)):
+        cost = cost[0] if cost else None
+    return float(cost["flops"]) if cost and "flops" in cost else None
+
+
+def _memory(compiled) -> dict | None:
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if stats is None:
+        return None
+    names = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+             "temp_size_in_bytes", "generated_code_size_in_bytes")
+    return {n.replace("_in_bytes", "_mib"): round(getattr(stats, n) / 2**20, 2) for n in names if hasattr(stats, n)}
+
+
+@contextlib.contextmanager
+def _unrolled_scans():
+    scan = jax.lax.scan
+    jax.lax.scan = functools.partial(scan, unroll=True)
+    try:
+        yield
+    finally:
+        jax.lax.scan = scan
+
+
+def matmul_peak(n: int = 2048, reps: int = 8, trials: int = 5) -> dict:
+    """float32 GFLOP/s of chained n x n matmuls in one jitted loop: the practical peak of this CPU."""
+    @jax.jit
+    def chain(x, w):
+        return jax.lax.fori_loop(0, reps, lambda _, y: jnp.dot(y, w) * (1.0 / n), x)
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    w = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    chain(x, w).block_until_ready()
+    times, others = _time_calls(lambda: chain(x, w), trials)
+    flops = 2.0 * n**3 * reps
+    return {"n": n, "matmuls_per_call": reps, "gflops_best": round(flops / min(times) / 1e9, 1),
+            "gflops_median": round(flops / float(np.median(times)) / 1e9, 1),
+            "other_processes_cpu_share": round(others, 3), "load_avg": _load()}
+
+
+def build(domain: str, modality: str, dtype: str):
+    config = resolve(make_config(domain, modality, ""))
+    config.world_model.dtype = dtype
+    wm = config.world_model
+    sizes = envs.PROPRIO_KEYS[domain]
+    spec = {k: IMAGE_SHAPE if k == rssm.IMAGE_KEY else (sizes[k],) for k in (*wm.obs_keys, *wm.probe_keys)}
+    optimizer = wm_agent.make_optimizer(config.phase1.lr, config.phase1.grad_clip)
+    model, state = wm_agent.create_train_state(wm, spec, ACTION_DIM, optimizer, config.seed)
+    rng = np.random.default_rng(0)
+    batch = {
+        k: rng.integers(0, 256, (BATCH, WINDOW) + shape, dtype=np.uint8) if k == rssm.IMAGE_KEY
+        else rng.normal(size=(BATCH, WINDOW) + shape).astype(np.float32)
+        for k, shape in spec.items()
+    }
+    batch[wm_agent.ACTION_KEY] = rng.uniform(-1, 1, (BATCH, WINDOW, ACTION_DIM)).astype(np.float32)
+    return config, model, state, optimizer, batch
+
+
+def _time_calls(fn, n: int) -> tuple[list[float], float]:
+    """Wall seconds of each call, and the share of the machine's cores that other processes kept
+    busy meanwhile (0: the measurement had the machine to itself)."""
+    busy0, own0, wall0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    wall = time.perf_counter() - wall0
+    others = max(0.0, (_busy_cpu_s() - busy0) - (_own_cpu_s() - own0)) / (wall * os.cpu_count())
+    return times, others
+
+
+def measure(name: str, steps: int, warmup: int, breakdown: bool) -> dict:
+    domain, modality, dtype = CONFIGS[name]
+    config, model, state, optimizer, host_batch = build(domain, modality, dtype)
+    wm = config.world_model
+    mesh = parallel.make_mesh(1)
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    state = parallel.replicate(state, mesh)
+    batch = parallel.shard_batch(host_batch, mesh)
+    step_fn = make_step = wm_agent.make_train_step(model, wm, optimizer)
+    jitted = jax.jit(step_fn, in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+
+    t0 = time.perf_counter()
+    lowered = jitted.lower(state, batch)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    with _unrolled_scans():
+        unrolled = jax.jit(lambda s, b: make_step(s, b)).lower(state, batch)
+    flops = _flops(unrolled.cost_analysis())
+
+    for _ in range(warmup):
+        state, metrics = compiled(state, batch)
+    jax.block_until_ready((state, metrics))
+    load_before = _load()
+
+    def one_step():
+        nonlocal state
+        state, m = compiled(state, batch)
+        return state, m
+
+    times, others = _time_calls(one_step, steps)
+    s_per_step = float(np.mean(times))
+    loss = float(jax.device_get(one_step()[1]["loss"]))
+
+    params = jax.tree.leaves(state.params)
+    out = {
+        "domain": domain,
+        "modality": modality,
+        "variant": wm.variant,
+        "dtype": dtype,
+        "obs_keys": list(wm.obs_keys),
+        "probe_keys": list(wm.probe_keys),
+        "batch": BATCH,
+        "window": WINDOW,
+        "param_count": int(sum(p.size for p in params)),
+        "lower_s": round(t1 - t0, 2),
+        "compile_s": round(t2 - t1, 2),
+        "timed_steps": steps,
+        "warmup_steps": warmup,
+        "s_per_step": round(s_per_step, 4),
+        "s_per_step_median": round(float(np.median(times)), 4),
+        "s_per_step_min": round(min(times), 4),
+        "s_per_step_max": round(max(times), 4),
+        "steps_per_s": round(1.0 / s_per_step, 3),
+        "env_steps_per_s": round(BATCH * WINDOW / s_per_step, 1),
+        "final_loss_finite": bool(np.isfinite(loss)),
+        "flops_per_step": flops,
+        "flops_cost_analysis_compiled": _flops(compiled.cost_analysis()),
+        "achieved_gflops": round(flops / s_per_step / 1e9, 2) if flops else None,
+        "compiled_memory": _memory(compiled),
+        "other_processes_cpu_share": round(others, 3),
+        "load_avg_before": load_before,
+        "load_avg_after": _load(),
+    }
+    torch_s = TORCH_S_PER_STEP[modality] if modality in TORCH_S_PER_STEP else None
+    if torch_s:
+        out["torch_release_s_per_step"] = torch_s
+        out["speedup_vs_torch"] = round(torch_s / s_per_step, 2)
+        out["target_speedup"] = TARGET_SPEEDUP[modality]
+    if breakdown:
+        out["breakdown"] = time_breakdown(model, wm, state, batch, repl, data, max(2, min(steps, 5)))
+    out["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+    return out
+
+
+def time_breakdown(model, wm, state, batch, repl, data, n: int) -> dict:
+    """Seconds of the loss alone, of the loss and its gradient, and of the embedding + filtering
+    scan alone, so the step's cost splits into forward, backward and optimizer update."""
+    rng = jax.random.PRNGKey(0)
+    params = state.params
+
+    def loss(params, batch):
+        return rssm.elbo_loss(model, params, batch, rng, wm)[0]
+
+    def observe_only(params, batch):
+        obs = {k: batch[k] for k in wm.obs_keys}
+        embeds = model.apply({"params": params}, obs, method=rssm.WorldModel.embed)
+        states, _ = rssm.observe(model, params, embeds, batch[wm_agent.ACTION_KEY], rng)
+        return states
+
+    def observe_grad(params, batch):
+        return jax.grad(lambda p: sum(jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves(observe_only(p, batch))))(params)
+
+    fns = {
+        "forward_s": loss,
+        "forward_backward_s": jax.grad(loss),
+        "embed_observe_forward_s": observe_only,
+        "embed_observe_forward_backward_s": observe_grad,
+    }
+    out = {}
+    for key, fn in fns.items():
+        compiled = jax.jit(fn, in_shardings=(repl, data)).lower(params, batch).compile()
+        jax.block_until_ready(compiled(params, batch))
+        out[key] = round(float(np.median(_time_calls(lambda: compiled(params, batch), n)[0])), 4)
+    return out
+
+
+def device_info() -> dict:
+    d = jax.devices()[0]
+    return {"platform": d.platform, "device_kind": d.device_kind, "num_devices": jax.device_count(),
+            "jax": jax.__version__, "host": platform.platform(), "cpus": os.cpu_count(),
+            "processor": platform.processor()}
+
+
+def scheduling() -> dict:
+    """This process's CPU priority: on a shared machine a benchmark may be run niced up (and in its
+    own autogroup) so that the timings are of this code, not of the neighbours."""
+    out = {"nice": os.nice(0)}
+    try:
+        with open("/proc/self/autogroup") as f:
+            out["autogroup"] = f.read().strip()
+    except OSError:
+        pass
+    return out
+
+
+def run_worker(name: str, steps: int, warmup: int, breakdown: bool) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}", f"--steps={steps}", f"--warmup={warmup}"]
+    if breakdown:
+        cmd.append("--breakdown")
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        raise RuntimeError(f"benchmark of {name} failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="benchmarks/results/phase1_cpu.json")
+    p.add_argument("--steps", type=int, default=10, help="timed steps of the MDP configurations")
+    p.add_argument("--visual_steps", type=int, default=2, help="timed steps of the Visual configurations")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation (MDP)")
+    p.add_argument("--visual_warmup", type=int, default=1, help="untimed steps after compilation (Visual)")
+    p.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated subset of {list(CONFIGS)}")
+    p.add_argument("--breakdown", action="store_true", help="also time forward and forward+backward alone")
+    p.add_argument("--quiet_wait", type=float, default=0.0,
+                   help="before each measurement wait up to this many seconds for other processes to go idle")
+    p.add_argument("--retries", type=int, default=0,
+                   help="remeasure a config whose timed steps shared the CPU with other processes (>10%%)")
+    p.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown)))
+        return
+
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        p.error(f"unknown configs {unknown}; choose from {list(CONFIGS)}")
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "device": device_info(),
+        "scheduling": scheduling(),
+        "load_avg_start": _load(),
+        "waited_for_quiet_s": wait_for_quiet(args.quiet_wait) if args.quiet_wait else 0.0,
+        "matmul_f32_peak": matmul_peak(),
+        "torch_release_s_per_step": TORCH_S_PER_STEP,
+        "notes": (
+            "flops_per_step counts every RSSM step (scans unrolled for the count); "
+            "flops_cost_analysis_compiled is XLA's figure for the compiled step, which counts each "
+            "scan body once. peak_rss_mib is the peak of the subprocess that measured the config. "
+            "other_processes_cpu_share: the share of the machine's cores other processes used "
+            "during the timed steps (the machine is shared; above ~0.1 the timing is pessimistic)."
+        ),
+        "configs": {},
+    }
+    peak = result["matmul_f32_peak"]["gflops_best"]
+    print(f"matmul peak {peak} GFLOP/s", file=sys.stderr, flush=True)
+    for name in names:
+        visual = CONFIGS[name][1] == "visual"
+        steps, warmup = (args.visual_steps, args.visual_warmup) if visual else (args.steps, args.warmup)
+        for attempt in range(args.retries + 1):
+            waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait else 0.0
+            r = run_worker(name, steps, warmup, args.breakdown)
+            r["waited_for_quiet_s"], r["attempt"] = waited, attempt + 1
+            if r["other_processes_cpu_share"] <= 0.1:
+                break
+        if r.get("achieved_gflops"):
+            r["fraction_of_matmul_peak"] = round(r["achieved_gflops"] / peak, 3)
+        result["configs"][name] = r
+        print(f"{name}: {r['s_per_step']} s/step, {r['env_steps_per_s']} env-steps/s, "
+              f"compile {r['compile_s']} s, speedup {r.get('speedup_vs_torch')}", file=sys.stderr, flush=True)
+        _write(args.out, result)  # after every config, so an interrupted run keeps what it measured
+    result["load_avg_end"] = _load()
+    _write(args.out, result)
+    print(json.dumps(result, indent=2))
+
+
+def _write(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
