@@ -162,7 +162,9 @@ class _Phase1:
             self.val_store, config.data.window, config.data.batch_size, config.seed + 1, self.keys,
             jax.process_index(), jax.process_count(),
         )
+        # Host copies stay for the video; the device copies are made once, not at every evaluation.
         self.val_batches = [val_sampler.batch(i) for i in range(config.phase1.val_batches)]
+        self.val_device = [parallel.shard_batch(b, mesh) for b in self.val_batches]
         repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
         self.train_step = jax.jit(
             make_train_step(self.model, wm, self.optimizer),
@@ -183,10 +185,10 @@ class _Phase1:
     def validate(self, params, step: int) -> dict[str, float]:
         rng = jax.random.PRNGKey(self.config.seed + step)
         totals: dict[str, float] = {}
-        for batch in self.val_batches:
-            metrics = jax.device_get(self.eval_step(params, parallel.shard_batch(batch, self.mesh), rng))
+        for batch in self.val_device:
+            metrics = jax.device_get(self.eval_step(params, batch, rng))
             for k, v in metrics.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / len(self.val_batches)
+                totals[k] = totals.get(k, 0.0) + float(v) / len(self.val_device)
         return totals
 
     def video(self, params, step: int) -> np.ndarray:
