@@ -1,0 +1,425 @@
+"""An exploration agent for the `<domain>-explore-buffer` datasets: a Plan2Explore-style
+disagreement objective on proprioceptive state, optimised by the SAC of `aime_jax.agents.sac`.
+
+An ensemble of `ensemble_size` one-step models predicts the (normalised) change of the MDP state
+from (state, action); each member is an MLP with its own initialisation, all trained on the same
+batches (`nn.vmap` over the members). The intrinsic reward of a transition (s, a, s') is the
+disagreement of the ensemble at (s, a): the variance over the members of their predictions,
+averaged over the state dimensions. Where the agent has been often the members agree (they were
+all fitted to the same data), on novel states they extrapolate differently, so maximising the
+disagreement drives the agent to states it has not seen.
+
+How it differs from the paper's Plan2Explore (Sekar et al. 2020), whose buffers the AIME paper
+used: Plan2Explore learns a Dreamer world model from pixels, its ensemble predicts the next
+image embedding from the latent state, and its policy is trained in imagination on the latent
+model's predicted disagreement. Here the ensemble predicts the next proprioceptive state
+directly, and the policy is a model-free SAC on real transitions whose rewards are relabelled
+with the current ensemble at every update (the ensemble changes, so stored rewards would go
+stale). No task reward enters training; the task reward of the environment is only recorded in
+the episodes.
+
+`Explorer.update_many(state, batches)` runs, per entry of the batches' leading axis and inside
+one `lax.scan`: one ensemble update, the relabelling of the batch with the updated ensemble, one
+SAC update. `train_explorer` runs the online loop like `sac.train_expert` (checkpoints at
+episode boundaries with the replay buffer, a rerun continues, every training episode written to
+`episode_dir` as `<i>.npz` with physics states and no images).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Callable, Sequence
+
+import chex
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from aime_jax import envs
+from aime_jax.agents.sac import (
+    SAC,
+    SACConfig,
+    SACState,
+    ReplayBuffer,
+    _prune_replay,
+    _replay_dir,
+    observation_vector,
+    SIMULATOR_STEPS_PER_EPISODE,
+)
+from aime_jax.atomic import write_json
+from aime_jax.checkpoint import Checkpointer
+from aime_jax.data.collect import episode_seed
+from aime_jax.data.episodes import episode_from_steps, save_episode
+from aime_jax.envs.dmc import ACTION_DIM
+from aime_jax.errors import AimeError, ConfigError
+from aime_jax.logging import RunLogger
+from aime_jax.nets.mlp import MLP
+
+SUMMARY = ("episode_return", "intrinsic_return", "model_loss", "disagreement", "critic_loss", "temperature")
+# The task whose simulator (and recorded reward) an exploration buffer uses: the embodiment
+# datasets of the paper come from the domain's base task.
+EXPLORE_TASK = {"walker": "walker-stand", "cheetah": "cheetah-run"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExploreConfig:
+    """The ensemble's settings; `sac` holds the policy learner's and the loop's (a dict of
+    `SACConfig` overrides, see `sac.default_config`)."""
+
+    ensemble_size: int = 5
+    model_hidden_sizes: tuple[int, ...] = (128, 128)
+    model_lr: float = 1e-3
+    # The intrinsic reward is intrinsic_scale x the disagreement of the normalised predictions.
+    intrinsic_scale: float = 10.0
+    sac: dict = dataclasses.field(default_factory=dict)
+
+    def sac_config(self) -> SACConfig:
+        return SACConfig.from_dict(self.sac).validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model_hidden_sizes"] = list(self.model_hidden_sizes)
+        d["sac"] = self.sac_config().to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExploreConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown exploration setting(s) {unknown}; known: {sorted(known)}")
+        d = dict(d)
+        if "model_hidden_sizes" in d:
+            d["model_hidden_sizes"] = tuple(int(h) for h in d["model_hidden_sizes"])
+        return cls(**d)
+
+    def validate(self) -> "ExploreConfig":
+        if self.ensemble_size < 2:
+            raise ConfigError(f"ensemble_size must be >= 2 (disagreement needs two models), got {self.ensemble_size}")
+        if not self.model_hidden_sizes or min(self.model_hidden_sizes) < 1:
+            raise ConfigError(f"model_hidden_sizes must be positive sizes, got {self.model_hidden_sizes}")
+        if self.model_lr <= 0 or self.intrinsic_scale <= 0:
+            raise ConfigError(f"model_lr and intrinsic_scale must be > 0, got {self.model_lr}, {self.intrinsic_scale}")
+        if self.sac_config().num_envs != 1:
+            raise ConfigError("the exploration agent steps one environment (sac.num_envs must be 1)")
+        return self
+
+
+class OneStepModel(nn.Module):
+    hidden_sizes: Sequence[int]
+    out_size: int
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        return MLP(self.hidden_sizes, self.out_size, "relu", layer_norm=True)(jnp.concatenate([obs, action], -1))
+
+
+class Ensemble(nn.Module):
+    """`num` independently initialised one-step models as one batched network: -> (num, ..., out)."""
+
+    hidden_sizes: Sequence[int]
+    out_size: int
+    num: int
+
+    @nn.compact
+    def __call__(self, obs: jax.Array, action: jax.Array) -> jax.Array:
+        members = nn.vmap(OneStepModel, variable_axes={"params": 0}, split_rngs={"params": True},
+                          in_axes=None, out_axes=0, axis_size=self.num)
+        return members(self.hidden_sizes, self.out_size, name="member")(obs, action)
+
+
+def disagreement(predictions: jax.Array) -> jax.Array:
+    """Variance over the members (axis 0), averaged over the last axis: (M, ..., D) -> (...)."""
+    chex.assert_rank(predictions, {2, 3})
+    return jnp.mean(jnp.var(predictions, axis=0), axis=-1)
+
+
+def ensemble_loss(predictions: jax.Array, target: jax.Array) -> jax.Array:
+    """Sum over the members of each one's mean squared error; predictions (M, B, D), target (B, D)."""
+    chex.assert_rank(predictions, 3)
+    chex.assert_shape(target, predictions.shape[1:])
+    return jnp.sum(jnp.mean(jnp.square(predictions - target[None]), axis=(1, 2)))
+
+
+@flax.struct.dataclass
+class Normaliser:
+    """Fixed input and target statistics, taken from the seed (random-action) transitions."""
+
+    obs_mean: jax.Array
+    obs_std: jax.Array
+    delta_mean: jax.Array
+    delta_std: jax.Array
+
+    @classmethod
+    def identity(cls, obs_dim: int) -> "Normaliser":
+        zeros, ones = jnp.zeros(obs_dim, jnp.float32), jnp.ones(obs_dim, jnp.float32)
+        return cls(zeros, ones, zeros, ones)
+
+    @classmethod
+    def fit(cls, obs: np.ndarray, next_obs: np.ndarray) -> "Normaliser":
+        delta = next_obs - obs
+        return cls(*(jnp.asarray(x, jnp.float32) for x in (
+            obs.mean(0), obs.std(0) + 1e-3, delta.mean(0), delta.std(0) + 1e-3)))
+
+
+@flax.struct.dataclass
+class ExploreState:
+    sac: SACState
+    model_params: Any
+    model_opt: Any
+    norm: Normaliser
+
+
+class Explorer:
+    """The ensemble, its optimiser and the jitted pure functions; the policy is `self.sac`.
+
+    `update_many(state, batches)` donates the state; batches are dicts of `sac.BATCH_KEYS`
+    (the reward is replaced by the intrinsic one) with shapes (K, B, ...).
+    """
+
+    def __init__(self, config: ExploreConfig, obs_dim: int, action_dim: int = ACTION_DIM):
+        self.config = config.validate()
+        self.obs_dim, self.action_dim = obs_dim, action_dim
+        self.sac = SAC(config.sac_config(), obs_dim, action_dim)
+        self.ensemble = Ensemble(tuple(config.model_hidden_sizes), obs_dim, config.ensemble_size)
+        self.model_optimizer = optax.adam(config.model_lr)
+        self._init = jax.jit(self._initial_state)
+        self.update_many = jax.jit(self._update_many, donate_argnums=0)
+        self.model_update_many = jax.jit(self._model_update_many, donate_argnums=0)
+        self.disagreement = jax.jit(self._disagreement)
+
+    def init(self, seed: int) -> ExploreState:
+        return self._init(jax.random.PRNGKey(seed))
+
+    def _initial_state(self, key: chex.PRNGKey) -> ExploreState:
+        sac_key, model_key = jax.random.split(key)
+        params = self.ensemble.init(model_key, jnp.zeros((1, self.obs_dim)), jnp.zeros((1, self.action_dim)))
+        return ExploreState(
+            sac=self.sac._initial_state(sac_key),
+            model_params=params,
+            model_opt=self.model_optimizer.init(params),
+            norm=Normaliser.identity(self.obs_dim),
+        )
+
+    def _predict(self, params: Any, norm: Normaliser, obs: jax.Array, action: jax.Array) -> jax.Array:
+        return self.ensemble.apply(params, (obs - norm.obs_mean) / norm.obs_std, action)
+
+    def _disagreement(self, state: ExploreState, obs: jax.Array, action: jax.Array) -> jax.Array:
+        """The unscaled disagreement at each (obs, action): (B,)."""
+        return disagreement(self._predict(state.model_params, state.norm, obs, action))
+
+    def _model_update(self, state: ExploreState, batch: dict[str, jax.Array]) -> tuple[ExploreState, jax.Array]:
+        norm = state.norm
+        target = (batch["next_obs"] - batch["obs"] - norm.delta_mean) / norm.delta_std
+
+        def objective(params):
+            return ensemble_loss(self._predict(params, norm, batch["obs"], batch["action"]), target)
+
+        loss, grads = jax.value_and_grad(objective)(state.model_params)
+        updates, opt = self.model_optimizer.update(grads, state.model_opt, state.model_params)
+        return state.replace(model_params=optax.apply_updates(state.model_params, updates), model_opt=opt), loss
+
+    def _model_update_many(self, state: ExploreState, batches: dict[str, jax.Array]) -> tuple[ExploreState, jax.Array]:
+        """Ensemble updates only (one per leading entry); returns the mean loss."""
+        state, losses = jax.lax.scan(self._model_update, state, batches)
+        return state, jnp.mean(losses)
+
+    def _update(self, state: ExploreState, batch: dict[str, jax.Array]) -> tuple[ExploreState, dict[str, jax.Array]]:
+        state, model_loss = self._model_update(state, batch)
+        intrinsic = self._disagreement(state, batch["obs"], batch["action"])
+        sac_state, metrics = self.sac._update(state.sac, {**batch, "reward": self.config.intrinsic_scale * intrinsic})
+        metrics = {**metrics, "model_loss": model_loss / self.config.ensemble_size,
+                   "disagreement": jnp.mean(intrinsic)}
+        return state.replace(sac=sac_state), metrics
+
+    def _update_many(self, state: ExploreState, batches: dict[str, jax.Array]) -> tuple[ExploreState, dict[str, jax.Array]]:
+        state, metrics = jax.lax.scan(self._update, state, batches)
+        return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
+
+
+def default_config(**overrides: Any) -> ExploreConfig:
+    """The settings of our explore buffers; `overrides` replace ExploreConfig fields, and
+    `sac={...}` SAC ones (the SAC defaults are those of the experts)."""
+    return ExploreConfig.from_dict(overrides).validate()
+
+
+@dataclasses.dataclass
+class _Progress:
+    env_steps: int = 0
+    episodes: int = 0
+    updates: int = 0
+    pending_updates: float = 0.0
+    normalised: bool = False
+    wall_s: float = 0.0
+    train_returns: list = dataclasses.field(default_factory=list)
+    intrinsic_returns: list = dataclasses.field(default_factory=list)
+
+
+def _obs_spec(domain: str) -> tuple[tuple[str, ...], int]:
+    keys = envs.observation_keys(domain, "mdp")
+    return keys, sum(envs.PROPRIO_KEYS[domain][k] for k in keys)
+
+
+def _episode_dir_meta(episode_dir: str, env_name: str, seed: int, action_repeat: int) -> None:
+    meta = {"env": env_name, "modality": "mdp", "policy": "explore-training", "seed": seed,
+            "action_repeat": action_repeat, "image_size": None}
+    path = os.path.join(episode_dir, "meta.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        clash = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
+        if clash:
+            raise AimeError(f"episode folder {episode_dir} holds episodes of another run {clash} (old, new); "
+                            "choose another folder")
+        return
+    write_json(path, meta)
+
+
+def train_explorer(
+    domain: str,
+    workdir: str,
+    total_env_steps: int,
+    seed: int = 0,
+    config: ExploreConfig | None = None,
+    episode_dir: str | None = None,
+    max_wall_s: float | None = None,
+    on_episode: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Trains (or resumes, or returns at once when complete) the exploration agent in `workdir`.
+
+    Runs whole episodes of `EXPLORE_TASK[domain]` until `total_env_steps` agent steps are done (or
+    `max_wall_s` passes). Episode i starts from `episode_seed(seed, i)` and, with `episode_dir`, is
+    written there as `<i>.npz` when it ends; `on_episode(i)` is called after that. Checkpoints
+    (every `sac.save_every` steps, at episode boundaries, and at the end) hold the agent, the
+    replay buffer and the counters; a rerun continues from the last one and rewrites the same
+    episodes. Returns (and writes to `workdir/summary.json`) counts and per-episode returns.
+    """
+    if domain not in envs.DOMAINS:
+        raise AimeError(f"unknown domain {domain!r}; valid domains: {', '.join(envs.DOMAINS)}")
+    config = (config or default_config()).validate()
+    sac_cfg = config.sac_config()
+    if total_env_steps < 1:
+        raise ConfigError(f"total_env_steps must be >= 1, got {total_env_steps}")
+    env_name = EXPLORE_TASK[domain]
+    obs_keys, obs_dim = _obs_spec(domain)
+    episode_steps = math.ceil(SIMULATOR_STEPS_PER_EPISODE / sac_cfg.action_repeat)
+    total = math.ceil(total_env_steps / episode_steps) * episode_steps
+    if episode_dir is not None:
+        _episode_dir_meta(episode_dir, env_name, seed, sac_cfg.action_repeat)
+
+    explorer = Explorer(config, obs_dim)
+    state = explorer.init(seed)
+    buffer = ReplayBuffer(min(sac_cfg.buffer_size, total), obs_dim)
+    prog = _Progress()
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, save_interval_steps=1)
+    try:
+        latest = ckpt.latest_step()
+        _prune_replay(workdir, latest)
+        if latest is not None:
+            meta = ckpt.restore_meta()
+            if meta["seed"] != seed or meta["domain"] != domain or meta["config"] != config.to_dict():
+                raise AimeError(
+                    f"{workdir} holds an exploration run with other settings (domain {meta['domain']}, seed "
+                    f"{meta['seed']}); use a new workdir or the same settings"
+                )
+            state, meta = ckpt.restore(state)
+            buffer.load(_replay_dir(workdir, latest))
+            prog = _Progress(**meta["progress"])
+        if prog.env_steps < total:
+            prog = _train(explorer, state, buffer, prog, ckpt, domain, env_name, workdir, total, seed, config,
+                          obs_keys, episode_dir, max_wall_s, on_episode)
+    finally:
+        ckpt.close()
+    summary = {"domain": domain, "env": env_name, "seed": seed, "config": config.to_dict(),
+               **dataclasses.asdict(prog)}
+    write_json(os.path.join(workdir, "summary.json"), summary)
+    return summary
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    return after // every > before // every
+
+
+def _train(explorer, state, buffer, prog, ckpt, domain, env_name, workdir, total, seed, config, obs_keys,
+           episode_dir, max_wall_s, on_episode):
+    cfg = config.sac_config()
+    chunk = cfg.updates_per_call
+    sac = explorer.sac
+    act_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+    env = envs.make(env_name, "mdp", seed=None, action_repeat=cfg.action_repeat)
+    logger = RunLogger(workdir, total, prog.env_steps, cfg.log_every,
+                       config={"domain": domain, "seed": seed, **config.to_dict()})
+    metrics: dict[str, Any] = {}
+    start = time.perf_counter()
+    wall0 = prog.wall_s
+    try:
+        done = False
+        while not done:
+            index, round_start = prog.episodes, prog.env_steps
+            step = env.reset(seed=episode_seed(seed, index))
+            trajectory = [step]
+            obs = observation_vector(step.proprio, obs_keys)[None]
+            episode_return, intrinsic_return = 0.0, 0.0
+            random_actions = np.random.default_rng([seed, 2, index])
+            while not step.is_last:
+                before = prog.env_steps
+                if before < cfg.seed_steps:
+                    action = random_actions.uniform(-1.0, 1.0, (1, ACTION_DIM)).astype(np.float32)
+                else:
+                    action = np.asarray(sac.sample_actions(state.sac.actor_params, obs, act_key, before))
+                step = env.step(action[0])
+                trajectory.append(step)
+                next_obs = observation_vector(step.proprio, obs_keys)[None]
+                buffer.add(obs=obs, action=np.clip(action, -1.0, 1.0), reward=np.zeros(1, np.float32),
+                           discount=np.array([0.0 if step.is_terminal else 1.0], np.float32), next_obs=next_obs)
+                episode_return += step.reward
+                obs = next_obs
+                prog.env_steps += 1
+                if prog.env_steps > cfg.seed_steps:
+                    if not prog.normalised:
+                        # The statistics of the seed transitions fix the scales of the ensemble's
+                        # inputs and targets for the rest of the run (saved with the state).
+                        data = buffer.chronological()
+                        state = state.replace(norm=Normaliser.fit(data["obs"], data["next_obs"]))
+                        prog.normalised = True
+                    prog.pending_updates += cfg.utd
+                while prog.pending_updates >= chunk:
+                    batches = buffer.sample(np.random.default_rng([seed, 1, prog.updates]), (chunk, cfg.batch_size))
+                    state, metrics = explorer.update_many(state, jax.device_put(batches))
+                    prog.updates += chunk
+                    prog.pending_updates -= chunk
+                logger.advance(1)
+                if _crossed(before, prog.env_steps, cfg.log_every) and metrics:
+                    recent = prog.train_returns[-1:] or [float("nan")]
+                    logger.log(prog.env_steps, {"episode_return": recent[0], **metrics}, summary=SUMMARY)
+            if prog.normalised:
+                actions = np.stack([s.action for s in trajectory[1:]])
+                states = np.stack([observation_vector(s.proprio, obs_keys) for s in trajectory[:-1]])
+                intrinsic_return = float(config.intrinsic_scale * np.sum(explorer.disagreement(state, states, actions)))
+            if episode_dir is not None:
+                save_episode(os.path.join(episode_dir, f"{index}.npz"), episode_from_steps(trajectory, include_image=False))
+            prog.episodes += 1
+            prog.train_returns.append(float(episode_return))
+            prog.intrinsic_returns.append(intrinsic_return)
+            out_of_time = max_wall_s is not None and wall0 + time.perf_counter() - start >= max_wall_s
+            done = prog.env_steps >= total or out_of_time
+            if done or _crossed(round_start, prog.env_steps, cfg.save_every):
+                prog.wall_s = wall0 + time.perf_counter() - start
+                buffer.save(_replay_dir(workdir, prog.env_steps))
+                meta = {"domain": domain, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
+                        "progress": dataclasses.asdict(prog)}
+                ckpt.save(prog.env_steps, state, meta, force=True)
+                ckpt.wait()
+                _prune_replay(workdir, prog.env_steps)
+            if on_episode is not None:
+                on_episode(index)
+    finally:
+        logger.close()
+    return prog
