@@ -17,6 +17,8 @@ from aime_jax.world_model.config import get_config as world_model_config
 
 SCALES = ("", "quick")
 STAGES = ("datasets", "phase1", "phase2", "eval")
+# AIME, or one of the paper's baselines: BC (the oracle, on the expert's actions) and BCO(0).
+ALGOS = ("aime", "bc", "bco")
 # The world model of the release for each domain.
 DEFAULT_VARIANT = {"walker": "rssm", "cheetah": "rssmo"}
 DEFAULT_TASK = {"walker": "walker-walk", "cheetah": "cheetah-run"}
@@ -31,6 +33,9 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     c.modality = modality
     c.env = DEFAULT_TASK[domain]
     c.seed = 0
+    # For bc and bco, stage phase1 trains BCO(0)'s inverse dynamics model (bc: nothing) and stage
+    # phase2 the BC policy; see aime_jax/agents/bc.py.
+    c.algo = "aime"
     c.stages = "datasets,phase1,phase2,eval"
     # A finished phase-1 run directory to reuse instead of training one (skips the phase1 stage).
     c.world_model_dir = ""
@@ -80,6 +85,28 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
         dict(hidden_sizes=(128, 128), activation="elu", layer_norm=False, min_std=1e-6)
     )
 
+    # The baselines, with the release's settings (PAPER.md): a deterministic MLP policy on a stack
+    # of the last `stack` observation embeddings (1 in MDP), Adam 1e-3, batch 50, a 70/30 split of
+    # the demonstrations, early stopping with patience 3 after at least 50 epochs.
+    c.bc = ml_collections.ConfigDict()
+    c.bc.stack = 1 if modality == "mdp" else 5
+    c.bc.hidden_sizes = (128, 128)
+    c.bc.activation = "elu"
+    c.bc.cnn_depth = 32
+    c.bc.lr = 1e-3
+    c.bc.batch_size = 50
+    c.bc.val_fraction = 0.3
+    c.bc.patience = 3
+    c.bc.min_epochs = 50
+    c.bc.max_epochs = 500
+    c.bc.log_every = 500
+    # BCO(0)'s inverse dynamics model: validated every idm_eval_every steps, early-stopped (same
+    # patience) after at least idm_steps, at most idm_max_steps.
+    c.bc.idm_steps = 5000
+    c.bc.idm_max_steps = 50_000
+    c.bc.idm_eval_every = 500
+    c.bc.idm_val_samples = 20_000
+
     c.eval = ml_collections.ConfigDict()
     c.eval.episodes = 100
     c.eval.num_envs = 10
@@ -117,6 +144,14 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
         for head in (wm.latent, wm.vector_decoder, wm.probe, wm.idm, wm.vector_encoder, wm.pre_gru):
             head.hidden_sizes = tuple(small for _ in head.hidden_sizes)
         wm.cnn_depth = 8
+        c.bc.cnn_depth = 8
+        c.bc.min_epochs = 3
+        c.bc.max_epochs = 20
+        c.bc.log_every = 50
+        c.bc.idm_steps = 300
+        c.bc.idm_max_steps = 1000
+        c.bc.idm_eval_every = 100
+        c.bc.idm_val_samples = 2000
     return c
 
 
@@ -191,12 +226,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ConfigError(f"config.wandb.mode={config.wandb.mode!r}; use disabled, online or offline")
     if config.world_model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.world_model.dtype={config.world_model.dtype!r}; use float32 or bfloat16")
+    validate_bc(config, num_devices, process_count)
     if config.world_model.variant not in ("rssm", "rssmo"):
         raise ConfigError(f"config.world_model.variant={config.world_model.variant!r}; use rssm or rssmo")
     if "datasets" in stage_names:
         return
     folder = embodiment_dir(config)
-    if "phase1" in stage_names and not config.world_model_dir and not os.path.isdir(folder):
+    if "phase1" in stage_names and config.algo != "bc" and not config.world_model_dir and not os.path.isdir(folder):
         raise ConfigError(
             f"embodiment dataset {folder!r} does not exist; add the 'datasets' stage to "
             "config.stages, set config.data.embodiment_dir, or collect it with experiments/collect.py"
@@ -206,4 +242,39 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ConfigError(
             f"demonstrations {demos!r} do not exist; set config.data.demos_dir to a folder of "
             "expert episodes (observations are enough)"
+        )
+
+
+def validate_bc(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+    """The algorithm choice and the baselines' settings."""
+    if config.algo not in ALGOS:
+        raise ConfigError(f"config.algo={config.algo!r}; choose one of {', '.join(ALGOS)}")
+    if config.algo == "aime":
+        return
+    bc = config.bc
+    for name in ("stack", "batch_size", "patience", "min_epochs", "max_epochs", "log_every",
+                 "idm_steps", "idm_max_steps", "idm_eval_every", "idm_val_samples", "cnn_depth"):
+        if bc[name] < 1:
+            raise ConfigError(f"config.bc.{name} must be >= 1, got {bc[name]}")
+    if not bc.hidden_sizes or any(h < 1 for h in bc.hidden_sizes):
+        raise ConfigError(f"config.bc.hidden_sizes must be positive layer widths, got {tuple(bc.hidden_sizes)}")
+    if bc.max_epochs < bc.min_epochs:
+        raise ConfigError(f"config.bc.max_epochs={bc.max_epochs} is below config.bc.min_epochs={bc.min_epochs}")
+    if bc.idm_max_steps < bc.idm_steps:
+        raise ConfigError(f"config.bc.idm_max_steps={bc.idm_max_steps} is below config.bc.idm_steps={bc.idm_steps}")
+    if not bc.lr > 0:
+        raise ConfigError(f"config.bc.lr must be positive, got {bc.lr}")
+    if not 0.0 < bc.val_fraction < 1.0:
+        raise ConfigError(f"config.bc.val_fraction must be in (0, 1), got {bc.val_fraction}")
+    if bc.activation not in ("elu", "silu", "relu", "tanh"):
+        raise ConfigError(f"config.bc.activation={bc.activation!r}; use elu, silu, relu or tanh")
+    if bc.batch_size % num_devices or bc.batch_size % process_count:
+        raise ConfigError(
+            f"config.bc.batch_size={bc.batch_size} is not divisible by the {num_devices} devices and "
+            f"{process_count} processes; use a multiple of both or set config.mesh.num_devices"
+        )
+    if config.data.num_demos < 2:
+        raise ConfigError(
+            f"config.data.num_demos={config.data.num_demos}, but {config.algo} holds out "
+            f"{bc.val_fraction:.0%} of the demonstrations for early stopping; use at least 2"
         )

@@ -131,33 +131,98 @@ def phase2(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     )
 
 
+def no_embodiment_data(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
+    print("skipped: BC learns from the demonstrations alone, it needs no embodiment dataset")
+
+
+def idm(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
+    """BCO(0)'s phase 1: the inverse dynamics model, on the embodiment dataset."""
+    from aime_jax.agents.bc import train_idm
+
+    train_idm(config, os.path.join(workdir, "idm"), config_lib.embodiment_dir(config), mesh)
+
+
+def bc_policy(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
+    """The baselines' phase 2: BC on the demonstrations' actions, or BCO(0) on the IDM's labels."""
+    from aime_jax.agents.bc import train_bc, train_bco
+
+    demos = demonstrations(config)
+    if config.algo == "bco":
+        train_bco(config, os.path.join(workdir, "bc"), os.path.join(workdir, "idm"), demos, mesh)
+    else:
+        train_bc(config, os.path.join(workdir, "bc"), demos, mesh)
+
+
+def embodiment_used(config: ml_collections.ConfigDict) -> str | None:
+    """The embodiment data behind the policy: a reused world model's run directory, the dataset
+    folder, or None for BC, which uses none."""
+    if config.algo == "bc":
+        return None
+    if config.algo == "aime" and config.world_model_dir:
+        return config.world_model_dir
+    return config_lib.embodiment_dir(config)
+
+
+def embodiment_name(config: ml_collections.ConfigDict) -> str | None:
+    """The embodiment dataset's folder name (e.g. walker-random), also through a reused world
+    model's run directory; None for BC."""
+    if config.algo == "bc":
+        return None
+    folder = config_lib.embodiment_dir(config)
+    if config.algo == "aime" and config.world_model_dir:
+        folder = config.world_model_dir
+        path = os.path.join(config.world_model_dir, "config.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                data = json.load(f)["data"]
+            folder = data.get("embodiment_dir") or data.get("embodiment") or folder
+    return os.path.basename(os.path.normpath(folder))
+
+
+def _trained_policy(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """What identifies the trained policy in results.json (a rerun that trained further re-evaluates)."""
+    if config.algo == "aime":
+        return {"phase2_steps": config.phase2.steps}
+    from aime_jax.checkpoint import Checkpointer
+
+    with Checkpointer(os.path.join(workdir, "bc", "checkpoints")) as ckpt:
+        meta = ckpt.restore_meta()
+    return {"policy_steps": meta["step"], "policy_epochs": meta["step"] / meta["steps_per_epoch"]}
+
+
 def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     """The final score: `eval.episodes` episodes of the trained policy and of a random policy."""
-    from aime_jax.agents.aime import load_agent
+    from aime_jax.agents import aime, bc
     from aime_jax.evaluate import RandomAgent, evaluate, normalised, write_results
 
     path = os.path.join(workdir, "results.json")
+    trained = _trained_policy(config, workdir)
     if os.path.exists(path):
         with open(path) as f:
             done = json.load(f)
-            if done.get("episodes") == config.eval.episodes and done.get("phase2_steps") == config.phase2.steps:
+            if done.get("episodes") == config.eval.episodes and all(done.get(k) == v for k, v in trained.items()):
                 print(f"evaluation skipped: {path} is complete")
                 return
-    agent = load_agent(config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir), mesh)
+    if config.algo == "aime":
+        agent = aime.load_agent(config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir), mesh)
+    else:
+        agent = bc.load_agent(config, os.path.join(workdir, "bc"))
     score, experts = make_scorer(config)
     summary, result = score(agent, config.eval.episodes, record_video=True)
     # The random policy needs no observations: its episodes are run without rendering.
     rand = evaluate(config.env, "mdp", RandomAgent(config.eval.seed), config.eval.episodes,
                     num_envs=config.eval.num_envs, seed=config.eval.seed)
     results = {
-        "algo": "aime",
+        "algo": config.algo,
+        "method": bc.METHOD_NAMES[config.algo],
         "env": config.env,
         "modality": config.modality,
-        "embodiment": config.world_model_dir or config_lib.embodiment_dir(config),
+        "embodiment": embodiment_used(config),
+        "embodiment_name": embodiment_name(config),
         "num_demos": config.data.num_demos,
         "seed": config.seed,
         "episodes": config.eval.episodes,
-        "phase2_steps": config.phase2.steps,
+        **trained,
         **summary,
         "returns": result.returns,
         **experts,
@@ -179,7 +244,7 @@ def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
 def print_results(results: dict) -> None:
     rows = [
         ("policy", "return", "normalised (ours)", "normalised (paper)"),
-        ("AIME", f"{results['return_mean']:.1f} ± {results['return_std']:.1f}",
+        (results.get("method", "AIME"), f"{results['return_mean']:.1f} ± {results['return_std']:.1f}",
          f"{results['normalised']:.1f}", f"{results.get('normalised_paper', float('nan')):.1f}"),
         ("random", f"{results['random']['return_mean']:.1f} ± {results['random']['return_std']:.1f}",
          f"{results['random']['normalised']:.1f}", ""),
@@ -191,6 +256,16 @@ def print_results(results: dict) -> None:
 
 
 STAGE_FNS = {"datasets": datasets, "phase1": phase1, "phase2": phase2, "eval": evaluation}
+# The baselines run in place of AIME's phases: BCO(0)'s phase 1 is its inverse dynamics model.
+BASELINE_STAGES = {
+    "bc": {"datasets": no_embodiment_data, "phase1": no_embodiment_data, "phase2": bc_policy},
+    "bco": {"phase1": idm, "phase2": bc_policy},
+}
+
+
+def stage_fn(config: ml_collections.ConfigDict, name: str):
+    """The function of stage `name` for the configured algorithm."""
+    return BASELINE_STAGES.get(config.algo, {}).get(name, STAGE_FNS[name])
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:

@@ -57,7 +57,7 @@ def main(argv):
         mesh = parallel.make_mesh(config.mesh.num_devices or None)
         for name in names:
             print(f"== stage {name} ({workdir})", flush=True)
-            stages.STAGE_FNS[name](config, workdir, mesh)
+            stages.stage_fn(config, name)(config, workdir, mesh)
     except AimeError as e:
         sys.exit(f"error: {e}")
     print(f"done: {', '.join(names)} in {workdir}")

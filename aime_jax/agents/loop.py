@@ -39,6 +39,10 @@ def _finite(metrics) -> bool:
     return all(np.all(np.isfinite(v)) for v in metrics.values())
 
 
+def _evaluated(result, state):
+    return state if result is None else result
+
+
 def restore_or_keep(ckpt: Checkpointer, state, fingerprint: str, workdir: str, data_dir: str):
     """The latest checkpoint's state if there is one (refusing another dataset), else `state`."""
     if ckpt.latest_step() is None:
@@ -63,21 +67,25 @@ def train_loop(
     loop: LoopConfig,
     meta: dict,
     config: ml_collections.ConfigDict,
-    evaluate: Callable[[Any, int, RunLogger], None] | None = None,
+    evaluate: Callable[[Any, int, RunLogger], Any] | None = None,
     summary: tuple[str, ...] | None = None,
     data_dir: str = "",
+    stop: Callable[[Any], bool] | None = None,
 ) -> Any:
     """Runs (or resumes, or skips when complete) one training stage in `workdir`.
 
     batches(start_step) yields the host batches from `start_step` on. `meta` (JSON) is stored
     with every checkpoint; its `data_fingerprint` guards resuming against another dataset.
-    `evaluate(state, step, logger)` runs at step 0, every `eval_every` steps and at the end.
+    `evaluate(state, step, logger)` runs at step 0, every `eval_every` steps and at the end; it
+    may return a new state (early-stopping bookkeeping, best parameters), which is then the one
+    trained on and saved. `stop(state)`, asked after each evaluation, ends training early: that
+    state is saved at once, and a rerun whose restored state says stop trains nothing more.
     """
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=loop.keep, save_interval_steps=loop.save_every)
     try:
         state = restore_or_keep(ckpt, state, meta["data_fingerprint"], workdir, data_dir)
         start = int(jax.device_get(state.step))
-        if start >= loop.steps:
+        if start >= loop.steps or (stop is not None and start > 0 and stop(state)):
             return state
         logger = RunLogger(
             workdir, loop.steps, start, loop.log_every, config.wandb.mode, config.wandb.project,
@@ -86,7 +94,7 @@ def train_loop(
         last_good = ckpt.latest_step()
         try:
             if start == 0 and evaluate is not None:
-                evaluate(state, 0, logger)  # the untrained baseline of every curve
+                state = _evaluated(evaluate(state, 0, logger), state)  # the untrained baseline
             with parallel.Prefetcher(batches(start), mesh, loop.prefetch) as stream:
                 for step in range(start + 1, loop.steps + 1):
                     state, metrics = train_step(state, next(stream))
@@ -105,11 +113,15 @@ def train_loop(
                             )
                         if logging_now:
                             logger.log(step, fetched, summary=summary)
+                    stopping = False
                     if evaluate is not None and (step % loop.eval_every == 0 or step == loop.steps):
-                        evaluate(state, step, logger)
-                    if saving_now:
-                        ckpt.save(step, state, dict(meta, step=step), force=step == loop.steps)
+                        state = _evaluated(evaluate(state, step, logger), state)
+                        stopping = stop is not None and stop(state)
+                    if saving_now or stopping:
+                        ckpt.save(step, state, dict(meta, step=step), force=step == loop.steps or stopping)
                         last_good = step
+                    if stopping:
+                        break
         finally:
             logger.close()
     finally:
