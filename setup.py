@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "imageio-ffmpeg>=0.5",
     "moviepy>=2.0",
     "tqdm>=4.66",
+    "matplotlib>=3.8",
 ]
 
 setup(

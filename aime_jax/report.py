@@ -1,0 +1,318 @@
+"""The paper-style results: a table (markdown and CSV) and a plot, from runs' results.json files.
+
+Rows are embodiment dataset x task x modality (x number of demonstrations), columns AIME, BCO(0)
+and BC: the normalised return's mean and standard deviation (population) over the runs of a cell
+(seeds, repeats), with the number of runs, and the paper's published AIME and BCO(0) numbers
+beside ours where PAPER.md has them. BC uses no embodiment data, so its score appears in every
+row of its task, modality and number of demonstrations. The plot shows normalised return against
+the number of demonstrations, one panel per cell, one line per method.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from aime_jax.errors import AimeError
+
+METHODS = ("aime", "bco", "bc")
+METHOD_NAMES = {"aime": "AIME", "bco": "BCO(0)", "bc": "BC"}
+MODALITY_ORDER = {"mdp": 0, "lpomdp": 1, "visual": 2}
+MODALITY_NAMES = {"mdp": "MDP", "lpomdp": "LPOMDP", "visual": "Visual"}
+# Which normalised return of results.json a table shows: against our expert (the demonstrations'
+# mean return) or against the paper's expert return.
+NORMALISERS = {"ours": "normalised", "paper": "normalised_paper"}
+REQUIRED = ("algo", "env", "modality", "num_demos", "normalised")
+
+# The paper's published normalised returns (PAPER.md, 100 demonstrations, one run per cell):
+# (domain, embodiment dataset, task, modality) -> {method: score}.
+PAPER_CELLS: dict[tuple[str, str, str, str], dict[str, float]] = {
+    ("walker", "mix", "run", "visual"): {"aime": 61.1, "bco": 14.9},
+    ("walker", "mix", "walk", "visual"): {"aime": 89.7, "bco": 34.6},
+    ("walker", "walk", "run", "lpomdp"): {"aime": 67.4, "bco": 23.6},
+    ("walker", "random", "walk", "mdp"): {"aime": 17.6, "bco": 13.5},
+}
+# The paper's headline averages over every embodiment dataset x task cell (PAPER.md):
+# (domain, modality) -> {method: score}.
+PAPER_AVERAGES: dict[tuple[str, str], dict[str, float]] = {
+    ("walker", "mdp"): {"aime": 72.5, "bco": 63.5},
+    ("walker", "lpomdp"): {"aime": 72.2, "bco": 41.4},
+    ("walker", "visual"): {"aime": 63.8, "bco": 27.3},
+    ("cheetah", "mdp"): {"aime": 39.1, "bco": 41.6},
+    ("cheetah", "lpomdp"): {"aime": 39.5, "bco": 33.7},
+    ("cheetah", "visual"): {"aime": 37.3, "bco": 17.0},
+}
+
+
+def find_results(paths: Iterable[str]) -> list[dict]:
+    """Every results.json under `paths` (folders searched recursively, or the files themselves),
+    each loaded with its `path`; raises AimeError when there is none or one is malformed."""
+    files: list[str] = []
+    for path in paths:
+        if os.path.isfile(path):
+            files.append(path)
+        elif os.path.isdir(path):
+            for root, _, names in os.walk(path):
+                files.extend(os.path.join(root, n) for n in names if n == "results.json")
+        else:
+            raise AimeError(f"{path!r} does not exist; pass run directories or results.json files")
+    if not files:
+        raise AimeError(f"no results.json under {', '.join(map(repr, paths))}; run the eval stage first")
+    results = []
+    for f in sorted(set(files)):
+        try:
+            with open(f) as fh:
+                r = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise AimeError(f"{f}: not a readable results file ({e})") from None
+        missing = [k for k in REQUIRED if k not in r]
+        if missing:
+            raise AimeError(f"{f}: missing {missing}; is it a results.json written by the eval stage?")
+        if r["algo"] not in METHODS:
+            raise AimeError(f"{f}: unknown algo {r['algo']!r}; expected one of {', '.join(METHODS)}")
+        results.append({**r, "path": f})
+    return results
+
+
+def domain_and_task(env: str) -> tuple[str, str]:
+    domain, _, task = env.partition("-")
+    return domain, task
+
+
+def dataset_name(result: dict) -> str | None:
+    """The embodiment dataset as the paper names it (random, mix, walk, explore, ...): the
+    folder name without its `<domain>-` prefix and `-buffer` suffix; None for BC."""
+    if result["algo"] == "bc":
+        return None
+    name = result.get("embodiment_name") or os.path.basename(os.path.normpath(result.get("embodiment") or ""))
+    domain, _ = domain_and_task(result["env"])
+    if name.startswith(domain + "-"):
+        name = name[len(domain) + 1 :]
+    if name.endswith("-buffer"):
+        name = name[: -len("-buffer")]
+    return name or "unknown"
+
+
+@dataclasses.dataclass
+class Score:
+    """One method's normalised return in one cell, over `len(values)` runs."""
+
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values))
+
+    @property
+    def runs(self) -> int:
+        return len(self.values)
+
+
+@dataclasses.dataclass
+class Row:
+    domain: str
+    dataset: str | None
+    task: str
+    modality: str
+    num_demos: int
+    ours: dict[str, Score]
+    paper: dict[str, float]
+
+    def key(self):
+        return (self.domain, self.dataset or "", self.task, MODALITY_ORDER.get(self.modality, 9),
+                self.modality, self.num_demos)
+
+
+def _value(result: dict, field: str) -> float:
+    if field not in result or result[field] is None:
+        raise AimeError(f"{result['path']}: has no {field!r} (no paper expert return for {result['env']}); "
+                        "use --normaliser=ours")
+    return float(result[field])
+
+
+def build_rows(results: Sequence[dict], normaliser: str = "ours") -> list[Row]:
+    """The table: one row per (domain, dataset, task, modality, demos) with AIME or BCO(0)
+    results, plus one per BC (task, modality, demos) that no such row covers."""
+    if normaliser not in NORMALISERS:
+        raise AimeError(f"unknown normaliser {normaliser!r}; use one of {', '.join(NORMALISERS)}")
+    field = NORMALISERS[normaliser]
+    cells: dict[tuple, dict[str, list[float]]] = {}
+    bc: dict[tuple, list[float]] = {}
+    for r in results:
+        domain, task = domain_and_task(r["env"])
+        value = _value(r, field)
+        if r["algo"] == "bc":
+            bc.setdefault((domain, task, r["modality"], int(r["num_demos"])), []).append(value)
+        else:
+            key = (domain, dataset_name(r), task, r["modality"], int(r["num_demos"]))
+            cells.setdefault(key, {}).setdefault(r["algo"], []).append(value)
+    rows = []
+    covered = set()
+    for (domain, dataset, task, modality, demos), by_method in cells.items():
+        ours = {m: Score(v) for m, v in by_method.items()}
+        bc_key = (domain, task, modality, demos)
+        if bc_key in bc:
+            ours["bc"] = Score(bc[bc_key])
+            covered.add(bc_key)
+        paper = PAPER_CELLS.get((domain, dataset, task, modality), {})
+        rows.append(Row(domain, dataset, task, modality, demos, ours, paper))
+    for (domain, task, modality, demos), values in bc.items():
+        if (domain, task, modality, demos) not in covered:
+            rows.append(Row(domain, None, task, modality, demos, {"bc": Score(values)}, {}))
+    return sorted(rows, key=Row.key)
+
+
+def _cell(score: Score | None) -> str:
+    if score is None:
+        return ""
+    if score.runs == 1:
+        return f"{score.mean:.1f} (1 run)"
+    return f"{score.mean:.1f} ± {score.std:.1f} ({score.runs} runs)"
+
+
+def _paper(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def averages(rows: Sequence[Row]) -> list[dict]:
+    """Our mean over the cells of each (domain, modality, demos) beside the paper's averages."""
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for row in rows:
+        if row.dataset is None:
+            continue
+        group = groups.setdefault((row.domain, row.modality, row.num_demos), {})
+        for m, score in row.ours.items():
+            group.setdefault(m, []).append(score.mean)
+    out = []
+    for (domain, modality, demos), by_method in sorted(groups.items(), key=lambda kv: (kv[0][0], MODALITY_ORDER.get(kv[0][1], 9), kv[0][2])):
+        paper = PAPER_AVERAGES.get((domain, modality), {})
+        out.append({"domain": domain, "modality": modality, "num_demos": demos,
+                    **{f"{m}_mean": float(np.mean(v)) for m, v in by_method.items()},
+                    **{f"{m}_cells": len(v) for m, v in by_method.items()},
+                    **{f"{m}_paper": v for m, v in paper.items()}})
+    return out
+
+
+def markdown(rows: Sequence[Row], normaliser: str = "ours") -> str:
+    against = "our expert, the demonstrations' mean return" if normaliser == "ours" else "the paper's expert returns"
+    lines = [
+        "# Results",
+        "",
+        f"Normalised return (100 x return / expert return, against {against}): mean ± std over runs.",
+        "The paper's numbers (PAPER.md) are for 100 demonstrations, one run per cell. BC needs no",
+        "embodiment data: its score is repeated in every row of its task and modality.",
+        "",
+        "| domain | embodiment | task | modality | demos | AIME | AIME (paper) | BCO(0) | BCO(0) (paper) | BC |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.domain} | {r.dataset or '-'} | {r.task} | {MODALITY_NAMES.get(r.modality, r.modality)} | "
+            f"{r.num_demos} | {_cell(r.ours.get('aime'))} | {_paper(r.paper.get('aime'))} | "
+            f"{_cell(r.ours.get('bco'))} | {_paper(r.paper.get('bco'))} | {_cell(r.ours.get('bc'))} |"
+        )
+    avg = averages(rows)
+    if avg:
+        lines += [
+            "",
+            "## Averages over the cells above",
+            "",
+            "| domain | modality | demos | AIME | AIME (paper) | BCO(0) | BCO(0) (paper) | BC |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for a in avg:
+            def ours(m):
+                if m + "_mean" not in a:
+                    return ""
+                cells = a[m + "_cells"]
+                return f"{a[m + '_mean']:.1f} ({cells} cell{'s' if cells > 1 else ''})"
+
+            lines.append(
+                f"| {a['domain']} | {MODALITY_NAMES.get(a['modality'], a['modality'])} | {a['num_demos']} | "
+                f"{ours('aime')} | {_paper(a.get('aime_paper'))} | {ours('bco')} | {_paper(a.get('bco_paper'))} | "
+                f"{ours('bc')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = ["domain", "embodiment", "task", "modality", "num_demos"] + [
+    f"{m}_{s}" for m in METHODS for s in ("mean", "std", "runs")
+] + ["aime_paper", "bco_paper"]
+
+
+def write_csv(rows: Sequence[Row], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_FIELDS)
+        writer.writeheader()
+        for r in rows:
+            line = {"domain": r.domain, "embodiment": r.dataset or "", "task": r.task, "modality": r.modality,
+                    "num_demos": r.num_demos, "aime_paper": r.paper.get("aime", ""), "bco_paper": r.paper.get("bco", "")}
+            for m in METHODS:
+                score = r.ours.get(m)
+                line.update({f"{m}_mean": score.mean if score else "", f"{m}_std": score.std if score else "",
+                             f"{m}_runs": score.runs if score else ""})
+            writer.writerow(line)
+
+
+def plot(rows: Sequence[Row], path: str) -> None:
+    """Normalised return against the number of demonstrations: a panel per cell (embodiment,
+    task, modality), a line per method with the std over runs as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels: dict[tuple, list[Row]] = {}
+    for r in rows:
+        panels.setdefault((r.domain, r.dataset, r.task, r.modality), []).append(r)
+    n = len(panels)
+    cols = min(3, n)
+    fig_rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(fig_rows, cols, figsize=(4.5 * cols, 3.4 * fig_rows), squeeze=False)
+    colors = {"aime": "tab:blue", "bco": "tab:orange", "bc": "tab:green"}
+    for ax, ((domain, dataset, task, modality), cell) in zip(axes.flat, panels.items()):
+        cell = sorted(cell, key=lambda r: r.num_demos)
+        for m in METHODS:
+            points = [(r.num_demos, r.ours[m]) for r in cell if m in r.ours]
+            if not points:
+                continue
+            x = [p[0] for p in points]
+            ax.errorbar(x, [p[1].mean for p in points], yerr=[p[1].std for p in points], marker="o",
+                        capsize=3, color=colors[m], label=METHOD_NAMES[m])
+        for m, value in cell[0].paper.items():
+            ax.axhline(value, color=colors[m], linestyle=":", linewidth=1, label=f"{METHOD_NAMES[m]} (paper, 100)")
+        title = f"{domain}-{task} {MODALITY_NAMES.get(modality, modality)}"
+        ax.set_title(title + (f", from {dataset}" if dataset else ""), fontsize=9)
+        ax.set_xlabel("demonstrations")
+        ax.set_ylabel("normalised return")
+        if len({r.num_demos for r in cell}) > 1:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(paths: Sequence[str], out: str, normaliser: str = "ours") -> dict[str, str]:
+    """Collects the results under `paths` and writes results.md, results.csv and
+    demos_plot.png to `out`; returns their paths."""
+    rows = build_rows(find_results(paths), normaliser)
+    os.makedirs(out, exist_ok=True)
+    files = {k: os.path.join(out, name) for k, name in
+             (("markdown", "results.md"), ("csv", "results.csv"), ("plot", "demos_plot.png"))}
+    with open(files["markdown"], "w") as f:
+        f.write(markdown(rows, normaliser))
+    write_csv(rows, files["csv"])
+    plot(rows, files["plot"])
+    return files
