@@ -45,8 +45,11 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     c.data.root = "data"
     c.data.embodiment = f"{domain}-random"
     c.data.embodiment_dir = ""
-    # Episodes of the random-policy dataset the datasets stage collects when it is missing.
-    c.data.random_episodes = 1000
+    # The datasets stage builds missing datasets with aime_jax/data/build.py: `scale` multiplies
+    # their episode counts (random 1000, demonstrations 100, buffers 1000), `expert_scale` the
+    # training lengths of the agents they need (SAC experts, the exploration agent).
+    c.data.scale = 1.0
+    c.data.expert_scale = 1.0
     c.data.window = 50
     c.data.batch_size = 50
     c.data.val_fraction = 0.05
@@ -122,7 +125,11 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     c.wandb.name = ""
 
     if arg == "quick":
-        c.data.random_episodes = 30
+        # 30 random episodes, experts trained for a few minutes (walker-walk 40k steps, cheetah-run
+        # 50k), in a folder of their own so that they never meet the full-size datasets.
+        c.data.root = os.path.join("data", "quick")
+        c.data.scale = 0.03
+        c.data.expert_scale = 0.5 if domain == "walker" else 0.1
         c.data.batch_size = 16
         c.data.window = 32
         c.phase1.steps = 600
@@ -205,6 +212,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         )
     if d.batch_size % process_count:
         raise ConfigError(f"config.data.batch_size={d.batch_size} is not divisible by {process_count} processes")
+    if not (d.scale > 0 and d.expert_scale > 0):
+        raise ConfigError(f"config.data.scale and expert_scale must be > 0, got {d.scale}, {d.expert_scale}")
     if not 0.0 < d.val_fraction < 1.0:
         raise ConfigError(f"config.data.val_fraction must be in (0, 1), got {d.val_fraction}")
     for stage, names in (
@@ -240,8 +249,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     demos = demos_dir(config)
     if "phase2" in stage_names and not os.path.isdir(demos):
         raise ConfigError(
-            f"demonstrations {demos!r} do not exist; set config.data.demos_dir to a folder of "
-            "expert episodes (observations are enough)"
+            f"demonstrations {demos!r} do not exist; add the 'datasets' stage to config.stages to "
+            "build them, or set config.data.demos_dir to a folder of expert episodes (observations are enough)"
         )
 
 

@@ -15,36 +15,30 @@ from aime_jax.errors import AimeError
 
 
 def datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
-    """Makes sure the embodiment dataset exists in the configured modality.
+    """Makes sure the embodiment dataset exists in the configured modality, and the
+    demonstrations too when a later stage needs them.
 
-    The random-policy dataset is collected here (continued if partial); other datasets come from
-    their builder.
+    `config.data.embodiment` (e.g. walker-random, walker-mix) is built in `config.data.root` by
+    aime_jax/data/build.py when it is missing or partial (training the agents it needs first), at
+    `config.data.scale`; `config.data.embodiment_dir` is used as it is (rendered for visual).
     """
-    from aime_jax.data.collect import collect
+    from aime_jax.data.build import build
     from aime_jax.data.render import render_folder
 
-    folder = config_lib.embodiment_dir(config)
-    random_name = f"{config.domain}-random"
-    visual = config.modality == "visual"
-    if config.data.embodiment == random_name and not config.data.embodiment_dir:
-        if jax.process_index() == 0:
-            # Collected with images only when they are needed; render.py adds them later.
-            collect(
-                f"{config.domain}-{'stand' if config.domain == 'walker' else 'run'}",
-                "visual" if visual else "mdp",
-                folder,
-                config.data.random_episodes,
-                policy="random",
-                seed=config.seed,
+    if config.data.embodiment_dir:
+        folder = config.data.embodiment_dir
+        if not os.path.isdir(folder):
+            raise AimeError(
+                f"config.data.embodiment_dir={folder!r} does not exist; point it at a folder of episodes, "
+                f"or leave it empty to build config.data.embodiment={config.data.embodiment!r}"
             )
-    elif not os.path.isdir(folder):
-        raise AimeError(
-            f"embodiment dataset {folder!r} does not exist. This version builds only the random "
-            f"dataset ({random_name!r}) itself; collect others with experiments/collect.py, or "
-            "point config.data.embodiment_dir at an existing folder of episodes"
-        )
-    if visual and jax.process_index() == 0:
-        render_folder(folder, size=64)
+        if config.modality == "visual" and jax.process_index() == 0:
+            render_folder(folder, size=64)
+    elif jax.process_index() == 0:
+        build(config.data.embodiment, config.modality, config.data.root, scale=config.data.scale,
+              seed=config.seed, expert_scale=config.data.expert_scale)
+    if {"phase2", "eval"} & set(config_lib.stages(config)):
+        demonstrations(config)
 
 
 def phase1(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
@@ -102,20 +96,28 @@ def make_scorer(config: ml_collections.ConfigDict):
 
 
 def demonstrations(config: ml_collections.ConfigDict) -> str:
-    """The demonstrations folder (rendered for visual), or a message saying how to get one."""
+    """The demonstrations folder, rendered for visual: `config.data.demos_dir` as it is, or
+    `<root>/<demos>` (default `<env>-expert`), built by aime_jax/data/build.py when it is missing
+    (a SAC expert is trained first) with at least `config.data.num_demos` episodes."""
+    from aime_jax.data.build import EPISODES, build, scaled
     from aime_jax.data.render import render_folder
 
     demos = config_lib.demos_dir(config)
-    if not os.path.isdir(demos):
-        raise AimeError(
-            f"phase 2 needs demonstrations of {config.env}, and {demos!r} does not exist. "
-            "aime-jax cannot make expert demonstrations yet (the expert trainer is still to "
-            "come); point config.data.demos_dir at a folder of expert episodes (the authors' "
-            "published files, or episodes of your own policy collected with aime_jax.data.collect), "
-            "or run only --config.stages=datasets,phase1"
-        )
-    if config.modality == "visual" and jax.process_index() == 0:
-        render_folder(demos, size=64)
+    if config.data.demos_dir:
+        if not os.path.isdir(demos):
+            raise AimeError(
+                f"phase 2 needs demonstrations of {config.env}, and config.data.demos_dir={demos!r} does not "
+                "exist; point it at a folder of expert episodes, or leave it empty to build "
+                f"{config.env}-expert"
+            )
+        if config.modality == "visual" and jax.process_index() == 0:
+            render_folder(demos, size=64)
+        return demos
+    if jax.process_index() == 0:
+        name = config.data.demos or f"{config.env}-expert"
+        episodes = max(scaled(EPISODES["expert"], config.data.scale), config.data.num_demos)
+        build(name, config.modality, config.data.root, scale=config.data.scale, seed=config.seed,
+              expert_scale=config.data.expert_scale, episodes=episodes if name.endswith("-expert") else None)
     return demos
 
 

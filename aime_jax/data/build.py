@@ -165,7 +165,8 @@ def build(
     `explore_config` override settings of the SAC experts (`sac.default_config`) and of the
     exploration agent (`explore.default_config`). `on_episode(name, i)` is called after each
     episode file is written. A complete dataset built with other settings is refused with a
-    message, never mixed in; a complete one asked for with more episodes is extended.
+    message, never mixed in; one asked for with more episodes is extended, and one with more
+    than asked for is left as it is (its first N episodes are the smaller dataset).
     """
     envs.tasks.check_modality(modality)
     spec = parse_name(name)
@@ -199,8 +200,8 @@ def _build(ctx: _Build, spec: Spec, modality: str, episodes: int | None) -> str:
         if spec.kind == "mix":
             _build_mix(ctx, spec, folder, wanted, modality)
         render_folder(folder, size=IMAGE_SIZE, domain=spec.domain, progress=ctx.progress)
-        card = _write_card(folder, spec, wanted, extra={k: card[k] for k in ("expert_return", "expert", "sources")
-                                                        if k in card})
+        extra = {k: card[k] for k in ("expert", "sources") if k in card}
+        card = _write_card(folder, spec, card["generator"], extra=extra)
     return folder
 
 
@@ -210,7 +211,7 @@ def _generator(ctx: _Build, spec: Spec, episodes: int | None) -> dict[str, Any]:
     if spec.kind == "mix":
         g["sources"] = list(spec.sources)
         g["scale"] = ctx.scale
-        g["episodes"] = sum(_generator(ctx, parse_name(s), None)["episodes"] for s in spec.sources)
+        g["episodes"] = sum(n for _, n in _mix_counts(ctx, spec))
         return g
     g["episodes"] = episodes if episodes is not None else scaled(EPISODES[spec.kind], ctx.scale)
     g["episode_seed"] = stream_seed(ctx.seed, "explore" if spec.kind == "explore" else spec.kind)
@@ -222,13 +223,17 @@ def _generator(ctx: _Build, spec: Spec, episodes: int | None) -> dict[str, Any]:
     return g
 
 
+def _mix_counts(ctx: _Build, spec: Spec) -> list[tuple[str, int]]:
+    """(source name, episodes it gives the mix), in the mix's order."""
+    return [(name, _generator(ctx, parse_name(name), None)["episodes"]) for name in spec.sources]
+
+
 def _check_card(folder: str, card: dict, wanted: dict) -> None:
     have = card.get("generator", {})
     diff = {k: (have.get(k), v) for k, v in wanted.items() if k != "episodes" and have.get(k) != v}
+    # More episodes than asked for is fine (take the first N); fewer are added by extending.
     if wanted["kind"] == "mix" and have.get("episodes") != wanted["episodes"]:
         diff["episodes"] = (have.get("episodes"), wanted["episodes"])
-    elif card.get("episodes", 0) > wanted["episodes"]:
-        diff["episodes"] = (card.get("episodes"), wanted["episodes"])
     if diff:
         raise DatasetError(
             f"{folder} is a complete dataset built with other settings {diff} (built, asked); use "
@@ -246,7 +251,9 @@ def _write_meta(folder: str, meta: dict) -> None:
     if os.path.exists(path):
         with open(path) as f:
             old = json.load(f)
-        clash = {k: (old.get(k), v) for k, v in meta.items() if k != "modality" and k in old and old[k] != v}
+        # The modality and image size say how a folder was first collected, not what it holds.
+        clash = {k: (old.get(k), v) for k, v in meta.items()
+                 if k not in ("modality", "image_size") and k in old and old[k] != v}
         if clash:
             raise DatasetError(
                 f"{folder} already holds episodes made with other settings {clash} (old, new); delete "
@@ -381,10 +388,9 @@ def _build_explore(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality:
 
 def _build_mix(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: str) -> None:
     sources = []
-    for name in spec.sources:
+    for name, n in _mix_counts(ctx, spec):
         # Visual: render the sources, whose files the mix then shares, rather than the mix.
-        src = _build(ctx, parse_name(name), modality, None)
-        sources.append((src, read_card(src)["episodes"]))
+        sources.append((_build(ctx, parse_name(name), modality, None), n))
     _link_episodes(ctx, spec.name, folder, sources,
                    {"env": spec.domain, "modality": "mdp", "policy": "mix", "seed": ctx.seed,
                     "action_repeat": 2, "image_size": None})
@@ -405,11 +411,10 @@ def _card_extra(ctx: _Build, spec: Spec, folder: str) -> dict[str, Any]:
                            "train_wall_s": summary["wall_s"]}
     if spec.kind == "mix":
         first, sources = 0, []
-        for name in spec.sources:
+        for name, n in _mix_counts(ctx, spec):
             card = read_card(os.path.join(ctx.root, name))
-            sources.append({"name": name, "first": first, "episodes": card["episodes"],
-                            "generator": card["generator"], "return_mean": card["return_mean"]})
-            first += card["episodes"]
+            sources.append({"name": name, "first": first, "episodes": n, "generator": card["generator"]})
+            first += n
         extra["sources"] = sources
     return extra
 
