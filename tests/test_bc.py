@@ -6,6 +6,7 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 from aime_jax import config as config_lib
@@ -207,3 +208,61 @@ def test_config_errors():
     # AIME ignores the baselines' section.
     c = quick(stack=0)
     config_lib.validate(c, 1)
+
+
+_SHARDED = r"""
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+sys.path.insert(0, {repo!r})
+sys.path.insert(0, {tests!r})
+import jax, numpy as np
+from test_bc import quick
+from aime_jax import parallel
+from aime_jax.agents import bc
+
+c = quick(min_epochs=2, max_epochs=2, batch_size=40, log_every=50)
+c.data.num_demos = 3
+params = []
+for n in (1, 4):
+    agent = bc.train_bc(c, os.path.join({work!r}, str(n)), {demos!r}, parallel.make_mesh(n))
+    params.append(agent.params)
+for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
+    # 50 Adam steps apart from float summation order: close, not bit-equal.
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+print("OK")
+"""
+
+
+def test_bc_on_4_devices_equals_one_device(walker_random_dir, tmp_path):
+    code = _SHARDED.format(repo=REPO, tests=os.path.join(REPO, "tests"), work=str(tmp_path), demos=walker_random_dir)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_visual_bco_hands_the_idm_encoder_to_the_policy(walker_random_dir, tmp_path):
+    """Images go through the CNN encoder; BCO(0)'s policy starts from the IDM's encoder."""
+    from aime_jax.data import load_episode, save_episode
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        ep = {k: v[:24] for k, v in load_episode(os.path.join(walker_random_dir, f"{i}.npz")).items()}
+        ep["image"] = rng.integers(0, 256, (24, 64, 64, 3), dtype=np.uint8)
+        save_episode(tmp_path / "data" / f"{i}.npz", ep)
+    # A learning rate so small that training leaves the handed-over encoder where it was.
+    c = quick("visual", stack=2, batch_size=8, lr=1e-12, idm_steps=2, idm_max_steps=2, idm_eval_every=2,
+              min_epochs=1, max_epochs=1)
+    c.data.num_demos = 3
+    data = str(tmp_path / "data")
+    _, idm_params = bc.train_idm(c, str(tmp_path / "idm"), data)
+    agent = bc.train_bco(c, str(tmp_path / "bc"), str(tmp_path / "idm"), data)
+    for a, b in zip(jax.tree.leaves(idm_params["encoder"]), jax.tree.leaves(agent.params["encoder"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-8)
+    # ... which is not what BC would have started from.
+    fresh = bc.create_state(agent.net, {"image": (64, 64, 3)}, 2, optax.adam(1.0), c.seed + 7)
+    pairs = zip(jax.tree.leaves(fresh.params["encoder"]), jax.tree.leaves(agent.params["encoder"]))
+    assert not all(np.allclose(a, b) for a, b in pairs)
+    image = rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    carry, action = agent.act(agent.initial_carry([0, 1]), {"image": image}, np.zeros((2, 6)), np.ones(2, bool))
+    assert action.shape == (2, 6) and carry["image"].shape == (2, 2, 64, 64, 3)
