@@ -164,9 +164,11 @@ def build(
     `episodes` overrides the scaled episode count (not for mixes); `expert_config` and
     `explore_config` override settings of the SAC experts (`sac.default_config`) and of the
     exploration agent (`explore.default_config`). `on_episode(name, i)` is called after each
-    episode file is written. A complete dataset built with other settings is refused with a
-    message, never mixed in; one asked for with more episodes is extended, and one with more
-    than asked for is left as it is (its first N episodes are the smaller dataset).
+    episode file is written (name: the dataset's, or the exploration run's folder name).
+
+    A complete dataset built with other settings is refused with a message, never mixed in; one
+    asked for with more episodes is extended, and one with more than asked for is left as it is
+    (its first N episodes are the smaller dataset).
     """
     envs.tasks.check_modality(modality)
     spec = parse_name(name)
@@ -379,8 +381,10 @@ def _build_explore(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality:
     n = wanted["episodes"]
     workdir = explorer_workdir(ctx.root, spec.domain, ctx.seed)
     episodes = os.path.join(workdir, "episodes")
+    # The training episodes are files too: on_episode sees them under the run's folder name.
+    hook = None if ctx.on_episode is None else (lambda i: ctx.on_episode(os.path.basename(workdir), i))
     train_explorer(spec.domain, workdir, n * EPISODE_STEPS, wanted["episode_seed"],
-                   default_config(**ctx.explore_config), episode_dir=episodes)
+                   default_config(**ctx.explore_config), episode_dir=episodes, on_episode=hook)
     _link_episodes(ctx, spec.name, folder, [(episodes, n)],
                    {"env": spec.env, "modality": "mdp", "policy": "explore-training",
                     "seed": wanted["episode_seed"], "action_repeat": 2, "image_size": None})
