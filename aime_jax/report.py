@@ -28,6 +28,8 @@ MODALITY_NAMES = {"mdp": "MDP", "lpomdp": "LPOMDP", "visual": "Visual"}
 NORMALISERS = {"ours": "normalised", "paper": "normalised_paper"}
 REQUIRED = ("algo", "env", "modality", "num_demos", "normalised")
 
+# The number of demonstrations behind the paper's table: its numbers sit beside rows of this many.
+PAPER_DEMOS = 100
 # The paper's published normalised returns (PAPER.md, 100 demonstrations, one run per cell):
 # (domain, embodiment dataset, task, modality) -> {method: score}.
 PAPER_CELLS: dict[tuple[str, str, str, str], dict[str, float]] = {
@@ -162,7 +164,7 @@ def build_rows(results: Sequence[dict], normaliser: str = "ours") -> list[Row]:
         if bc_key in bc:
             ours["bc"] = Score(bc[bc_key])
             covered.add(bc_key)
-        paper = PAPER_CELLS.get((domain, dataset, task, modality), {})
+        paper = PAPER_CELLS.get((domain, dataset, task, modality), {}) if demos == PAPER_DEMOS else {}
         rows.append(Row(domain, dataset, task, modality, demos, ours, paper))
     for (domain, task, modality, demos), values in bc.items():
         if (domain, task, modality, demos) not in covered:
@@ -193,7 +195,7 @@ def averages(rows: Sequence[Row]) -> list[dict]:
             group.setdefault(m, []).append(score.mean)
     out = []
     for (domain, modality, demos), by_method in sorted(groups.items(), key=lambda kv: (kv[0][0], MODALITY_ORDER.get(kv[0][1], 9), kv[0][2])):
-        paper = PAPER_AVERAGES.get((domain, modality), {})
+        paper = PAPER_AVERAGES.get((domain, modality), {}) if demos == PAPER_DEMOS else {}
         out.append({"domain": domain, "modality": modality, "num_demos": demos,
                     **{f"{m}_mean": float(np.mean(v)) for m, v in by_method.items()},
                     **{f"{m}_cells": len(v) for m, v in by_method.items()},
@@ -207,7 +209,7 @@ def markdown(rows: Sequence[Row], normaliser: str = "ours") -> str:
         "# Results",
         "",
         f"Normalised return (100 x return / expert return, against {against}): mean ± std over runs.",
-        "The paper's numbers (PAPER.md) are for 100 demonstrations, one run per cell. BC needs no",
+        f"The paper's numbers (PAPER.md) are for {PAPER_DEMOS} demonstrations, one run per cell. BC needs no",
         "embodiment data: its score is repeated in every row of its task and modality.",
         "",
         "| domain | embodiment | task | modality | demos | AIME | AIME (paper) | BCO(0) | BCO(0) (paper) | BC |",
@@ -287,7 +289,8 @@ def plot(rows: Sequence[Row], path: str) -> None:
             x = [p[0] for p in points]
             ax.errorbar(x, [p[1].mean for p in points], yerr=[p[1].std for p in points], marker="o",
                         capsize=3, color=colors[m], label=METHOD_NAMES[m])
-        for m, value in cell[0].paper.items():
+        paper = {m: v for r in cell for m, v in r.paper.items()}
+        for m, value in paper.items():
             ax.axhline(value, color=colors[m], linestyle=":", linewidth=1, label=f"{METHOD_NAMES[m]} (paper, 100)")
         title = f"{domain}-{task} {MODALITY_NAMES.get(modality, modality)}"
         ax.set_title(title + (f", from {dataset}" if dataset else ""), fontsize=9)
