@@ -137,6 +137,13 @@ def no_embodiment_data(config: ml_collections.ConfigDict, workdir: str, mesh) ->
     print("skipped: BC learns from the demonstrations alone, it needs no embodiment dataset")
 
 
+def bc_datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
+    """BC's datasets stage: the demonstrations alone (when a later stage needs them)."""
+    no_embodiment_data(config, workdir, mesh)
+    if {"phase2", "eval"} & set(config_lib.stages(config)):
+        demonstrations(config)
+
+
 def idm(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     """BCO(0)'s phase 1: the inverse dynamics model, on the embodiment dataset."""
     from aime_jax.agents.bc import train_idm
@@ -260,7 +267,7 @@ def print_results(results: dict) -> None:
 STAGE_FNS = {"datasets": datasets, "phase1": phase1, "phase2": phase2, "eval": evaluation}
 # The baselines run in place of AIME's phases: BCO(0)'s phase 1 is its inverse dynamics model.
 BASELINE_STAGES = {
-    "bc": {"datasets": no_embodiment_data, "phase1": no_embodiment_data, "phase2": bc_policy},
+    "bc": {"datasets": bc_datasets, "phase1": no_embodiment_data, "phase2": bc_policy},
     "bco": {"phase1": idm, "phase2": bc_policy},
 }
 
