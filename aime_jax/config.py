@@ -238,6 +238,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     validate_bc(config, num_devices, process_count)
     if config.world_model.variant not in ("rssm", "rssmo"):
         raise ConfigError(f"config.world_model.variant={config.world_model.variant!r}; use rssm or rssmo")
+    if config.world_model.cnn_impl not in ("auto", "gemm", "lax"):
+        raise ConfigError(f"config.world_model.cnn_impl={config.world_model.cnn_impl!r}; use auto, gemm or lax")
     if "datasets" in stage_names:
         return
     folder = embodiment_dir(config)

@@ -7,6 +7,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from aime_jax.nets import conv
+
 Dtype = Any
 
 IMAGE_SHAPE = (64, 64, 3)
@@ -28,17 +30,19 @@ class ConvEncoder(nn.Module):
     """(..., 64, 64, 3) uint8 -> (..., 1024): four VALID 4x4 stride-2 convs, 64->31->14->6->2.
 
     As in the authors' release, the last conv has no activation: the embedding feeds linear
-    layers of the posterior and a ReLU there would only clip half of it.
+    layers of the posterior and a ReLU there would only clip half of it. `impl` chooses the
+    convolution kernels (aime_jax/nets/conv.py: "gemm" on CPUs, XLA's on accelerators by default).
     """
 
     depth: int = 32
     dtype: Dtype = jnp.float32
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
         x, lead = _flatten_leading(image_to_float(image, self.dtype), 3)
         for i, mult in enumerate((1, 2, 4, 8)):
-            x = nn.Conv(self.depth * mult, (4, 4), (2, 2), padding="VALID", dtype=self.dtype)(x)
+            x = conv.Conv(self.depth * mult, 4, 2, self.impl, self.dtype, name=f"Conv_{i}")(x)
             if i < 3:
                 x = nn.relu(x)
         return x.reshape(lead + (-1,))
@@ -50,6 +54,7 @@ class ConvDecoder(nn.Module):
 
     depth: int = 32
     dtype: Dtype = jnp.float32
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
@@ -58,9 +63,7 @@ class ConvDecoder(nn.Module):
         x = x.reshape((-1, 1, 1, 32 * self.depth))
         layers = ((4 * self.depth, 5), (2 * self.depth, 5), (self.depth, 6), (IMAGE_SHAPE[-1], 6))
         for i, (channels, kernel) in enumerate(layers):
-            x = nn.ConvTranspose(
-                channels, (kernel, kernel), (2, 2), padding="VALID", dtype=self.dtype
-            )(x)
+            x = conv.ConvTranspose(channels, kernel, 2, self.impl, self.dtype, name=f"ConvTranspose_{i}")(x)
             if i < len(layers) - 1:
                 x = nn.relu(x)
         return nn.sigmoid(x).reshape(lead + IMAGE_SHAPE)

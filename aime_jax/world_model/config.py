@@ -49,6 +49,9 @@ def _base_config() -> ml_collections.ConfigDict:
     c.deter_size = 512
     c.stoch_size = 128
     c.cnn_depth = 32
+    # Convolution kernels of the image encoder/decoder: "gemm" (matrix products, fast on CPUs),
+    # "lax" (XLA's convolutions, for GPUs/TPUs) or "auto" (by backend). Same parameters either way.
+    c.cnn_impl = "auto"
     # No hidden layers: the GRU reads [z, a] directly.
     c.pre_gru = _mlp((), "silu", False)
     # Prior p(z|h) and posterior q(z|h, e) heads share one description.
