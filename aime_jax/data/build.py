@@ -30,6 +30,7 @@ import math
 import os
 import shutil
 import zipfile
+import zlib
 from typing import Any, Callable
 
 import numpy as np
@@ -61,9 +62,6 @@ EXPERT_STEPS = {
     "cheetah-flipbackward": 300_000,
 }
 MIXES = {"walker-mix": ("walker-random", "walker-explore-buffer", "walker-stand-buffer", "walker-walk-buffer")}
-# Demonstrations and exploration runs start from their own streams of initial states (the random
-# dataset and the SAC runs use the seed itself), so no two sources of a mix share one.
-_STREAMS = {"expert": 1, "explore": 2}
 EPISODE_STEPS = 500  # agent steps per episode: 1000 simulator steps, action repeat 2
 
 
@@ -105,11 +103,18 @@ def parse_name(name: str) -> Spec:
     )
 
 
-def stream_seed(seed: int, kind: str) -> int:
-    """The seed of the episodes of `kind` (random and SAC runs: `seed` itself)."""
-    if kind not in _STREAMS:
+def stream_seed(seed: int, stream: str) -> int:
+    """The seed of one stream of episodes. The random dataset uses `seed` itself; the
+    demonstrations, each SAC run and each exploration run have their own, so no two sources of
+    a mix start from the same initial states."""
+    if stream == "random":
         return seed
-    return int(np.random.SeedSequence([seed, 7919, _STREAMS[kind]]).generate_state(1)[0] % 2**31)
+    return int(np.random.SeedSequence([seed, zlib.crc32(stream.encode())]).generate_state(1)[0] % 2**31)
+
+
+def _stream(spec: Spec) -> str:
+    return {"random": "random", "expert": f"demos:{spec.env}", "buffer": f"sac:{spec.env}",
+            "explore": f"explore:{spec.domain}"}[spec.kind]
 
 
 def scaled(count: int, scale: float) -> int:
@@ -216,7 +221,7 @@ def _generator(ctx: _Build, spec: Spec, episodes: int | None) -> dict[str, Any]:
         g["episodes"] = sum(n for _, n in _mix_counts(ctx, spec))
         return g
     g["episodes"] = episodes if episodes is not None else scaled(EPISODES[spec.kind], ctx.scale)
-    g["episode_seed"] = stream_seed(ctx.seed, "explore" if spec.kind == "explore" else spec.kind)
+    g["episode_seed"] = stream_seed(ctx.seed, _stream(spec))
     if spec.kind in ("expert", "buffer"):
         g["expert_steps"] = _expert_steps(ctx, spec.env)
         g["expert_config"] = ctx.expert_config
@@ -304,13 +309,14 @@ def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
     from aime_jax.agents import sac
 
     workdir = expert_workdir(ctx.root, env, ctx.seed)
+    seed = stream_seed(ctx.seed, f"sac:{env}")
     config = sac.default_config(env, **ctx.expert_config)
     round_steps = config.num_envs * math.ceil(sac.SIMULATOR_STEPS_PER_EPISODE / config.action_repeat)
     steps = math.ceil(_expert_steps(ctx, env) / round_steps) * round_steps
     snapshot = os.path.join(workdir, f"policy-{steps}")
     episode_dir = os.path.join(workdir, "episodes")
     if not os.path.isdir(snapshot):
-        summary = sac.train_expert(env, workdir, steps, ctx.seed, config, episode_dir=episode_dir)
+        summary = sac.train_expert(env, workdir, steps, seed, config, episode_dir=episode_dir)
         if summary["env_steps"] != steps:
             raise AimeError(
                 f"the expert run {workdir} has trained for {summary['env_steps']} steps, past the "
@@ -323,7 +329,7 @@ def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
         write_json(os.path.join(tmp, "summary.json"), summary)
         os.replace(tmp, snapshot)
     if min_episodes * EPISODE_STEPS > steps:
-        sac.train_expert(env, workdir, min_episodes * EPISODE_STEPS, ctx.seed, config, episode_dir=episode_dir)
+        sac.train_expert(env, workdir, min_episodes * EPISODE_STEPS, seed, config, episode_dir=episode_dir)
     return snapshot
 
 
@@ -371,7 +377,7 @@ def _build_buffer(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: 
     ensure_expert(ctx, spec.env, min_episodes=n)
     episodes = os.path.join(expert_workdir(ctx.root, spec.env, ctx.seed), "episodes")
     _link_episodes(ctx, spec.name, folder, [(episodes, n)],
-                   {"env": spec.env, "modality": "mdp", "policy": "sac-training", "seed": ctx.seed,
+                   {"env": spec.env, "modality": "mdp", "policy": "sac-training", "seed": wanted["episode_seed"],
                     "action_repeat": 2, "image_size": None})
 
 
