@@ -21,8 +21,10 @@ import dataclasses
 import time
 from typing import Any, Protocol, Sequence
 
+import jax
 import numpy as np
 
+from aime_jax import parallel
 from aime_jax.atomic import write_json
 from aime_jax.data.collect import episode_seed
 from aime_jax.envs.dmc import ACTION_DIM
@@ -110,27 +112,43 @@ def evaluate(
     """Runs `episodes` episodes in batches of `num_envs` (the last may be smaller).
 
     `workers` processes share the environments (see `VectorEnv`); both are capped at what the
-    episodes need. With `record_video`, episode 0's frames come back in `frames`: its
+    episodes need. In a multi-process run every process calls it, runs its share of the episodes
+    and receives all the returns. With `record_video`, episode 0's frames come back in `frames`: its
     observations in the visual modality, otherwise renders of camera 0 at `image_size`.
     """
     if episodes < 1:
         raise AimeError(f"episodes must be >= 1, got {episodes}")
     if num_envs < 1 or workers < 1:
         raise AimeError(f"num_envs and workers must be >= 1, got num_envs={num_envs}, workers={workers}")
-    num_envs = min(num_envs, episodes)
-    workers = min(workers, num_envs)
+    # A multi-process run splits the episodes into contiguous blocks, one per process (episode 0,
+    # the video's, on process 0), and gathers the returns: since episode i depends only on
+    # (seed, i), the result equals a single process's.
+    index, count = jax.process_index(), jax.process_count()
+    per = -(-episodes // count)
+    mine = list(range(index * per, min((index + 1) * per, episodes)))
     returns: list[float] = []
     lengths: list[int] = []
     frames: list[np.ndarray] = []
-    with VectorEnv(env_name, modality, num_envs, workers, action_repeat, image_size) as env:
-        start = time.perf_counter()
-        for first in range(0, episodes, num_envs):
-            seeds = [episode_seed(seed, i) for i in range(first, min(first + num_envs, episodes))]
-            video = record_video and first == 0
-            batch_returns, batch_lengths = _run_batch(env, agent, seeds, frames if video else None)
-            returns.extend(batch_returns)
-            lengths.extend(batch_lengths)
-        elapsed = time.perf_counter() - start
+    start = time.perf_counter()
+    if mine:
+        num_envs = min(num_envs, len(mine))
+        workers = min(workers, num_envs)
+        with VectorEnv(env_name, modality, num_envs, workers, action_repeat, image_size) as env:
+            start = time.perf_counter()
+            for first in range(0, len(mine), num_envs):
+                seeds = [episode_seed(seed, i) for i in mine[first : first + num_envs]]
+                video = record_video and mine[first] == 0
+                batch_returns, batch_lengths = _run_batch(env, agent, seeds, frames if video else None)
+                returns.extend(batch_returns)
+                lengths.extend(batch_lengths)
+    elapsed = time.perf_counter() - start
+    if count > 1:
+        pad = per - len(mine)
+        returns = parallel.allgather_rows(np.asarray(returns + [np.nan] * pad, np.float64))
+        lengths = parallel.allgather_rows(np.asarray(lengths + [-1] * pad, np.int32))
+        elapsed = float(parallel.allgather_rows(np.asarray([elapsed], np.float64)).max())
+        returns = [float(r) for r in returns[~np.isnan(returns)]]
+        lengths = [int(n) for n in lengths[lengths >= 0]]
     return EvalResult(
         env_name=env_name,
         modality=modality,

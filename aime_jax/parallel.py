@@ -8,14 +8,14 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from aime_jax.errors import ConfigError
+from aime_jax.errors import AimeError, ConfigError
 
 DATA_AXIS = "data"
 
@@ -60,10 +60,62 @@ def initialize_distributed(
         num_processes = int(env["JAX_NUM_PROCESSES"])
     if process_id is None and "JAX_PROCESS_ID" in env:
         process_id = int(env["JAX_PROCESS_ID"])
+    # CPU processes exchange collectives through gloo (the default CPU backend has none across
+    # processes); GPUs and TPUs ignore the setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id
     )
     return True
+
+
+def barrier(name: str) -> None:
+    """Waits until every process reaches the barrier `name`; nothing in a single-process run."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def on_main(fn: Callable[[], Any], name: str) -> None:
+    """Runs `fn` on process 0 alone (building datasets, writing config.json) while the others
+    wait; if it fails there, the others raise too instead of waiting forever for it."""
+    if jax.process_count() == 1:
+        fn()
+        return
+    from jax.experimental import multihost_utils
+
+    error = None
+    if jax.process_index() == 0:
+        try:
+            fn()
+        except BaseException as e:  # re-raised below, after telling the other processes
+            error = e
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if error is not None:
+        raise error
+    if int(failed):
+        raise AimeError(f"{name} failed on process 0 (its output says why); fix that and rerun")
+
+
+def host_local(tree: Any) -> Any:
+    """A copy of a replicated pytree on this process's first device, for work that each process
+    does on its own (acting in the simulator), which must not launch computations over the
+    global mesh."""
+    return jax.device_put(jax.device_get(tree), jax.local_devices()[0])
+
+
+def allgather_rows(rows: np.ndarray) -> np.ndarray:
+    """Concatenates every process's `rows` (same shape everywhere) in process order, bit-exact:
+    float64 travels as its raw bits, as JAX would round it to float32."""
+    if jax.process_count() == 1:
+        return rows
+    from jax.experimental import multihost_utils
+
+    rows = np.ascontiguousarray(rows)
+    bits = rows.view(np.uint32) if rows.dtype.itemsize == 8 else rows
+    gathered = np.asarray(multihost_utils.process_allgather(bits, tiled=True))
+    return gathered.view(rows.dtype) if rows.dtype.itemsize == 8 else gathered.astype(rows.dtype)
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:

@@ -10,6 +10,7 @@ import ml_collections
 import numpy as np
 
 from aime_jax import config as config_lib
+from aime_jax import parallel
 from aime_jax.atomic import write_json
 from aime_jax.errors import AimeError
 
@@ -32,11 +33,15 @@ def datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
                 f"config.data.embodiment_dir={folder!r} does not exist; point it at a folder of episodes, "
                 f"or leave it empty to build config.data.embodiment={config.data.embodiment!r}"
             )
-        if config.modality == "visual" and jax.process_index() == 0:
-            render_folder(folder, size=64)
-    elif jax.process_index() == 0:
-        build(config.data.embodiment, config.modality, config.data.root, scale=config.data.scale,
-              seed=config.seed, expert_scale=config.data.expert_scale)
+        if config.modality == "visual":
+            parallel.on_main(lambda: render_folder(folder, size=64), f"rendering {folder}")
+    else:
+        # Process 0 builds while the others wait; they all read the result from a shared disk.
+        parallel.on_main(
+            lambda: build(config.data.embodiment, config.modality, config.data.root, scale=config.data.scale,
+                          seed=config.seed, expert_scale=config.data.expert_scale),
+            f"building {config.data.embodiment}",
+        )
     if {"phase2", "eval"} & set(config_lib.stages(config)):
         demonstrations(config)
 
@@ -110,14 +115,16 @@ def demonstrations(config: ml_collections.ConfigDict) -> str:
                 "exist; point it at a folder of expert episodes, or leave it empty to build "
                 f"{config.env}-expert"
             )
-        if config.modality == "visual" and jax.process_index() == 0:
-            render_folder(demos, size=64)
+        if config.modality == "visual":
+            parallel.on_main(lambda: render_folder(demos, size=64), f"rendering {demos}")
         return demos
-    if jax.process_index() == 0:
-        name = config.data.demos or f"{config.env}-expert"
-        episodes = max(scaled(EPISODES["expert"], config.data.scale), config.data.num_demos)
-        build(name, config.modality, config.data.root, scale=config.data.scale, seed=config.seed,
-              expert_scale=config.data.expert_scale, episodes=episodes if name.endswith("-expert") else None)
+    name = config.data.demos or f"{config.env}-expert"
+    episodes = max(scaled(EPISODES["expert"], config.data.scale), config.data.num_demos)
+    parallel.on_main(
+        lambda: build(name, config.modality, config.data.root, scale=config.data.scale, seed=config.seed,
+                      expert_scale=config.data.expert_scale, episodes=episodes if name.endswith("-expert") else None),
+        f"building {name}",
+    )
     return demos
 
 

@@ -3,7 +3,8 @@
   python experiments/main.py --config=configs/walker_mdp.py:quick --workdir=runs/walker_mdp_quick
 
 `--config.a.b=value` overrides any setting. Rerunning the same command continues where an
-interrupted run stopped.
+interrupted run stopped. A multi-process run (TPU pod, SLURM, launch/local.sh, or explicit
+--coordinator_address/--num_processes/--process_id) connects its processes first; see launch/.
 """
 import os
 import re
@@ -12,12 +13,72 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/walker_mdp.py:quick.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Run directory (default: runs/<config name>).")
-flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.")
+
+def define_flags(flag_values: flags.FlagValues) -> None:
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file, e.g. configs/walker_mdp.py:quick.", lock_config=True, flag_values=flag_values
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Run directory (default: runs/<config name>). May name config values, e.g. "
+        "runs/demos{data.num_demos}_seed{seed}, which a sweep uses for one directory per run.",
+        flag_values=flag_values,
+    )
+    flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0.", flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes.", flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.", flag_values=flag_values)
+    flags.DEFINE_bool(
+        "dry_run", False, "Check the command (config file, overrides, settings) and print the run directory "
+        "and stages, without starting JAX's runtime or running anything.", flag_values=flag_values,
+    )
+
+
+define_flags(flags.FLAGS)
 FLAGS = flags.FLAGS
+
+
+def load_config(flag_values: flags.FlagValues):
+    """(config, workdir) of parsed flags, resolved; exits with one line on a bad config file."""
+    from aime_jax import config as config_lib
+    from aime_jax.errors import ConfigError
+
+    try:
+        config = flag_values.config
+        if config is not None:
+            config.keys()  # the config file is loaded lazily: fail here, not later
+    except OSError as e:  # ml_collections reports a config file it could not load this way
+        sys.exit(f"error: {e}")
+    if config is None:
+        sys.exit("error: --config is required, e.g. --config=configs/walker_mdp.py:quick")
+    config_lib.resolve(config)
+    # configs/walker_mdp.py:quick -> runs/walker_mdp_quick
+    name = os.path.basename(config_flags.get_config_filename(flag_values["config"])).replace(".py", "").replace(":", "_")
+    pattern = flag_values.workdir or os.path.join("runs", name)
+    try:
+        workdir = pattern.format_map(config)
+    except (AttributeError, KeyError, IndexError, ValueError) as e:
+        raise ConfigError(
+            f"--workdir={pattern!r} names a config value that does not exist ({e}); use names such as "
+            "{data.num_demos} or {seed}, and {{ }} for literal braces"
+        ) from None
+    return config, workdir
+
+
+def check_command(argv: list[str], num_devices: int = 1, process_count: int = 1):
+    """Parses a command line of this program (argv[0] is the program) with its own flags and
+    validates the config without running anything; returns (config, workdir, stage names).
+    Raises SystemExit with one line on a bad command (what `experiments/sweep.py --dry_run` uses)."""
+    from aime_jax import config as config_lib
+    from aime_jax.errors import AimeError
+
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    parse_flags(argv, flag_values)
+    try:
+        config, workdir = load_config(flag_values)
+        config_lib.validate(config, config.mesh.num_devices or num_devices, process_count)
+        return config, workdir, config_lib.stages(config)
+    except AimeError as e:
+        sys.exit(f"error: {e}")
 
 
 def main(argv):
@@ -25,6 +86,12 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # Orbax and dm_control log every detail at INFO; --verbosity=0 brings it back.
         logging.set_verbosity(logging.WARNING)
+    if FLAGS.dry_run:
+        import jax
+
+        _, workdir, names = check_command(sys.argv, jax.device_count(), FLAGS.num_processes or 1)
+        print(f"dry run: stages {','.join(names)} in {workdir}; the command is valid")
+        return
     from aime_jax import parallel
 
     # Before any other JAX call: the backend must see every process's devices.
@@ -36,24 +103,15 @@ def main(argv):
     from aime_jax import stages
     from aime_jax.errors import AimeError
 
+    if jax.process_index() != 0:
+        # One report per run: process 0 prints (and writes); the others keep only their errors.
+        sys.stdout = open(os.devnull, "w")
     try:
-        config = FLAGS.config
-        if config is not None:
-            config.keys()  # the config file is loaded lazily: fail here, not later
-    except OSError as e:  # ml_collections reports a config file it could not load this way
-        sys.exit(f"error: {e}")
-    if config is None:
-        sys.exit("error: --config is required, e.g. --config=configs/walker_mdp.py:quick")
-    # configs/walker_mdp.py:quick -> runs/walker_mdp_quick
-    name = os.path.basename(config_flags.get_config_filename(FLAGS["config"])).replace(".py", "").replace(":", "_")
-    workdir = FLAGS.workdir or os.path.join("runs", name)
-    try:
-        config_lib.resolve(config)
+        config, workdir = load_config(FLAGS)
         mesh_devices = config.mesh.num_devices or jax.device_count()
         config_lib.validate(config, mesh_devices, jax.process_count())
         names = config_lib.stages(config)
-        if jax.process_index() == 0:
-            stages.write_config(config, workdir)
+        parallel.on_main(lambda: stages.write_config(config, workdir), "writing config.json")
         mesh = parallel.make_mesh(config.mesh.num_devices or None)
         for name in names:
             print(f"== stage {name} ({workdir})", flush=True)
@@ -63,10 +121,10 @@ def main(argv):
     print(f"done: {', '.join(names)} in {workdir}")
 
 
-def parse_flags(argv):
+def parse_flags(argv, flag_values: flags.FlagValues = FLAGS):
     """absl's parser, with config errors (unknown key, wrong type) as one line."""
     try:
-        return FLAGS(argv)
+        return flag_values(argv)
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         message = str(e)
         hint = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', message)

@@ -149,7 +149,8 @@ class AimeAgent:
 
     def __init__(self, model, wm_params, policy, policy_params):
         self.model, self.policy = model, policy
-        self.wm_params, self.policy_params = wm_params, policy_params
+        # Each process acts on its own episodes: the parameters must not span the global mesh.
+        self.wm_params, self.policy_params = parallel.host_local((wm_params, policy_params))
         self._act = jax.jit(self._act_fn)
 
     def _act_fn(self, wm_params, policy_params, state, keys, observation, prev_action):
