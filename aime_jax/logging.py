@@ -7,6 +7,7 @@ calls as no-ops so training code needs no `if process_index == 0`.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import uuid
@@ -81,8 +82,12 @@ class RunLogger:
 
         # The run id is kept in the run directory so that a resumed run continues the same
         # wandb run instead of starting a new one.
+        # Under `wandb agent` (a sweep), the agent's run id ties the run to its sweep.
         id_file = self.workdir / "wandb_run_id"
-        if id_file.exists():
+        if os.environ.get("WANDB_SWEEP_ID") and os.environ.get("WANDB_RUN_ID"):
+            run_id = os.environ["WANDB_RUN_ID"]
+            id_file.write_text(run_id)
+        elif id_file.exists():
             run_id = id_file.read_text().strip()
         else:
             run_id = uuid.uuid4().hex[:12]

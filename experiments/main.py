@@ -14,9 +14,11 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 
-def define_flags(flag_values: flags.FlagValues) -> None:
+def define_flags(flag_values: flags.FlagValues, argv: list[str] | None = None) -> None:
+    """This program's flags; `argv` is where the config overrides are read (default sys.argv)."""
     config_flags.DEFINE_config_file(
-        "config", None, "Config file, e.g. configs/walker_mdp.py:quick.", lock_config=True, flag_values=flag_values
+        "config", None, "Config file, e.g. configs/walker_mdp.py:quick.", lock_config=True, flag_values=flag_values,
+        sys_argv=argv,
     )
     flags.DEFINE_string(
         "workdir", None, "Run directory (default: runs/<config name>). May name config values, e.g. "
@@ -71,8 +73,8 @@ def check_command(argv: list[str], num_devices: int = 1, process_count: int = 1)
     from aime_jax.errors import AimeError
 
     flag_values = flags.FlagValues()
-    define_flags(flag_values)
-    parse_flags(argv, flag_values)
+    define_flags(flag_values, list(argv))
+    parse_flags(list(argv), flag_values)
     try:
         config, workdir = load_config(flag_values)
         config_lib.validate(config, config.mesh.num_devices or num_devices, process_count)
