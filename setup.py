@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "moviepy>=2.0",
     "tqdm>=4.66",
     "matplotlib>=3.8",
+    "PyYAML>=6.0",  # experiments/sweep.py reads wandb sweep files
 ]
 
 setup(
