@@ -127,7 +127,7 @@ def test_tanh_gaussian_policy_methods():
 CONV_CASES = [  # (height, width, in, out, kernel, transpose)
     (64, 64, 3, 4, 4, False), (31, 31, 4, 5, 4, False), (9, 7, 3, 2, 3, False), (6, 6, 5, 3, 4, False),
     (1, 1, 16, 6, 5, True), (5, 5, 6, 4, 5, True), (13, 13, 4, 3, 6, True), (30, 30, 3, 3, 6, True),
-    (4, 7, 2, 3, 3, True),
+    (4, 7, 2, 3, 3, True), (3, 5, 2, 3, 3, True),
 ]
 
 

@@ -1,16 +1,19 @@
 """Stride-2 VALID convolutions and transposed convolutions written as matrix products.
 
 On the CPU, XLA's convolution kernels are slow for the image model's shapes: the gradient of
-`lax.conv_transpose` with respect to its kernel took 40-70 s per phase-1 step for the two middle
-decoder layers at B*T = 2500 images (benchmarks/results/phase1_cpu_breakdown.json). The same
-arithmetic as strided slices, one GEMM and cheap data movement runs 30-100x faster there, and its
-gradients are GEMMs too. The functions compute exactly what `lax.conv_general_dilated` /
-`lax.conv_transpose` (flax `nn.Conv` / `nn.ConvTranspose`, padding VALID, no kernel flip) compute,
-with the same HWIO kernels, so parameters are interchangeable; `impl="lax"` keeps XLA's kernels,
-which are the better choice on GPUs and TPUs (cuDNN / the MXU), and `impl="auto"` picks by backend.
+`lax.conv_transpose` with respect to its kernel alone took 40-70 s per phase-1 step for the two
+middle decoder layers at B*T = 2500 images, and a whole walker Visual step took 163 s
+(benchmarks/results/phase1_cpu.json). Here the same arithmetic is im2col/col2im data movement
+around one GEMM per layer, and every gradient is a GEMM too (im2col and col2im are each other's
+transpose, written as a custom_vjp pair so that neither gradient becomes k*k padded copies); the
+step takes 13 s. The functions compute what `lax.conv_general_dilated` / `lax.conv_transpose`
+(flax `nn.Conv` / `nn.ConvTranspose`, padding VALID, no kernel flip) compute, with the same HWIO
+kernels, so parameters are interchangeable: `impl="lax"` keeps XLA's kernels, the better choice on
+GPUs and TPUs (cuDNN, the MXU), and `impl="auto"` picks by backend.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -29,37 +32,6 @@ def resolve_impl(impl: str) -> str:
     if impl == "auto":
         return "gemm" if jax.default_backend() == "cpu" else "lax"
     return impl
-
-
-def conv_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """VALID convolution (cross-correlation) of NHWC `x` with an HWIO kernel: im2col by k*k strided
-    slices, then one (N*Ho*Wo, k*k*C) x (k*k*C, O) product."""
-    kh, kw, c, o = kernel.shape
-    _, h, w, _ = x.shape
-    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
-    cols = [
-        x[:, a : a + stride * (ho - 1) + 1 : stride, b : b + stride * (wo - 1) + 1 : stride, :]
-        for a in range(kh)
-        for b in range(kw)
-    ]
-    return jnp.concatenate(cols, axis=-1) @ kernel.reshape(kh * kw * c, o)
-
-
-def conv_transpose_overlap(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    """Transposed convolution as one (N*H*W, C) x (C, k*k*O) product followed by overlap-add of the
-    k*k shifted, dilated tap images. Cheapest when the input is small (the first decoder layers)."""
-    kh, kw, c, o = kernel.shape
-    n, h, w, _ = x.shape
-    flipped = kernel[::-1, ::-1]  # lax.conv_transpose correlates the dilated input: out[s*i+m] += x[i] w[k-1-m]
-    taps = (x @ jnp.transpose(flipped, (2, 0, 1, 3)).reshape(c, kh * kw * o)).reshape(n, h, w, kh, kw, o)
-    zero = jnp.zeros((), taps.dtype)
-    out = None
-    for a in range(kh):
-        for b in range(kw):
-            pad = ((0, 0, 0), (a, kh - 1 - a, stride - 1), (b, kw - 1 - b, stride - 1), (0, 0, 0))
-            term = lax.pad(taps[:, :, :, a, b, :], zero, pad)
-            out = term if out is None else out + term
-    return out
 
 
 def conv_transpose_subpixel(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -86,12 +58,100 @@ def conv_transpose_subpixel(x: jax.Array, kernel: jax.Array, stride: int) -> jax
     return y[:, : (h - 1) * stride + kh, : (w - 1) * stride + kw, :]
 
 
+# im2col and col2im are each other's transpose, so each one's gradient is the other: written as
+# a custom_vjp pair, neither gradient becomes a sum of k*k padded copies (which XLA's CPU backend
+# runs slowly and, for the large layers, materialises).
+
+
+def _im2col(x: jax.Array, kh: int, kw: int, s: int) -> jax.Array:
+    """(n, h, w, c) -> (n, ho, wo, kh, kw, c): the VALID stride-s patches."""
+    n, h, w, c = x.shape
+    ho, wo = (h - kh) // s + 1, (w - kw) // s + 1
+    cols = [x[:, a : a + s * (ho - 1) + 1 : s, b : b + s * (wo - 1) + 1 : s, :] for a in range(kh) for b in range(kw)]
+    return jnp.stack(cols, axis=3).reshape(n, ho, wo, kh, kw, c)
+
+
+def _col2im(cols: jax.Array, s: int, h: int, w: int) -> jax.Array:
+    """(n, ho, wo, kh, kw, c) -> (n, h, w, c) with out[s*i + a, s*j + b] += cols[i, j, a, b].
+
+    Output phase (p, p2) (rows s*q + p, columns s*q2 + p2) receives the taps a = p, p + s, ...
+    shifted by (a - p) / s; the phases are summed separately and interleaved at the end.
+    """
+    n, ho, wo, kh, kw, c = cols.shape
+    qh, qw = -(-h // s), -(-w // s)
+    phases = []
+    for p in range(s):
+        row = []
+        for p2 in range(s):
+            acc = None
+            for a in range(p, kh, s):
+                for b in range(p2, kw, s):
+                    j, j2 = (a - p) // s, (b - p2) // s
+                    term = jnp.pad(cols[:, :, :, a, b, :], ((0, 0), (j, qh - j - ho), (j2, qw - j2 - wo), (0, 0)))
+                    acc = term if acc is None else acc + term
+            row.append(jnp.zeros((n, qh, qw, c), cols.dtype) if acc is None else acc)
+        phases.append(jnp.stack(row, axis=3))  # (n, qh, qw, s, c)
+    out = jnp.stack(phases, axis=2)  # (n, qh, s, qw, s, c)
+    return out.reshape(n, qh * s, qw * s, c)[:, :h, :w]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def im2col(x: jax.Array, kh: int, kw: int, s: int) -> jax.Array:
+    return _im2col(x, kh, kw, s)
+
+
+def _im2col_fwd(x, kh, kw, s):
+    return _im2col(x, kh, kw, s), jnp.zeros(x.shape[1:3], jnp.int8)
+
+
+def _im2col_bwd(kh, kw, s, shape_carrier, g):
+    return (_col2im(g, s, *shape_carrier.shape),)
+
+
+im2col.defvjp(_im2col_fwd, _im2col_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def col2im(cols: jax.Array, s: int, h: int, w: int) -> jax.Array:
+    return _col2im(cols, s, h, w)
+
+
+def _col2im_fwd(cols, s, h, w):
+    return _col2im(cols, s, h, w), jnp.zeros(cols.shape[3:5], jnp.int8)
+
+
+def _col2im_bwd(s, h, w, kernel_carrier, g):
+    return (_im2col(g, *kernel_carrier.shape, s),)
+
+
+col2im.defvjp(_col2im_fwd, _col2im_bwd)
+
+
+def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """VALID convolution (cross-correlation) of NHWC `x` with an HWIO kernel: im2col, then one
+    (N*Ho*Wo, k*k*C) x (k*k*C, O) product."""
+    kh, kw, c, o = kernel.shape
+    cols = im2col(x, kh, kw, stride)
+    return cols.reshape(cols.shape[:3] + (kh * kw * c,)) @ kernel.reshape(kh * kw * c, o)
+
+
+def conv_transpose_col2im(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """Transposed convolution as one (N*H*W, C) x (C, k*k*O) product and col2im."""
+    kh, kw, c, o = kernel.shape
+    n, h, w, _ = x.shape
+    flipped = kernel[::-1, ::-1]
+    taps = (x @ jnp.transpose(flipped, (2, 0, 1, 3)).reshape(c, kh * kw * o)).reshape(n, h, w, kh, kw, o)
+    return col2im(taps, stride, (h - 1) * stride + kh, (w - 1) * stride + kw)
+
+
+
+
 def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    # Overlap-add moves k*k copies of the output; by phase wastes work on zero-padded taps when the
-    # input is tiny. The crossover measured on the CPU lies between 5x5 (overlap 2-3x faster) and
-    # 13x13 inputs (by phase 14x faster).
-    if x.shape[1] * x.shape[2] <= 64:
-        return conv_transpose_overlap(x, kernel, stride)
+    # Measured on the CPU at 1000 images (fwd+bwd): col2im is faster for the first two decoder
+    # layers (1x1 and 5x5 inputs: 0.14 s vs 1.25 s, 0.57 s vs 0.73 s), by phase for the last two
+    # (13x13 and 30x30: 1.15 s vs 2.2 s, 1.3 s vs 1.5 s).
+    if x.shape[1] * x.shape[2] <= 25:
+        return conv_transpose_col2im(x, kernel, stride)
     return conv_transpose_subpixel(x, kernel, stride)
 
 
@@ -118,7 +178,7 @@ class _StridedConv(nn.Module):
         elif impl == "lax":
             y = lax.conv_general_dilated(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
         else:
-            y = conv_gemm(x, kernel, self.stride)
+            y = conv_im2col(x, kernel, self.stride)
         return y + bias
 
 
