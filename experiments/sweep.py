@@ -103,7 +103,7 @@ def expand(
     if command and command[0] != sys.executable and command[0].endswith(".py"):
         command.insert(0, sys.executable)
     command.extend(extra)
-    if wandb_mode is not None:
+    if wandb_mode is not None and any(a.startswith("--config") for a in command):
         mode = f"--config.wandb.mode={wandb_mode}"
         command = [mode if a.startswith("--config.wandb.mode=") else a for a in command]
         if mode not in command:
