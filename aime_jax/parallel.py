@@ -66,15 +66,16 @@ def initialize_distributed(
     # JAX gives each SLURM/MPI task on GPUs one device (its local rank); a process that drives
     # all its node's GPUs lists them here, e.g. AIME_LOCAL_DEVICE_IDS=0,1,2,3,4,5,6,7.
     local_ids = env.get("AIME_LOCAL_DEVICE_IDS")
-    try:
-        local_device_ids = [int(i) for i in local_ids.split(",")] if local_ids else None
-    except ValueError:
-        raise ConfigError(
-            f"AIME_LOCAL_DEVICE_IDS={local_ids!r}; list this process's GPUs as integers, e.g. 0,1,2,3"
-        ) from None
+    extra = {}
+    if local_ids:
+        try:
+            extra["local_device_ids"] = [int(i) for i in local_ids.split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"AIME_LOCAL_DEVICE_IDS={local_ids!r}; list this process's GPUs as integers, e.g. 0,1,2,3"
+            ) from None
     jax.distributed.initialize(
-        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id,
-        local_device_ids=local_device_ids,
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id, **extra
     )
     return True
 

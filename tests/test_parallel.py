@@ -155,6 +155,13 @@ def test_initialize_distributed_detects_launchers(calls, monkeypatch):
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "w0,w1,w2,w3")
     assert parallel.initialize_distributed() is True
     assert len(calls) == 4
+    # A process driving all its node's GPUs lists them.
+    monkeypatch.setenv("AIME_LOCAL_DEVICE_IDS", "0,1,2,3")
+    assert parallel.initialize_distributed() is True
+    assert calls[-1]["local_device_ids"] == [0, 1, 2, 3]
+    monkeypatch.setenv("AIME_LOCAL_DEVICE_IDS", "gpu0")
+    with pytest.raises(ConfigError, match="AIME_LOCAL_DEVICE_IDS='gpu0'"):
+        parallel.initialize_distributed()
 
 
 def test_make_mesh_rejects_impossible_device_counts():
