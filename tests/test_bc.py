@@ -24,6 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def quick(modality="mdp", **bc_settings):
     c = config_lib.resolve(config_lib.make_config("walker", modality, "quick"))
+    c.env = "walker-walk"
     c.bc.update(bc_settings)
     return c
 

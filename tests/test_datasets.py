@@ -196,7 +196,8 @@ def test_visual_build_of_a_state_dataset_only_renders(root, tmp_path):
 
 def test_pipeline_stage_builds_the_embodiment_data_and_the_demonstrations(tmp_path):
     config = config_lib.make_config("walker", "mdp", "quick")
-    config.data.update(root=str(tmp_path), scale=0.002, expert_scale=0.01, num_demos=2)
+    config.env = "walker-walk"
+    config.data.update(root=str(tmp_path), scale=0.002, expert_scale=0.01, num_demos=2, embodiment="walker-random")
     config.stages = "datasets,phase1"
     stages.datasets(config, str(tmp_path / "run"), None)
     assert len(list_episodes(tmp_path / "walker-random")) == 2

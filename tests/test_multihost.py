@@ -145,7 +145,7 @@ def test_logs_and_files_are_written_once(runs):
     _, multi, out = runs
     text = out["multi"]
     assert text.count("done: phase1, phase2, eval") == 1, text[-3000:]
-    assert text.count("== stage ") == 3 and text.count("results: walker-walk") == 1
+    assert text.count("== stage ") == 3 and text.count("results: walker-stand") == 1
     assert text.count("[train] step 4/4") == 1 and text.count("[train] step 3/3") == 1
     # metrics.jsonl: every step once (_metrics asserts it), in both stages and for every prefix.
     for stage, keys in (("phase1", ("train/loss", "val/loss")), ("phase2", ("train/loss", "eval/return_mean"))):
