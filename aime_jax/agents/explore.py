@@ -43,6 +43,7 @@ import optax
 
 from aime_jax import envs
 from aime_jax.agents.sac import (
+    settings_from_dict,
     SAC,
     SACConfig,
     SACState,
@@ -90,14 +91,7 @@ class ExploreConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ExploreConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown exploration setting(s) {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        if "model_hidden_sizes" in d:
-            d["model_hidden_sizes"] = tuple(int(h) for h in d["model_hidden_sizes"])
-        return cls(**d)
+        return settings_from_dict(cls, d, "exploration", ("model_hidden_sizes",))
 
     def validate(self) -> "ExploreConfig":
         if self.ensemble_size < 2:

@@ -58,6 +58,20 @@ _LOG_2 = math.log(2.0)
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def settings_from_dict(cls, d: dict[str, Any], what: str, size_lists: Sequence[str] = ()):
+    """A settings dataclass from a dict (e.g. JSON): unknown keys are refused with the known ones
+    listed, and the `size_lists` entries become tuples of ints."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}")
+    d = dict(d)
+    for key in size_lists:
+        if key in d:
+            d[key] = tuple(int(h) for h in d[key])
+    return cls(**d)
+
+
 @dataclasses.dataclass(frozen=True)
 class SACConfig:
     """Hyperparameters of the learner and of the loop. Env steps are agent steps.
@@ -102,14 +116,7 @@ class SACConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SACConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown SAC setting(s) {unknown}; known: {sorted(known)}")
-        d = dict(d)
-        if "hidden_sizes" in d:
-            d["hidden_sizes"] = tuple(int(h) for h in d["hidden_sizes"])
-        return cls(**d)
+        return settings_from_dict(cls, d, "SAC", ("hidden_sizes",))
 
     def validate(self) -> "SACConfig":
         positive = ("batch_size", "num_envs", "action_repeat", "buffer_size", "eval_every", "eval_episodes",
