@@ -27,7 +27,6 @@ episode boundaries with the replay buffer, a rerun continues, every training epi
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -48,6 +47,7 @@ from aime_jax.agents.sac import (
     SACConfig,
     SACState,
     ReplayBuffer,
+    _episode_dir_meta,
     _prune_replay,
     _replay_dir,
     observation_vector,
@@ -260,21 +260,6 @@ def _obs_spec(domain: str) -> tuple[tuple[str, ...], int]:
     return keys, sum(envs.PROPRIO_KEYS[domain][k] for k in keys)
 
 
-def _episode_dir_meta(episode_dir: str, env_name: str, seed: int, action_repeat: int) -> None:
-    meta = {"env": env_name, "modality": "mdp", "policy": "explore-training", "seed": seed,
-            "action_repeat": action_repeat, "image_size": None}
-    path = os.path.join(episode_dir, "meta.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            old = json.load(f)
-        clash = {k: (old.get(k), v) for k, v in meta.items() if old.get(k) != v}
-        if clash:
-            raise AimeError(f"episode folder {episode_dir} holds episodes of another run {clash} (old, new); "
-                            "choose another folder")
-        return
-    write_json(path, meta)
-
-
 def train_explorer(
     domain: str,
     workdir: str,
@@ -305,7 +290,7 @@ def train_explorer(
     episode_steps = math.ceil(SIMULATOR_STEPS_PER_EPISODE / sac_cfg.action_repeat)
     total = math.ceil(total_env_steps / episode_steps) * episode_steps
     if episode_dir is not None:
-        _episode_dir_meta(episode_dir, env_name, seed, sac_cfg.action_repeat)
+        _episode_dir_meta(episode_dir, env_name, seed, sac_cfg.action_repeat, policy="explore-training")
 
     explorer = Explorer(config, obs_dim)
     state = explorer.init(seed)

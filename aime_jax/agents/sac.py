@@ -533,11 +533,12 @@ class _Progress:
     evals: list = dataclasses.field(default_factory=list)
 
 
-def _episode_dir_meta(episode_dir: str, env_name: str, seed: int, config: SACConfig) -> None:
+def _episode_dir_meta(episode_dir: str, env_name: str, seed: int, action_repeat: int,
+                      policy: str = "sac-training") -> None:
     """meta.json as `collect` writes it, so the folder reads like any collected dataset; a folder
     that already holds another run's episodes is refused."""
-    meta = {"env": env_name, "modality": "mdp", "policy": "sac-training", "seed": seed,
-            "action_repeat": config.action_repeat, "image_size": None}
+    meta = {"env": env_name, "modality": "mdp", "policy": policy, "seed": seed,
+            "action_repeat": action_repeat, "image_size": None}
     path = os.path.join(episode_dir, "meta.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -596,7 +597,7 @@ def train_expert(
     total = math.ceil(total_env_steps / round_steps) * round_steps
 
     if episode_dir is not None:
-        _episode_dir_meta(episode_dir, env_name, seed, config)
+        _episode_dir_meta(episode_dir, env_name, seed, config.action_repeat)
     sac = SAC(config, obs_dim)
     state = sac.init(seed)
     buffer = ReplayBuffer(min(config.buffer_size, total), obs_dim)
