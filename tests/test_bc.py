@@ -33,7 +33,7 @@ def quick(modality="mdp", **bc_settings):
 def demos_dir(tmp_path_factory):
     """Ten walker-walk episodes of a known linear state-feedback demonstrator."""
     out = str(tmp_path_factory.mktemp("linear_demos"))
-    collect("walker-walk", "mdp", out, 10, policy=LinearDemonstrator(), seed=3, progress=False)
+    collect("walker-walk", "mdp", out, 10, policy=LinearDemonstrator(scale=0.3), seed=3, progress=False)
     return out
 
 

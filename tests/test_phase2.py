@@ -104,11 +104,18 @@ def test_pipeline_resumes_after_a_kill_in_any_stage(walker_random_dir, tmp_path)
 
 
 class LinearDemonstrator:
-    """A known demonstrator: a fixed linear state-feedback policy, tanh(W [orientations, height, velocity])."""
+    """A known demonstrator: a fixed linear state-feedback policy, tanh(W [orientations, height, velocity]).
+
+    At scale 0.06 it holds the walker higher than random flailing does (walker-walk return ~90
+    against ~25) while its speeds and action sizes stay close to those of random-policy data
+    (mean |velocity| 5.6 vs 5.2, mean |action| 0.59 vs 0.5); larger scales saturate the actions
+    (scale 0.3: 83 % at +-1, speeds twice random's), states a world model of random data has
+    never seen.
+    """
 
     name = "linear-demonstrator"
 
-    def __init__(self, seed=0, scale=0.3):
+    def __init__(self, seed=0, scale=0.06):
         self.W = np.random.default_rng(seed).normal(size=(6, 24)) * scale
 
     def __call__(self, observation, proprio, rng):
@@ -118,32 +125,29 @@ class LinearDemonstrator:
 
 @pytest.mark.slow
 def test_phase2_infers_the_demonstrators_actions_and_imitates_it(tmp_path):
-    """A world model whose data covers the demonstrator's behaviour (random-policy episodes mixed
-    with the demonstrator's, as in the paper's mix datasets) lets phase 2 recover the actions of
-    held-out demonstrations from their observations alone, and the policy's return moves from
-    the untrained policy's towards the demonstrator's."""
-    import shutil
-
+    """A world model trained on random-policy walker data only (MDP) lets phase 2 recover the
+    actions of a known demonstrator from its observations alone (far better than a random policy
+    and than always answering the mean action), and the imitating policy's return moves from the
+    untrained policy's towards the demonstrator's."""
     from aime_jax import config as config_lib
     from aime_jax.data.collect import collect
     from aime_jax.stages import expert_returns
 
     demonstrator = LinearDemonstrator()
-    collect("walker-walk", "mdp", str(tmp_path / "random"), 15, seed=1, progress=False)
-    collect("walker-walk", "mdp", str(tmp_path / "behaviour"), 15, policy=demonstrator, seed=2, progress=False)
+    collect("walker-walk", "mdp", str(tmp_path / "random"), 80, seed=1, progress=False)
     collect("walker-walk", "mdp", str(tmp_path / "demos"), 10, policy=demonstrator, seed=3, progress=False)
-    mix = tmp_path / "mix"
-    os.makedirs(mix)
-    for i in range(30):
-        src = tmp_path / ("random" if i < 15 else "behaviour") / f"{i % 15}.npz"
-        shutil.copy(src, mix / f"{i}.npz")
 
     config = config_lib.resolve(config_lib.make_config("walker", "mdp", "quick"))
-    config.phase1.update(steps=1500, eval_every=1500, save_every=1500, log_every=500)
-    config.phase2.update(steps=600, eval_every=600, save_every=600, lr=1e-3, eval_episodes=4)
+    config.env = "walker-walk"
+    # lr 1e-3 rather than the paper's 3e-4: with it the quick-size model learns within these
+    # steps how actions move the walker (the true actions explain a demonstration ~6 nats per
+    # step better than zero actions; at 3e-4 after 5000 steps, < 0.2 nats, and phase 2 then
+    # drifts to actions worse than random ones).
+    config.phase1.update(steps=8000, eval_every=8000, save_every=8000, log_every=1000, lr=1e-3)
+    config.phase2.update(steps=1500, eval_every=1500, save_every=1500, log_every=100, lr=1e-3, eval_episodes=8)
     config.data.update(num_demos=10, demos_dir=str(tmp_path / "demos"))
     config.eval.seed = 7
-    learner.train_world_model(config, str(tmp_path / "run" / "phase1"), str(mix))
+    learner.train_world_model(config, str(tmp_path / "run" / "phase1"), str(tmp_path / "random"))
 
     returns = []
 
@@ -155,10 +159,13 @@ def test_phase2_infers_the_demonstrators_actions_and_imitates_it(tmp_path):
     aime.train_aime(config, str(tmp_path / "run" / "phase2"), str(tmp_path / "run"), str(tmp_path / "demos"),
                     evaluate_agent=score)
     lines = [json.loads(l) for l in open(tmp_path / "run" / "phase2" / "metrics.jsonl") if '"train/action_mse"' in l]
-    final = lines[-1]
-    assert final["train/action_mse"] < 0.5 * final["train/action_mse_random"], final
+    last = lines[-3:]  # each line is one batch of windows: average a few
+    mse = np.mean([l["train/action_mse"] for l in last])
+    mse_random = np.mean([l["train/action_mse_random"] for l in last])
+    mse_mean_action = mse_random - 1.0 / 3.0  # E[a^2]: always answering 0, the mean action
     demo_return = expert_returns(config)["expert_return"]
     untrained, trained = returns[0], returns[-1]
-    print(f"action mse {final['train/action_mse']:.3f} (random {final['train/action_mse_random']:.3f}); "
+    print(f"action mse {mse:.3f} (random policy {mse_random:.3f}, mean action {mse_mean_action:.3f}); "
           f"return untrained {untrained:.1f} -> {trained:.1f}, demonstrator {demo_return:.1f}")
+    assert mse < 0.5 * mse_random and mse < 0.7 * mse_mean_action, (mse, mse_random, mse_mean_action)
     assert trained - untrained > 0.4 * (demo_return - untrained), (untrained, trained, demo_return)
