@@ -1,4 +1,5 @@
 """MLP, Gaussian heads, the World Models CNN and the tanh-Gaussian policy."""
+import functools
 import math
 
 import jax
@@ -128,6 +129,9 @@ CONV_CASES = [  # (height, width, in, out, kernel, transpose)
     (64, 64, 3, 4, 4, False), (31, 31, 4, 5, 4, False), (9, 7, 3, 2, 3, False), (6, 6, 5, 3, 4, False),
     (1, 1, 16, 6, 5, True), (5, 5, 6, 4, 5, True), (13, 13, 4, 3, 6, True), (30, 30, 3, 3, 6, True),
     (4, 7, 2, 3, 3, True), (3, 5, 2, 3, 3, True),
+    # The decoder's real layers (the chooser in conv_transpose_gemm picks col2im, col2im, by
+    # phase, channel-major).
+    (1, 1, 1024, 128, 5, True), (5, 5, 128, 64, 5, True), (13, 13, 64, 32, 6, True), (30, 30, 32, 3, 6, True),
 ]
 
 
@@ -155,6 +159,30 @@ def test_gemm_convolutions_equal_xla_convolutions_with_gradients(h, w, c, o, k, 
 
         ref = nn.ConvTranspose(o, (k, k), (2, 2), padding="VALID").apply(params, x)
         np.testing.assert_allclose(out["gemm"][0], ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("h,w,c,o,k", [(h, w, c, o, k) for h, w, c, o, k, t in CONV_CASES if t and c < 100])
+@pytest.mark.parametrize("formulation", ["conv_transpose_col2im", "conv_transpose_subpixel", "conv_transpose_planar"])
+def test_every_transposed_formulation_equals_xla_with_gradients(formulation, h, w, c, o, k):
+    """conv_transpose_gemm picks one formulation per shape; each must be right on every shape."""
+    from jax import lax
+
+    from aime_jax.nets import conv
+
+    rng = np.random.default_rng(h * 100 + k + c)
+    x = jnp.asarray(rng.normal(size=(2, h, w, c)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, c, o)) / k, jnp.float32)
+
+    def ref(x, kernel):
+        return lax.conv_transpose(x, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    fn = functools.partial(getattr(conv, formulation), stride=2)
+    probe = jnp.asarray(rng.normal(size=ref(x, kernel).shape), jnp.float32)
+    np.testing.assert_allclose(jax.jit(fn)(x, kernel), ref(x, kernel), rtol=1e-4, atol=1e-4)
+    got = jax.jit(jax.grad(lambda x, k: jnp.sum(fn(x, k) * probe), argnums=(0, 1)))(x, kernel)
+    want = jax.grad(lambda x, k: jnp.sum(ref(x, k) * probe), argnums=(0, 1))(x, kernel)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_cnn_parameters_do_not_depend_on_the_convolution_impl():

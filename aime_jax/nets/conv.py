@@ -6,7 +6,7 @@ middle decoder layers at B*T = 2500 images, and a whole walker Visual step took 
 (benchmarks/results/phase1_cpu.json). Here the same arithmetic is im2col/col2im data movement
 around one GEMM per layer, and every gradient is a GEMM too (im2col and col2im are each other's
 transpose, written as a custom_vjp pair so that neither gradient becomes k*k padded copies); the
-step takes 13 s. The functions compute what `lax.conv_general_dilated` / `lax.conv_transpose`
+step takes 10.6 s. The functions compute what `lax.conv_general_dilated` / `lax.conv_transpose`
 (flax `nn.Conv` / `nn.ConvTranspose`, padding VALID, no kernel flip) compute, with the same HWIO
 kernels, so parameters are interchangeable: `impl="lax"` keeps XLA's kernels, the better choice on
 GPUs and TPUs (cuDNN, the MXU), and `impl="auto"` picks by backend.
@@ -127,6 +127,55 @@ def _col2im_bwd(s, h, w, kernel_carrier, g):
 col2im.defvjp(_col2im_fwd, _col2im_bwd)
 
 
+# Channel-major ("planar") versions for layers with few output channels (the decoder's last,
+# 3 channels): in NHWC each tap's slice of the (N, H, W, k*k*O) taps reads O of every k*k*O
+# floats, i.e. every cache line of the whole tensor once per tap; with the taps leading, each
+# slice is one contiguous block and the overlap-add runs over wide spatial rows.
+
+
+def _col2im_planar(taps: jax.Array, s: int, h_out: int, w_out: int) -> jax.Array:
+    """(kh, kw, o, n, h, w) -> (o, n, h_out, w_out) with out[..., s*i + a, s*j + b] += taps[a, b, ..., i, j]."""
+    kh, kw, o, n, h, w = taps.shape
+    qh, qw = -(-h_out // s), -(-w_out // s)
+    rows = []
+    for p in range(s):
+        row = []
+        for p2 in range(s):
+            acc = None
+            for a in range(p, kh, s):
+                for b in range(p2, kw, s):
+                    j, j2 = (a - p) // s, (b - p2) // s
+                    term = jnp.pad(taps[a, b], ((0, 0), (0, 0), (j, qh - j - h), (j2, qw - j2 - w)))
+                    acc = term if acc is None else acc + term
+            row.append(jnp.zeros((o, n, qh, qw), taps.dtype) if acc is None else acc)
+        rows.append(jnp.stack(row, axis=-1))  # (o, n, qh, qw, s)
+    out = jnp.stack(rows, axis=3)  # (o, n, qh, s, qw, s)
+    return out.reshape(o, n, qh * s, qw * s)[:, :, :h_out, :w_out]
+
+
+def _im2col_planar(g: jax.Array, s: int, kh: int, kw: int, h: int, w: int) -> jax.Array:
+    """(o, n, H, W) -> (kh, kw, o, n, h, w) with taps[a, b, ..., i, j] = g[..., s*i + a, s*j + b]."""
+    cols = [g[:, :, a : a + s * (h - 1) + 1 : s, b : b + s * (w - 1) + 1 : s] for a in range(kh) for b in range(kw)]
+    return jnp.stack(cols, axis=0).reshape(kh, kw, *g.shape[:2], h, w)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def col2im_planar(taps: jax.Array, s: int, h_out: int, w_out: int) -> jax.Array:
+    return _col2im_planar(taps, s, h_out, w_out)
+
+
+def _col2im_planar_fwd(taps, s, h_out, w_out):
+    return _col2im_planar(taps, s, h_out, w_out), jnp.zeros(taps.shape[:2] + taps.shape[4:], jnp.int8)
+
+
+def _col2im_planar_bwd(s, h_out, w_out, shape_carrier, g):
+    kh, kw, h, w = shape_carrier.shape
+    return (_im2col_planar(g, s, kh, kw, h, w),)
+
+
+col2im_planar.defvjp(_col2im_planar_fwd, _col2im_planar_bwd)
+
+
 def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """VALID convolution (cross-correlation) of NHWC `x` with an HWIO kernel: im2col, then one
     (N*Ho*Wo, k*k*C) x (k*k*C, O) product."""
@@ -146,11 +195,32 @@ def conv_transpose_col2im(x: jax.Array, kernel: jax.Array, stride: int) -> jax.A
 
 
 
+def conv_transpose_planar(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+    """Transposed convolution as one product into channel-major taps (k*k*O, N, H, W), planar
+    col2im, and one transpose of the (small) output back to NHWC."""
+    kh, kw, c, o = kernel.shape
+    n, h, w, _ = x.shape
+    weights = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(c, kh * kw * o)
+    taps = jnp.einsum("nhwc,cm->mnhw", x, weights).reshape(kh, kw, o, n, h, w)
+    out = col2im_planar(taps, stride, (h - 1) * stride + kh, (w - 1) * stride + kw)
+    return jnp.transpose(out, (1, 2, 3, 0))
+
+
 def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
-    # Measured on the CPU at 1000 images (fwd+bwd): col2im is faster for the first two decoder
-    # layers (1x1 and 5x5 inputs: 0.14 s vs 1.25 s, 0.57 s vs 0.73 s), by phase for the last two
-    # (13x13 and 30x30: 1.15 s vs 2.2 s, 1.3 s vs 1.5 s).
-    if x.shape[1] * x.shape[2] <= 25:
+    """Transposed convolution as matrix products, in the formulation that moves the least memory
+    (all are memory-bound on a CPU): for a few output channels (the image layer) the channel-major
+    col2im; otherwise whichever materialises the smaller intermediate, col2im's (N, H, W, k*k*O)
+    taps or the phase formulation's (N, Q, Q, J*J*C) columns. Measured at 2500 images, fwd+bwd:
+    30x30x32 -> 64x64x3 planar 1.68 s, col2im 2.37-2.46 s, by phase 3.18 s; 13x13x64 -> 30x30x32
+    by phase 2.53 s, col2im 3.24 s, planar 10.9 s; col2im for the 1x1 and 5x5 inputs."""
+    kh, kw, c, o = kernel.shape
+    _, h, w, _ = x.shape
+    if o <= 4:
+        return conv_transpose_planar(x, kernel, stride)
+    jh, jw = -(-kh // stride), -(-kw // stride)
+    taps = h * w * kh * kw * o
+    phase_cols = (h + jh - 1) * (w + jw - 1) * jh * jw * c
+    if taps <= phase_cols:
         return conv_transpose_col2im(x, kernel, stride)
     return conv_transpose_subpixel(x, kernel, stride)
 
