@@ -1,0 +1,75 @@
+"""The SAC experts against the issue's target (90 % of the paper's expert return); JSON out.
+
+  python experiments/train_expert.py --env=cheetah-run --workdir=runs/experts/cheetah-run --steps=600000
+  python benchmarks/experts.py runs/experts/* --out=benchmarks/results/sac_experts_cpu.json
+
+Reads each expert run directory's summary.json (written by train_expert) and reports, per task:
+the final evaluation (10 deterministic episodes), the best one, the first evaluation at or above
+90 % of the paper's expert return (env steps and wall seconds), the env steps and wall time of
+the run, and whether the target was met. Env steps are agent steps (action repeat 2).
+"""
+import argparse
+import json
+import os
+import platform
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from aime_jax.evaluate import PAPER_EXPERT_RETURNS  # noqa: E402
+
+TARGET = 0.9
+
+
+def summarise(run_dir: str) -> dict:
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(path):
+        raise SystemExit(f"error: {path} does not exist; is {run_dir!r} an expert run directory that has finished?")
+    with open(path) as f:
+        s = json.load(f)
+    paper = PAPER_EXPERT_RETURNS.get(s["env"])
+    target = None if paper is None else TARGET * paper
+    curve = s.get("eval_curve") or []
+    best = max(curve, key=lambda e: e["return"]) if curve else None
+    first = next((e for e in curve if target is not None and e["return"] >= target), None)
+    return {
+        "env": s["env"],
+        "run_dir": run_dir,
+        "seed": s.get("seed"),
+        "env_steps": s["env_steps"],
+        "wall_s": round(s["wall_s"], 1),
+        "final_return": s["eval_return"],
+        "best_return": best and best["return"],
+        "best_at_env_steps": best and best["env_steps"],
+        "paper_expert_return": paper,
+        "target_return": target,
+        "final_fraction_of_paper": None if paper is None or s["eval_return"] is None else s["eval_return"] / paper,
+        "target_met": bool(first),
+        "first_at_target_env_steps": first and first["env_steps"],
+        "first_at_target_wall_s": first and round(first["wall_s"], 1),
+        "config": s.get("config"),
+        "eval_curve": [{k: round(v, 2) if isinstance(v, float) else v for k, v in e.items()} for e in curve],
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dirs", nargs="+")
+    p.add_argument("--machine", default=f"{os.cpu_count()}-core CPU ({platform.platform()})")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    experts = [summarise(d) for d in args.run_dirs]
+    out = {"command": "python benchmarks/experts.py " + " ".join(sys.argv[1:]), "machine": args.machine,
+           "target": f"{TARGET:.0%} of the paper's expert return, 10 deterministic episodes", "experts": experts}
+    for e in experts:
+        frac = e["final_fraction_of_paper"]
+        print(f"{e['env']:22s} {e['env_steps']:>8d} steps {e['wall_s'] / 60:6.1f} min  final {e['final_return']:7.1f}"
+              f"  best {e['best_return']:7.1f}  paper {e['paper_expert_return']}  "
+              f"{'' if frac is None else f'{100 * frac:.0f} %'}  target {'met' if e['target_met'] else 'NOT met'}")
+    if args.out:
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(out, f, indent=1)
+        os.replace(args.out + ".tmp", args.out)
+
+
+if __name__ == "__main__":
+    main()
