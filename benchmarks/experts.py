@@ -14,8 +14,8 @@ import os
 import platform
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from aime_jax.evaluate import PAPER_EXPERT_RETURNS  # noqa: E402
+from aime_jax.atomic import write_json
+from aime_jax.evaluate import PAPER_EXPERT_RETURNS
 
 TARGET = 0.9
 
@@ -66,9 +66,7 @@ def main():
               f"  best {e['best_return']:7.1f}  paper {e['paper_expert_return']}  "
               f"{'' if frac is None else f'{100 * frac:.0f} %'}  target {'met' if e['target_met'] else 'NOT met'}")
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+        write_json(args.out, out)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phase1 as bench  # noqa: E402
 
 from aime_jax import parallel  # noqa: E402
+from aime_jax.atomic import write_json  # noqa: E402
 from aime_jax.agents import world_model as wm_agent  # noqa: E402
 
 _DEF = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+) ")
@@ -105,9 +106,7 @@ def main():
     }
     print(json.dumps(out, indent=1))
     if args.out:
-        with open(args.out + ".tmp", "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(args.out + ".tmp", args.out)
+        write_json(args.out, out)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+from aime_jax.atomic import write_json
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -68,10 +70,7 @@ def main():
     }
     print(json.dumps({k: v for k, v in out.items() if k != "returns"}, indent=1))
     if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1)
-        os.replace(tmp, args.out)
+        write_json(args.out, out)
     if not args.workdir:
         shutil.rmtree(scratch, ignore_errors=True)
 
