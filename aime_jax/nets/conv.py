@@ -71,15 +71,14 @@ def _im2col(x: jax.Array, kh: int, kw: int, s: int) -> jax.Array:
     return jnp.stack(cols, axis=3).reshape(n, ho, wo, kh, kw, c)
 
 
-def _col2im(cols: jax.Array, s: int, h: int, w: int) -> jax.Array:
-    """(n, ho, wo, kh, kw, c) -> (n, h, w, c) with out[s*i + a, s*j + b] += cols[i, j, a, b].
+def _overlap_add(tap, kh: int, kw: int, s: int, h: int, w: int, h_out: int, w_out: int, axis: int) -> jax.Array:
+    """Sums tap(a, b) (spatial dims h x w at `axis`, `axis` + 1) into out[s*i + a, s*j + b].
 
     Output phase (p, p2) (rows s*q + p, columns s*q2 + p2) receives the taps a = p, p + s, ...
     shifted by (a - p) / s; the phases are summed separately and interleaved at the end.
     """
-    n, ho, wo, kh, kw, c = cols.shape
-    qh, qw = -(-h // s), -(-w // s)
-    phases = []
+    qh, qw = -(-h_out // s), -(-w_out // s)
+    rows = []
     for p in range(s):
         row = []
         for p2 in range(s):
@@ -87,12 +86,26 @@ def _col2im(cols: jax.Array, s: int, h: int, w: int) -> jax.Array:
             for a in range(p, kh, s):
                 for b in range(p2, kw, s):
                     j, j2 = (a - p) // s, (b - p2) // s
-                    term = jnp.pad(cols[:, :, :, a, b, :], ((0, 0), (j, qh - j - ho), (j2, qw - j2 - wo), (0, 0)))
+                    term = tap(a, b)
+                    pad = [(0, 0)] * term.ndim
+                    pad[axis], pad[axis + 1] = (j, qh - j - h), (j2, qw - j2 - w)
+                    term = jnp.pad(term, pad)
                     acc = term if acc is None else acc + term
-            row.append(jnp.zeros((n, qh, qw, c), cols.dtype) if acc is None else acc)
-        phases.append(jnp.stack(row, axis=3))  # (n, qh, qw, s, c)
-    out = jnp.stack(phases, axis=2)  # (n, qh, s, qw, s, c)
-    return out.reshape(n, qh * s, qw * s, c)[:, :h, :w]
+            if acc is None:
+                shape = list(tap(0, 0).shape)
+                shape[axis], shape[axis + 1] = qh, qw
+                acc = jnp.zeros(shape, tap(0, 0).dtype)
+            row.append(acc)
+        rows.append(jnp.stack(row, axis=axis + 2))  # (..., qh, qw, s, ...)
+    out = jnp.stack(rows, axis=axis + 1)  # (..., qh, s, qw, s, ...)
+    out = out.reshape(out.shape[:axis] + (qh * s, qw * s) + out.shape[axis + 4 :])
+    return lax.slice_in_dim(lax.slice_in_dim(out, 0, h_out, axis=axis), 0, w_out, axis=axis + 1)
+
+
+def _col2im(cols: jax.Array, s: int, h: int, w: int) -> jax.Array:
+    """(n, ho, wo, kh, kw, c) -> (n, h, w, c) with out[s*i + a, s*j + b] += cols[i, j, a, b]."""
+    _, ho, wo, kh, kw, _ = cols.shape
+    return _overlap_add(lambda a, b: cols[:, :, :, a, b, :], kh, kw, s, ho, wo, h, w, axis=1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -135,22 +148,8 @@ col2im.defvjp(_col2im_fwd, _col2im_bwd)
 
 def _col2im_planar(taps: jax.Array, s: int, h_out: int, w_out: int) -> jax.Array:
     """(kh, kw, o, n, h, w) -> (o, n, h_out, w_out) with out[..., s*i + a, s*j + b] += taps[a, b, ..., i, j]."""
-    kh, kw, o, n, h, w = taps.shape
-    qh, qw = -(-h_out // s), -(-w_out // s)
-    rows = []
-    for p in range(s):
-        row = []
-        for p2 in range(s):
-            acc = None
-            for a in range(p, kh, s):
-                for b in range(p2, kw, s):
-                    j, j2 = (a - p) // s, (b - p2) // s
-                    term = jnp.pad(taps[a, b], ((0, 0), (0, 0), (j, qh - j - h), (j2, qw - j2 - w)))
-                    acc = term if acc is None else acc + term
-            row.append(jnp.zeros((o, n, qh, qw), taps.dtype) if acc is None else acc)
-        rows.append(jnp.stack(row, axis=-1))  # (o, n, qh, qw, s)
-    out = jnp.stack(rows, axis=3)  # (o, n, qh, s, qw, s)
-    return out.reshape(o, n, qh * s, qw * s)[:, :, :h_out, :w_out]
+    kh, kw, _, _, h, w = taps.shape
+    return _overlap_add(lambda a, b: taps[a, b], kh, kw, s, h, w, h_out, w_out, axis=2)
 
 
 def _im2col_planar(g: jax.Array, s: int, kh: int, kw: int, h: int, w: int) -> jax.Array:
@@ -184,12 +183,17 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     return cols.reshape(cols.shape[:3] + (kh * kw * c,)) @ kernel.reshape(kh * kw * c, o)
 
 
+def _tap_weights(kernel: jax.Array) -> jax.Array:
+    """HWIO kernel -> (C, k*k*O): the spatially flipped taps of a transposed convolution."""
+    kh, kw, c, o = kernel.shape
+    return jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(c, kh * kw * o)
+
+
 def conv_transpose_col2im(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """Transposed convolution as one (N*H*W, C) x (C, k*k*O) product and col2im."""
     kh, kw, c, o = kernel.shape
     n, h, w, _ = x.shape
-    flipped = kernel[::-1, ::-1]
-    taps = (x @ jnp.transpose(flipped, (2, 0, 1, 3)).reshape(c, kh * kw * o)).reshape(n, h, w, kh, kw, o)
+    taps = (x @ _tap_weights(kernel)).reshape(n, h, w, kh, kw, o)
     return col2im(taps, stride, (h - 1) * stride + kh, (w - 1) * stride + kw)
 
 
@@ -200,8 +204,7 @@ def conv_transpose_planar(x: jax.Array, kernel: jax.Array, stride: int) -> jax.A
     col2im, and one transpose of the (small) output back to NHWC."""
     kh, kw, c, o = kernel.shape
     n, h, w, _ = x.shape
-    weights = jnp.transpose(kernel[::-1, ::-1], (2, 0, 1, 3)).reshape(c, kh * kw * o)
-    taps = jnp.einsum("nhwc,cm->mnhw", x, weights).reshape(kh, kw, o, n, h, w)
+    taps = jnp.einsum("nhwc,cm->mnhw", x, _tap_weights(kernel)).reshape(kh, kw, o, n, h, w)
     out = col2im_planar(taps, stride, (h - 1) * stride + kh, (w - 1) * stride + kw)
     return jnp.transpose(out, (1, 2, 3, 0))
 
