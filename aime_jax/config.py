@@ -248,6 +248,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ConfigError(f"config.world_model.variant={config.world_model.variant!r}; use rssm or rssmo")
     if config.world_model.cnn_impl not in ("auto", "gemm", "lax"):
         raise ConfigError(f"config.world_model.cnn_impl={config.world_model.cnn_impl!r}; use auto, gemm or lax")
+    if config.world_model.cnn_chunk < -1:
+        raise ConfigError(
+            f"config.world_model.cnn_chunk={config.world_model.cnn_chunk}; use a number of images per chunk, "
+            "0 (auto) or -1 (no chunking)"
+        )
     if "datasets" in stage_names:
         return
     folder = embodiment_dir(config)

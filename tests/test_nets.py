@@ -192,3 +192,38 @@ def test_cnn_parameters_do_not_depend_on_the_convolution_impl():
         assert jax.tree.structure(trees[0]) == jax.tree.structure(trees[1])
         for a, b in zip(jax.tree.leaves(trees[0]), jax.tree.leaves(trees[1])):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("module_name", ["encoder", "decoder"])
+def test_chunked_cnn_equals_unchunked_with_gradients(module_name):
+    # 2 x 7 = 14 images in chunks of 4: four chunks, the last padded with two zero images.
+    if module_name == "encoder":
+        module, x = ConvEncoder(8), jax.random.randint(jax.random.key(4), (2, 7) + IMAGE_SHAPE, 0, 256).astype(jnp.uint8)
+    else:
+        module, x = ConvDecoder(8), jax.random.normal(jax.random.key(4), (2, 7, 20))
+    whole, chunked = module.clone(chunk=-1), module.clone(chunk=4)
+    params = jax.jit(whole.init)(jax.random.key(0), x)
+    chunked_params = jax.jit(chunked.init)(jax.random.key(0), x)
+    # Same parameter names and initial values: checkpoints do not depend on the chunking.
+    assert jax.tree.structure(params) == jax.tree.structure(chunked_params)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(chunked_params)):
+        np.testing.assert_array_equal(a, b)
+    target = jax.random.uniform(jax.random.key(5), whole.apply(params, x).shape)
+
+    def loss(module, p):
+        return jnp.sum((module.apply(p, x) - target) ** 2)
+
+    np.testing.assert_allclose(jax.jit(chunked.apply)(params, x), jax.jit(whole.apply)(params, x), rtol=1e-5, atol=1e-5)
+    grads = [jax.jit(jax.grad(functools.partial(loss, m)))(params) for m in (whole, chunked)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max()))
+
+
+def test_cnn_chunk_setting():
+    from aime_jax.nets.cnn import DEFAULT_CHUNK, resolve_chunk
+
+    assert resolve_chunk(0, "gemm") == DEFAULT_CHUNK
+    assert resolve_chunk(0, "lax") == -1
+    assert resolve_chunk(7, "lax") == 7
+    with pytest.raises(ValueError, match="chunk"):
+        resolve_chunk(-2, "gemm")

@@ -160,6 +160,7 @@ def _main(*args):
         ("--config.stages=phase1,phase9", "unknown stage(s) ['phase9']"),
         ("--config.data.batch_size=0", "config.data.batch_size must be >= 1"),
         ("--config.wandb.mode=cloud", "config.wandb.mode='cloud'"),
+        ("--config.world_model.cnn_chunk=-2", "config.world_model.cnn_chunk=-2; use a number of images"),
     ],
 )
 def test_bad_config_values_fail_before_compiling(tmp_path, override, message):

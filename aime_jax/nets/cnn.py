@@ -21,9 +21,50 @@ def image_to_float(image: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
     return image.astype(dtype) / 255.0
 
 
+# Images per chunk when the GEMM convolutions run chunked (`chunk=0`, the default): on a CPU the
+# im2col/col2im data movement, not the matrix products, bounds the step, and a chunk's
+# intermediates (a few MB at 50 images) stay in cache between the layers' products; the backward
+# pass runs chunk by chunk too. benchmarks/results/cnn_chunk_cpu.json has the measured sizes.
+DEFAULT_CHUNK = 50
+
+
 def _flatten_leading(x: jax.Array, event_ndim: int) -> tuple[jax.Array, tuple[int, ...]]:
     lead = x.shape[: x.ndim - event_ndim]
     return x.reshape((-1,) + x.shape[x.ndim - event_ndim :]), lead
+
+
+def resolve_chunk(chunk: int, impl: str) -> int:
+    """Images per chunk from a `chunk` setting: 0 chooses (DEFAULT_CHUNK with the GEMM
+    convolutions, none with XLA's), N > 0 is N images, -1 is never."""
+    if chunk < -1:
+        raise ValueError(f"cnn chunk must be -1 (never), 0 (auto) or a number of images, got {chunk}")
+    if chunk == 0:
+        return DEFAULT_CHUNK if conv.resolve_impl(impl) == "gemm" else -1
+    return chunk
+
+
+def _map_chunks(module: nn.Module, fn, x: jax.Array, chunk: int) -> jax.Array:
+    """fn(module, x) over chunks of about `chunk` images of x's leading axis, as an `nn.scan` with
+    the parameters broadcast, so the parameter names are those of one call of fn on all of x.
+
+    Chunk i holds images i, i + m, i + 2m, ... (m chunks): with x split over devices in
+    contiguous blocks, every device then works on its own images in every iteration, where
+    contiguous chunks would each live on one device. x is zero-padded to m * chunk images.
+    """
+    n = x.shape[0]
+    if chunk < 0 or n <= chunk:
+        return fn(module, x)
+    m = -(-n // chunk)
+    x = jnp.pad(x, [(0, m * chunk - n)] + [(0, 0)] * (x.ndim - 1)).reshape((chunk, m) + x.shape[1:])
+    scan = nn.scan(
+        lambda mdl, carry, xc: (carry, fn(mdl, xc)),
+        variable_broadcast="params",
+        split_rngs={"params": False},
+        in_axes=1,
+        out_axes=1,
+    )
+    _, y = scan(module, None, x)
+    return y.reshape((-1,) + y.shape[2:])[:n]
 
 
 class ConvEncoder(nn.Module):
@@ -37,15 +78,20 @@ class ConvEncoder(nn.Module):
     depth: int = 32
     dtype: Dtype = jnp.float32
     impl: str = "auto"
+    chunk: int = 0
 
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
-        x, lead = _flatten_leading(image_to_float(image, self.dtype), 3)
-        for i, mult in enumerate((1, 2, 4, 8)):
-            x = conv.Conv(self.depth * mult, 4, 2, self.impl, self.dtype, name=f"Conv_{i}")(x)
-            if i < 3:
-                x = nn.relu(x)
-        return x.reshape(lead + (-1,))
+        def convs(mdl, x):
+            x = image_to_float(x, self.dtype)
+            for i, mult in enumerate((1, 2, 4, 8)):
+                x = conv.Conv(self.depth * mult, 4, 2, self.impl, self.dtype, name=f"Conv_{i}", parent=mdl)(x)
+                if i < 3:
+                    x = nn.relu(x)
+            return x.reshape(x.shape[0], -1)
+
+        x, lead = _flatten_leading(image, 3)
+        return _map_chunks(self, convs, x, resolve_chunk(self.chunk, self.impl)).reshape(lead + (-1,))
 
 
 class ConvDecoder(nn.Module):
@@ -55,15 +101,19 @@ class ConvDecoder(nn.Module):
     depth: int = 32
     dtype: Dtype = jnp.float32
     impl: str = "auto"
+    chunk: int = 0
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
+        def convs(mdl, x):
+            x = nn.Dense(32 * self.depth, dtype=self.dtype, name="Dense_0", parent=mdl)(x)
+            x = x.reshape((-1, 1, 1, 32 * self.depth))
+            layers = ((4 * self.depth, 5), (2 * self.depth, 5), (self.depth, 6), (IMAGE_SHAPE[-1], 6))
+            for i, (channels, kernel) in enumerate(layers):
+                x = conv.ConvTranspose(channels, kernel, 2, self.impl, self.dtype, name=f"ConvTranspose_{i}", parent=mdl)(x)
+                if i < len(layers) - 1:
+                    x = nn.relu(x)
+            return nn.sigmoid(x)
+
         x, lead = _flatten_leading(features, 1)
-        x = nn.Dense(32 * self.depth, dtype=self.dtype)(x)
-        x = x.reshape((-1, 1, 1, 32 * self.depth))
-        layers = ((4 * self.depth, 5), (2 * self.depth, 5), (self.depth, 6), (IMAGE_SHAPE[-1], 6))
-        for i, (channels, kernel) in enumerate(layers):
-            x = conv.ConvTranspose(channels, kernel, 2, self.impl, self.dtype, name=f"ConvTranspose_{i}")(x)
-            if i < len(layers) - 1:
-                x = nn.relu(x)
-        return nn.sigmoid(x).reshape(lead + IMAGE_SHAPE)
+        return _map_chunks(self, convs, x, resolve_chunk(self.chunk, self.impl)).reshape(lead + IMAGE_SHAPE)

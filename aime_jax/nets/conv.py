@@ -255,11 +255,12 @@ class _StridedConv(nn.Module):
         return y + bias
 
 
-def Conv(features: int, kernel_size: int, stride: int = 2, impl: str = "auto", dtype: Dtype = jnp.float32, name=None):
-    """VALID strided convolution with flax `nn.Conv`'s parameters (`kernel` HWIO, `bias`)."""
-    return _StridedConv(features, kernel_size, stride, False, impl, dtype, name=name)
+def Conv(features: int, kernel_size: int, stride: int = 2, impl: str = "auto", dtype: Dtype = jnp.float32, **module_kw):
+    """VALID strided convolution with flax `nn.Conv`'s parameters (`kernel` HWIO, `bias`).
+    `module_kw`: flax's `name`, `parent`."""
+    return _StridedConv(features, kernel_size, stride, False, impl, dtype, **module_kw)
 
 
-def ConvTranspose(features: int, kernel_size: int, stride: int = 2, impl: str = "auto", dtype: Dtype = jnp.float32, name=None):
+def ConvTranspose(features: int, kernel_size: int, stride: int = 2, impl: str = "auto", dtype: Dtype = jnp.float32, **module_kw):
     """VALID strided transposed convolution with flax `nn.ConvTranspose`'s parameters."""
-    return _StridedConv(features, kernel_size, stride, True, impl, dtype, name=name)
+    return _StridedConv(features, kernel_size, stride, True, impl, dtype, **module_kw)

@@ -52,6 +52,9 @@ def _base_config() -> ml_collections.ConfigDict:
     # Convolution kernels of the image encoder/decoder: "gemm" (matrix products, fast on CPUs),
     # "lax" (XLA's convolutions, for GPUs/TPUs) or "auto" (by backend). Same parameters either way.
     c.cnn_impl = "auto"
+    # Images per chunk of the image encoder/decoder (an nn.scan over chunks, for cache locality
+    # on CPUs): 0 chooses (50 with the gemm kernels, no chunking with lax), -1 never chunks.
+    c.cnn_chunk = 0
     # No hidden layers: the GRU reads [z, a] directly.
     c.pre_gru = _mlp((), "silu", False)
     # Prior p(z|h) and posterior q(z|h, e) heads share one description.

@@ -60,7 +60,7 @@ class WorldModel(nn.Module):
                 dtype,
             )
         if IMAGE_KEY in c.obs_keys:
-            self.image_encoder = ConvEncoder(c.cnn_depth, dtype, c.get("cnn_impl", "auto"))
+            self.image_encoder = ConvEncoder(c.cnn_depth, dtype, c.get("cnn_impl", "auto"), c.get("cnn_chunk", 0))
         self.pre_gru = MLP(
             c.pre_gru.hidden_sizes, None, c.pre_gru.activation, c.pre_gru.layer_norm, dtype
         )
@@ -68,7 +68,7 @@ class WorldModel(nn.Module):
         self.prior = self._latent_head()
         self.posterior = self._latent_head()
         self.decoders = {
-            k: ConvDecoder(c.cnn_depth, dtype, c.get("cnn_impl", "auto"))
+            k: ConvDecoder(c.cnn_depth, dtype, c.get("cnn_impl", "auto"), c.get("cnn_chunk", 0))
             if k == IMAGE_KEY
             else GaussianMLP(shapes[k][-1], dtype=dtype, **c.vector_decoder)
             for k in c.obs_keys
