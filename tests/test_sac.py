@@ -158,6 +158,58 @@ def test_replay_buffer_wraps_and_saves_oldest_first(tmp_path):
         larger.load(str(tmp_path / "8"))
 
 
+def _n_step_reference(buf, i, n, gamma, stride):
+    """The n-step transition from stored index i, by walking the ring one transition at a time."""
+    d = buf.data
+    oldest = buf.ptr if buf.size == buf.capacity else 0
+    reward, disc, next_obs, cur = float(d["reward"][i]), float(d["discount"][i]), d["next_obs"][i], i
+    for k in range(1, n):
+        nxt = (cur + stride) % buf.capacity
+        if d["discount"][cur] == 0 or (cur - oldest) % buf.capacity + stride >= buf.size:
+            break
+        if not np.array_equal(d["obs"][nxt], next_obs):
+            break
+        reward += gamma**k * float(d["reward"][nxt])
+        disc = gamma * disc * float(d["discount"][nxt])
+        next_obs, cur = d["next_obs"][nxt], nxt
+    return reward, disc, next_obs
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_n_step_batches_sum_rewards_within_episodes(stride):
+    # Episodes of 4 transitions from `stride` environments stepped together, one terminal
+    # transition, a ring that has wrapped: every sampled n-step transition must equal the
+    # reference walk, and chains must stop at episode ends, terminals and the newest transition.
+    rng = np.random.default_rng(0)
+    buf = sac_lib.ReplayBuffer(23, 2, 1)
+    obs = rng.normal(size=(stride, 2)).astype(np.float32)
+    for t in range(30):
+        next_obs = rng.normal(size=(stride, 2)).astype(np.float32)
+        discount = np.ones(stride, np.float32)
+        if t == 9:
+            discount[0] = 0.0
+        buf.add(obs=obs, action=np.zeros((stride, 1)), reward=rng.uniform(size=stride), discount=discount, next_obs=next_obs)
+        # Every 4th step the episode ends: the next transition starts from a reset observation.
+        obs = rng.normal(size=(stride, 2)).astype(np.float32) if t % 4 == 3 else next_obs
+    assert buf.size == buf.capacity
+    gamma = 0.9
+    batch = buf.sample(np.random.default_rng(1), (200,), n_step=3, gamma=gamma, stride=stride)
+    one = buf.sample(np.random.default_rng(1), (200,))
+    idx = np.random.default_rng(1).integers(0, buf.size, (200,))
+    lengths = []
+    for b, i in enumerate(idx):
+        reward, disc, next_obs = _n_step_reference(buf, i, 3, gamma, stride)
+        np.testing.assert_allclose(batch["reward"][b], reward, rtol=1e-6)
+        np.testing.assert_allclose(batch["discount"][b], disc, rtol=1e-6)
+        np.testing.assert_array_equal(batch["next_obs"][b], next_obs)
+        lengths.append(round(np.log(disc) / np.log(gamma)) + 1 if disc > 0 else None)
+    np.testing.assert_array_equal(batch["obs"], one["obs"])
+    np.testing.assert_array_equal(batch["action"], one["action"])
+    # Full 3-step chains, and chains cut short at episode ends.
+    assert {1, 2, 3} <= set(lengths)
+    assert (batch["reward"] > one["reward"]).mean() > 0.3
+
+
 def test_bad_settings_fail_with_the_name():
     with pytest.raises(ConfigError, match="unknown SAC setting"):
         sac_lib.default_config("walker-stand", hiden_sizes=(3,))

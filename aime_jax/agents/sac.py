@@ -100,6 +100,9 @@ class SACConfig:
     # of dispatch and batch transfer on a CPU, a third of a default update (benchmarks/sac.py).
     utd: float = 1.0
     updates_per_call: int = 10
+    # n-step TD targets (sum of n discounted rewards, then the bootstrap), as in DrQ-v2; 1 is SAC's
+    # one-step target. The entropy bonus enters at the bootstrap state only.
+    n_step: int = 1
     num_envs: int = 1
     action_repeat: int = 2
     buffer_size: int = 1_000_000
@@ -119,7 +122,7 @@ class SACConfig:
         return settings_from_dict(cls, d, "SAC", ("hidden_sizes",))
 
     def validate(self) -> "SACConfig":
-        positive = ("batch_size", "num_envs", "action_repeat", "buffer_size", "eval_every", "eval_episodes",
+        positive = ("batch_size", "n_step", "num_envs", "action_repeat", "buffer_size", "eval_every", "eval_episodes",
                     "save_every", "log_every")
         bad = [k for k in positive if getattr(self, k) < 1]
         if bad:
@@ -418,11 +421,36 @@ class ReplayBuffer:
         self.ptr = int((self.ptr + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
 
-    def sample(self, rng: np.random.Generator, shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    def sample(
+        self, rng: np.random.Generator, shape: tuple[int, ...], n_step: int = 1, gamma: float = 1.0, stride: int = 1
+    ) -> dict[str, np.ndarray]:
+        """A batch of `shape` transitions drawn uniformly. With `n_step` > 1 each one is extended
+        by up to n_step - 1 following transitions of the same episode (`stride` apart: the number
+        of environments stepped together): `reward` becomes sum_j gamma^j r_j, `next_obs` the
+        last one's and `discount` gamma^(n'-1) times the product of the discounts over the n'
+        steps, so that `soft_target`'s r + gamma * discount * V(next_obs) is the n'-step target.
+        A transition continues its episode when it is stored after it and starts where it ended
+        (its obs equals the other's next_obs exactly); a terminal transition ends the chain."""
         if self.size == 0:
             raise AimeError("cannot sample from an empty replay buffer")
         idx = rng.integers(0, self.size, shape)
-        return {k: v[idx] for k, v in self.data.items()}
+        batch = {k: v[idx] for k, v in self.data.items()}
+        if n_step == 1:
+            return batch
+        oldest = self.ptr if self.size == self.capacity else 0
+        cur, scale = idx, np.ones(idx.shape, np.float32)
+        alive = batch["discount"] > 0
+        for _ in range(n_step - 1):
+            nxt = (cur + stride) % self.capacity
+            alive = alive & ((cur - oldest) % self.capacity + stride < self.size)
+            alive = alive & np.all(self.data["obs"][nxt] == batch["next_obs"], axis=-1)
+            scale = np.where(alive, scale * gamma, scale)
+            batch["reward"] = np.where(alive, batch["reward"] + scale * self.data["reward"][nxt], batch["reward"])
+            batch["discount"] = np.where(alive, gamma * batch["discount"] * self.data["discount"][nxt], batch["discount"])
+            batch["next_obs"] = np.where(alive[..., None], self.data["next_obs"][nxt], batch["next_obs"])
+            alive = alive & (self.data["discount"][nxt] > 0)
+            cur = np.where(alive, nxt, cur)
+        return batch
 
     def chronological(self) -> dict[str, np.ndarray]:
         if self.size < self.capacity:
@@ -693,7 +721,10 @@ def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, confi
                 while prog.pending_updates >= chunk:
                     # Indices are a pure function of (seed, update count): a resumed run draws the
                     # batches an uninterrupted one would have.
-                    batches = buffer.sample(np.random.default_rng([seed, 1, prog.updates]), (chunk, config.batch_size))
+                    batches = buffer.sample(
+                        np.random.default_rng([seed, 1, prog.updates]), (chunk, config.batch_size),
+                        config.n_step, config.discount, n,
+                    )
                     state, metrics = sac.update_many(state, jax.device_put(batches))
                     prog.updates += chunk
                     prog.pending_updates -= chunk
