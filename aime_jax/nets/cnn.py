@@ -56,8 +56,16 @@ def _map_chunks(module: nn.Module, fn, x: jax.Array, chunk: int) -> jax.Array:
         return fn(module, x)
     m = -(-n // chunk)
     x = jnp.pad(x, [(0, m * chunk - n)] + [(0, 0)] * (x.ndim - 1)).reshape((chunk, m) + x.shape[1:])
-    scan = nn.scan(
+    # The backward pass keeps only each layer's output per chunk and redoes the rest in cache
+    # (im2col, activations; no matrix product): stacking the chunks' im2col columns for it cost
+    # more than recomputing them.
+    body = nn.remat(
         lambda mdl, carry, xc: (carry, fn(mdl, xc)),
+        policy=jax.checkpoint_policies.save_only_these_names(conv.CONV_OUTPUT),
+        prevent_cse=False,
+    )
+    scan = nn.scan(
+        body,
         variable_broadcast="params",
         split_rngs={"params": False},
         in_axes=1,

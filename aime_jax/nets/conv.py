@@ -20,10 +20,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 Dtype = Any
 IMPLS = ("auto", "gemm", "lax")
 _DIMS = ("NHWC", "HWIO", "NHWC")
+# The name of every layer's output for `jax.checkpoint` policies (see cnn._map_chunks).
+CONV_OUTPUT = "conv_output"
 
 
 def resolve_impl(impl: str) -> str:
@@ -252,7 +255,7 @@ class _StridedConv(nn.Module):
             y = lax.conv_general_dilated(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
         else:
             y = conv_im2col(x, kernel, self.stride)
-        return y + bias
+        return checkpoint_name(y + bias, CONV_OUTPUT)
 
 
 def Conv(features: int, kernel_size: int, stride: int = 2, impl: str = "auto", dtype: Dtype = jnp.float32, **module_kw):
