@@ -24,7 +24,8 @@ def image_to_float(image: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
 # Images per chunk when the GEMM convolutions run chunked (`chunk=0`, the default): on a CPU the
 # im2col/col2im data movement, not the matrix products, bounds the step, and a chunk's
 # intermediates (a few MB at 50 images) stay in cache between the layers' products; the backward
-# pass runs chunk by chunk too. benchmarks/results/cnn_chunk_cpu.json has the measured sizes.
+# pass runs chunk by chunk too. `python benchmarks/cnn_chunk.py` times chunk sizes
+# (benchmarks/results/cnn_chunk_cpu.json).
 DEFAULT_CHUNK = 50
 
 

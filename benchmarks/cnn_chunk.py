@@ -1,0 +1,71 @@
+"""The image encoder + decoder, forward and backward, at the phase-1 batch (B*T = 2500 images,
+paper sizes) for several `cnn_chunk` settings; JSON out.
+
+  python benchmarks/cnn_chunk.py --chunks=-1,25,50,100,250 --out=benchmarks/results/cnn_chunk_cpu.json
+
+The loss is the squared error of the decoded embedding against a constant image, so every layer's
+kernel gradient and the gradient through the encoder are computed, as in a phase-1 step (which
+adds the RSSM, ~2 s on this CPU). -1 is the whole batch at once. Each setting is compiled, run once
+untimed, then timed `--steps` times; the machine's load is recorded beside it.
+"""
+import argparse
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aime_jax.atomic import write_json
+from aime_jax.nets.cnn import IMAGE_SHAPE, ConvDecoder, ConvEncoder
+
+IMAGES = 2500  # B=50 x T=50
+FEATURES = 640  # the walker rssm's decoder input: h (512) + z (128)
+
+
+def measure(chunk: int, steps: int) -> dict:
+    images = jax.random.randint(jax.random.key(0), (IMAGES,) + IMAGE_SHAPE, 0, 256).astype(jnp.uint8)
+    enc, dec = ConvEncoder(32, chunk=chunk), ConvDecoder(32, chunk=chunk)
+    params = (enc.init(jax.random.key(1), images[:2]), dec.init(jax.random.key(2), jnp.zeros((2, FEATURES))))
+
+    def loss(p):
+        embed = enc.apply(p[0], images)
+        return jnp.sum((dec.apply(p[1], embed[:, :FEATURES]) - 0.5) ** 2)
+
+    grad = jax.jit(jax.grad(loss))
+    t0 = time.perf_counter()
+    jax.block_until_ready(grad(params))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(grad(params))
+        times.append(time.perf_counter() - t0)
+    return {"chunk": chunk, "compile_and_first_s": round(first, 2), "s": [round(t, 3) for t in times],
+            "s_median": round(float(np.median(times)), 3), "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--chunks", default="-1,25,50,100,250")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--out", default=None, help="JSON file to write (default: print only)")
+    args = p.parse_args()
+    results = []
+    for chunk in (int(c) for c in args.chunks.split(",")):
+        results.append(measure(chunk, args.steps))
+        print(results[-1], flush=True)
+    out = {
+        "command": "python benchmarks/cnn_chunk.py " + " ".join(f"--{k}={v}" for k, v in vars(args).items() if v is not None),
+        "device": {"platform": jax.default_backend(), "cpus": os.cpu_count(), "jax": jax.__version__,
+                   "host": platform.platform()},
+        "images": IMAGES,
+        "results": results,
+    }
+    if args.out:
+        write_json(args.out, out)
+
+
+if __name__ == "__main__":
+    main()
