@@ -6,19 +6,23 @@ paper sizes) for several `cnn_chunk` settings; JSON out.
 The loss is the squared error of the decoded embedding against a constant image, so every layer's
 kernel gradient and the gradient through the encoder are computed, as in a phase-1 step (which
 adds the RSSM, ~2 s on this CPU). -1 is the whole batch at once. Each setting is compiled, run once
-untimed, then timed `--steps` times; the machine's load is recorded beside it.
+untimed, then timed `--steps` times (benchmarks/phase1.py's timer: it also records the share of
+the machine other processes used meanwhile).
 """
 import argparse
 import os
-import platform
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aime_jax.atomic import write_json
-from aime_jax.nets.cnn import IMAGE_SHAPE, ConvDecoder, ConvEncoder
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import phase1 as bench  # noqa: E402
+
+from aime_jax.atomic import write_json  # noqa: E402
+from aime_jax.nets.cnn import IMAGE_SHAPE, ConvDecoder, ConvEncoder  # noqa: E402
 
 IMAGES = 2500  # B=50 x T=50
 FEATURES = 640  # the walker rssm's decoder input: h (512) + z (128)
@@ -37,13 +41,10 @@ def measure(chunk: int, steps: int) -> dict:
     t0 = time.perf_counter()
     jax.block_until_ready(grad(params))
     first = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(grad(params))
-        times.append(time.perf_counter() - t0)
+    times, others = bench._time_calls(lambda: grad(params), steps)
     return {"chunk": chunk, "compile_and_first_s": round(first, 2), "s": [round(t, 3) for t in times],
-            "s_median": round(float(np.median(times)), 3), "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
+            "s_median": round(float(np.median(times)), 3), "other_processes_cpu_share": round(others, 3),
+            "load_avg_after": bench._load()}
 
 
 def main():
@@ -58,8 +59,7 @@ def main():
         print(results[-1], flush=True)
     out = {
         "command": "python benchmarks/cnn_chunk.py " + " ".join(f"--{k}={v}" for k, v in vars(args).items() if v is not None),
-        "device": {"platform": jax.default_backend(), "cpus": os.cpu_count(), "jax": jax.__version__,
-                   "host": platform.platform()},
+        "device": bench.device_info(),
         "images": IMAGES,
         "results": results,
     }

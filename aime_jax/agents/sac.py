@@ -723,7 +723,7 @@ def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, confi
                     # batches an uninterrupted one would have.
                     batches = buffer.sample(
                         np.random.default_rng([seed, 1, prog.updates]), (chunk, config.batch_size),
-                        config.n_step, config.discount, n,
+                        n_step=config.n_step, gamma=config.discount, stride=n,
                     )
                     state, metrics = sac.update_many(state, jax.device_put(batches))
                     prog.updates += chunk

@@ -5,9 +5,9 @@ On the CPU, XLA's convolution kernels are slow for the image model's shapes: the
 middle decoder layers at B*T = 2500 images, and a whole walker Visual step took 163 s
 (benchmarks/results/phase1_cpu.json). Here the same arithmetic is im2col/col2im data movement
 around one GEMM per layer, and every gradient is a GEMM too (im2col and col2im are each other's
-transpose, written as a custom_vjp pair so that neither gradient becomes k*k padded copies); the
-step takes 7.4 s with the chunking of cnn.py. The functions compute what `lax.conv_general_dilated` / `lax.conv_transpose`
-(flax `nn.Conv` / `nn.ConvTranspose`, padding VALID, no kernel flip) compute, with the same HWIO
+transpose, written as a custom_vjp pair so that neither gradient becomes k*k padded copies); with
+the chunking of cnn.py the step takes 7.4 s. The functions compute what `lax.conv_general_dilated`
+/ `lax.conv_transpose` (flax `nn.Conv` / `nn.ConvTranspose`, padding VALID, no kernel flip) compute, with the same HWIO
 kernels, so parameters are interchangeable: `impl="lax"` keeps XLA's kernels, the better choice on
 GPUs and TPUs (cuDNN, the MXU), and `impl="auto"` picks by backend.
 """
