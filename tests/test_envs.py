@@ -161,3 +161,21 @@ def test_rerender_from_physics_state_equals_online_image(name):
     np.testing.assert_array_equal(again, online)
     small = envs.render_states(env.domain, np.stack([s.physics_state for s in steps[:2]]), size=32)
     assert small.shape == (2, 32, 32, 3)
+
+
+def test_pitched_reset_turns_the_body_and_settles():
+    env = envs.make("cheetah-flip", "mdp", seed=0)
+    upright = env.reset(seed=5)
+    assert abs(upright.proprio["position"][1]) < 0.5  # rooty: the suite starts upright
+    on_back = env.reset(seed=5, pitch=np.pi)
+    assert abs(on_back.proprio["position"][1] - np.pi) < 1.0
+    # Settled before the episode starts: at rest, on the floor, clock at zero.
+    assert np.abs(on_back.proprio["velocity"]).max() < 0.5 and env.physics.data.time == 0.0
+    assert on_back.proprio["position"][0] < 0.0  # rootz below the start height: it fell
+    np.testing.assert_array_equal(env.reset(seed=5, pitch=np.pi).physics_state, on_back.physics_state)
+    # The observation is the pitched state's, and the episode runs its full length from it.
+    np.testing.assert_allclose(on_back.physics_state[1:9], on_back.proprio["position"], atol=1e-6)
+    steps = [env.step(np.zeros(6)) for _ in range(500)]
+    assert steps[-1].is_last and not any(s.is_last for s in steps[:-1])
+    with pytest.raises(AimeError, match="finite"):
+        env.reset(pitch=float("nan"))

@@ -331,3 +331,37 @@ def test_sac_learns_walker_stand(tmp_path):
     summary = sac_lib.train_expert("walker-stand", str(tmp_path), 20_000, seed=0, config=config)
     assert summary["env_steps"] == 20_000 and summary["updates"] == 18_000
     assert summary["eval_return"] > 350, summary["eval_curve"]
+
+
+def test_periodic_pitch_input_is_the_same_after_a_full_turn():
+    keys, dim, index = sac_lib._obs_spec("cheetah-flip", periodic=True)
+    assert keys == ("position", "velocity") and dim == 18 and index == 1  # position = [rootz, rooty, ...]
+    assert sac_lib._obs_spec("cheetah-flip") == (keys, 17, None)
+    assert sac_lib._obs_spec("walker-stand", periodic=True)[2] is None  # walker observes orientations
+    vec = np.random.default_rng(0).normal(size=(4, 17)).astype(np.float32)
+    turned = vec.copy()
+    turned[:, 1] += 2 * np.pi
+    out = sac_lib.periodic_pitch(vec, 1)
+    assert out.shape == (4, 18)
+    np.testing.assert_allclose(out, sac_lib.periodic_pitch(turned, 1), atol=1e-5)
+    np.testing.assert_array_equal(out[:, [0, *range(3, 18)]], vec[:, [0, *range(2, 17)]])
+    np.testing.assert_allclose(out[:, 1:3], np.stack([np.sin(vec[:, 1]), np.cos(vec[:, 1])], -1), rtol=1e-6)
+    with pytest.raises(ConfigError, match="start_pitch"):
+        sac_lib.default_config("cheetah-flip", start_pitch=4.0)
+
+
+def test_pitched_starts_train_and_the_restored_policy_sees_the_periodic_pitch(tmp_path):
+    config = tiny_config(start_pitch=np.pi, periodic_pitch=True, seed_steps=250, save_every=500)
+    summary = sac_lib.train_expert("cheetah-flip", str(tmp_path / "run"), 500, seed=1, config=config,
+                                   episode_dir=str(tmp_path / "episodes"))
+    assert summary["env_steps"] == 500 and summary["updates"] == 250
+    first = load_episode(tmp_path / "episodes" / "0.npz")
+    pitch = sac_lib._start_pitch(config, 1, 0)
+    assert abs(pitch) > 2 and abs(first["position"][0][1] - pitch) < 1.5  # the drawn start (upright: 0), settled
+    policy = sac_lib.load_expert_policy(str(tmp_path / "run"))
+    assert policy.pitch_index == 1 and policy.sac.obs_dim == 18
+    # Evaluation starts upright (the suite's starts) and scores what the trainer recorded.
+    result = evaluate("cheetah-flip", "mdp", policy, episodes=2, num_envs=2, seed=sac_lib.EVAL_SEED)
+    np.testing.assert_allclose(result.mean, summary["eval_return"], rtol=1e-4)
+    with pytest.raises(AimeError, match="other networks"):
+        sac_lib.train_expert("cheetah-flip", str(tmp_path / "run"), 1000, seed=1, config=tiny_config(periodic_pitch=False))

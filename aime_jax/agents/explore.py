@@ -100,8 +100,12 @@ class ExploreConfig:
             raise ConfigError(f"model_hidden_sizes must be positive sizes, got {self.model_hidden_sizes}")
         if self.model_lr <= 0 or self.intrinsic_scale <= 0:
             raise ConfigError(f"model_lr and intrinsic_scale must be > 0, got {self.model_lr}, {self.intrinsic_scale}")
-        if self.sac_config().num_envs != 1:
+        sac = self.sac_config()
+        if sac.num_envs != 1:
             raise ConfigError("the exploration agent steps one environment (sac.num_envs must be 1)")
+        if sac.start_pitch or sac.periodic_pitch:
+            raise ConfigError("sac.start_pitch and sac.periodic_pitch are expert-trainer settings; "
+                              "the exploration agent does not support them (remove them)")
         return self
 
 

@@ -105,6 +105,13 @@ class SACConfig:
     n_step: int = 1
     num_envs: int = 1
     action_repeat: int = 2
+    # Exploration aid for the flip tasks: training episodes (never evaluation ones) start with the
+    # body turned about the y axis by an angle uniform in +-start_pitch radians (pi: every
+    # orientation), dropped and settled (`Env.reset(pitch=...)`); 0 keeps the suite's starts.
+    start_pitch: float = 0.0
+    # The networks see the root's pitch angle as (sin, cos) instead of the unbounded angle, so a
+    # full turn returns to the same input (cheetah; walker observes orientations already).
+    periodic_pitch: bool = False
     buffer_size: int = 1_000_000
     # Evaluation, checkpoints and buffer episodes happen at episode boundaries after these counts.
     eval_every: int = 10_000
@@ -133,6 +140,8 @@ class SACConfig:
             raise ConfigError(f"utd and updates_per_call must be positive, got {self.utd}, {self.updates_per_call}")
         if not 0.0 < self.tau <= 1.0 or not 0.0 <= self.discount <= 1.0:
             raise ConfigError(f"need 0 < tau <= 1 and 0 <= discount <= 1, got {self.tau}, {self.discount}")
+        if not 0.0 <= self.start_pitch <= math.pi:
+            raise ConfigError(f"start_pitch must be in [0, pi] radians, got {self.start_pitch}")
         if self.seed_steps < 0 or self.init_temperature <= 0 or self.log_std_min >= self.log_std_max:
             raise ConfigError(
                 "need seed_steps >= 0, init_temperature > 0 and log_std_min < log_std_max, got "
@@ -391,6 +400,14 @@ def observation_vector(observation: dict[str, np.ndarray], keys: Sequence[str]) 
     return np.concatenate([np.asarray(observation[k], np.float32) for k in keys], axis=-1)
 
 
+def periodic_pitch(vector: np.ndarray, index: int | None) -> np.ndarray:
+    """Replaces entry `index` of the last axis (an angle) by its sine and cosine; None: unchanged."""
+    if index is None:
+        return vector
+    angle = vector[..., index:index + 1]
+    return np.concatenate([vector[..., :index], np.sin(angle), np.cos(angle), vector[..., index + 1:]], axis=-1)
+
+
 class ReplayBuffer:
     """A preallocated numpy ring of transitions; indices are drawn on the host.
 
@@ -505,8 +522,10 @@ class SACAgent:
     when collecting, so it serves every modality there.
     """
 
-    def __init__(self, sac: SAC, actor_params: Any, obs_keys: Sequence[str], name: str = "sac-expert"):
+    def __init__(self, sac: SAC, actor_params: Any, obs_keys: Sequence[str], name: str = "sac-expert",
+                 pitch_index: int | None = None):
         self.sac, self.actor_params, self.obs_keys, self.name = sac, actor_params, tuple(obs_keys), name
+        self.pitch_index = pitch_index
 
     def initial_carry(self, episode_seeds: Sequence[int]) -> None:
         return None
@@ -515,11 +534,11 @@ class SACAgent:
         missing = [k for k in self.obs_keys if k not in observation]
         if missing:
             raise AimeError(f"the SAC expert needs the MDP observation keys {list(self.obs_keys)}; missing {missing}")
-        obs = observation_vector(observation, self.obs_keys)
+        obs = periodic_pitch(observation_vector(observation, self.obs_keys), self.pitch_index)
         return carry, np.asarray(self.sac.mode_actions(self.actor_params, obs))
 
     def __call__(self, observation: dict, proprio: dict, rng: np.random.Generator) -> np.ndarray:
-        obs = observation_vector(proprio, self.obs_keys)[None]
+        obs = periodic_pitch(observation_vector(proprio, self.obs_keys), self.pitch_index)[None]
         return np.asarray(self.sac.mode_actions(self.actor_params, obs))[0]
 
 
@@ -541,10 +560,19 @@ def _prune_replay(workdir: str, keep: int | None) -> None:
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def _obs_spec(env_name: str) -> tuple[tuple[str, ...], int]:
+def _obs_spec(env_name: str, periodic: bool = False) -> tuple[tuple[str, ...], int, int | None]:
+    """The MDP keys, the size of the networks' input and, with `periodic` on cheetah, the index of
+    the root's pitch in the concatenated keys (cheetah's `position` is qpos without rootx:
+    rootz, rooty, ...); walker observes its orientations as cosines and sines already."""
     domain = envs.domain_of(env_name)
     keys = envs.observation_keys(domain, "mdp")
-    return keys, sum(envs.PROPRIO_KEYS[domain][k] for k in keys)
+    size = sum(envs.PROPRIO_KEYS[domain][k] for k in keys)
+    if not periodic or domain != "cheetah":
+        return keys, size, None
+    offset = 0
+    for k in keys[:keys.index("position")]:
+        offset += envs.PROPRIO_KEYS[domain][k]
+    return keys, size + 1, offset + 1
 
 
 @dataclasses.dataclass
@@ -587,7 +615,7 @@ def _check_resume(meta: dict, env_name: str, seed: int, config: SACConfig, workd
             f"{workdir} holds a SAC run with seed {meta['seed']}, not {seed}; use a new workdir or that seed"
         )
     saved_cfg = SACConfig.from_dict(meta["config"])
-    network = ("hidden_sizes", "layer_norm", "log_std_min", "log_std_max")
+    network = ("hidden_sizes", "layer_norm", "log_std_min", "log_std_max", "periodic_pitch")
     changed = [k for k in network if getattr(saved_cfg, k) != getattr(config, k)]
     if meta["env"] != env_name or changed or saved_cfg.num_envs != config.num_envs:
         raise AimeError(
@@ -618,7 +646,7 @@ def train_expert(
     envs.tasks.get_task(env_name)
     if total_env_steps < 1:
         raise ConfigError(f"total_env_steps must be >= 1, got {total_env_steps}")
-    obs_keys, obs_dim = _obs_spec(env_name)
+    obs_keys, obs_dim, pitch_index = _obs_spec(env_name, config.periodic_pitch)
     n = config.num_envs
     episode_steps = math.ceil(SIMULATOR_STEPS_PER_EPISODE / config.action_repeat)
     round_steps = n * episode_steps
@@ -642,7 +670,7 @@ def train_expert(
             prog = _Progress(**meta["progress"])
         if prog.env_steps < total:
             prog = _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, config, obs_keys,
-                          episode_dir, max_wall_s)
+                          pitch_index, episode_dir, max_wall_s)
     finally:
         ckpt.close()
     summary = _summary(env_name, seed, config, prog)
@@ -675,8 +703,19 @@ def _crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, config, obs_keys, episode_dir, max_wall_s):
+def _start_pitch(config: SACConfig, seed: int, episode: int) -> float | None:
+    if config.start_pitch == 0.0:
+        return None
+    return float(np.random.default_rng([seed, 3, episode]).uniform(-config.start_pitch, config.start_pitch))
+
+
+def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, config, obs_keys, pitch_index, episode_dir,
+           max_wall_s):
     n = config.num_envs
+
+    def vector(proprio):
+        return periodic_pitch(observation_vector(proprio, obs_keys), pitch_index)
+
     chunk = config.updates_per_call
     act_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
     pool = [envs.make(env_name, "mdp", seed=None, action_repeat=config.action_repeat) for _ in range(n)]
@@ -691,9 +730,10 @@ def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, confi
         done = False
         while not done:
             first, round_start = prog.episodes, prog.env_steps
-            steps = [env.reset(seed=episode_seed(seed, first + j)) for j, env in enumerate(pool)]
+            steps = [env.reset(seed=episode_seed(seed, first + j), pitch=_start_pitch(config, seed, first + j))
+                     for j, env in enumerate(pool)]
             trajectories = [[s] for s in steps] if episode_dir else None
-            obs = np.stack([observation_vector(s.proprio, obs_keys) for s in steps])
+            obs = np.stack([vector(s.proprio) for s in steps])
             returns = np.zeros(n)
             random_actions = np.random.default_rng([seed, 2, first])
             while True:
@@ -703,7 +743,7 @@ def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, confi
                 else:
                     action = np.asarray(sac.sample_actions(state.actor_params, obs, act_key, before))
                 steps = [env.step(a) for env, a in zip(pool, action)]
-                next_obs = np.stack([observation_vector(s.proprio, obs_keys) for s in steps])
+                next_obs = np.stack([vector(s.proprio) for s in steps])
                 reward = np.array([s.reward for s in steps], np.float32)
                 buffer.add(
                     obs=obs, action=np.clip(action, -1.0, 1.0), reward=reward,
@@ -753,7 +793,7 @@ def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, confi
             done = prog.env_steps >= total or out_of_time
             if done or _crossed(round_start, prog.env_steps, config.eval_every):
                 t0 = time.perf_counter()
-                agent = SACAgent(sac, state.actor_params, obs_keys)
+                agent = SACAgent(sac, state.actor_params, obs_keys, pitch_index=pitch_index)
                 result = evaluate(env_name, "mdp", agent, config.eval_episodes, num_envs=config.eval_episodes,
                                   seed=EVAL_SEED, action_repeat=config.action_repeat)
                 prog.eval_wall_s += time.perf_counter() - t0
@@ -765,7 +805,7 @@ def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, confi
                 prog.wall_s = wall0 + time.perf_counter() - start
                 buffer.save(_replay_dir(workdir, prog.env_steps))
                 meta = {"env": env_name, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
-                        "obs_dim": sac.obs_dim, "action_dim": sac.action_dim, "progress": dataclasses.asdict(prog)}
+                        "pitch_index": pitch_index, "obs_dim": sac.obs_dim, "action_dim": sac.action_dim, "progress": dataclasses.asdict(prog)}
                 ckpt.save(prog.env_steps, state, meta, force=True)
                 ckpt.wait()
                 _prune_replay(workdir, prog.env_steps)
@@ -806,4 +846,5 @@ def load_expert_policy(workdir: str) -> SACAgent:
     sac = SAC(SACConfig.from_dict(meta["config"]), int(meta["obs_dim"]), int(meta["action_dim"]))
     abstract = jax.eval_shape(sac.init_actor, jax.random.PRNGKey(0))
     params = restore_params_tree(directory, {"actor_params": abstract}, step)["actor_params"]
-    return SACAgent(sac, params, meta["obs_keys"], name=f"sac-expert:{meta['env']}@{step}")
+    return SACAgent(sac, params, meta["obs_keys"], name=f"sac-expert:{meta['env']}@{step}",
+                    pitch_index=meta.get("pitch_index"))

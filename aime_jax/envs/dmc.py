@@ -15,6 +15,9 @@ from aime_jax.envs.tasks import PROPRIO_KEYS, check_modality, get_task, observat
 from aime_jax.errors import AimeError
 
 ACTION_DIM = 6
+# Pitched starts (`Env.reset(pitch=...)`): lifted this far, then settled for this many physics steps.
+PITCH_DROP = 0.5
+PITCH_SETTLE = 200
 
 
 @dataclasses.dataclass
@@ -82,12 +85,31 @@ class Env:
         size = size or self.image_size
         return self._env.physics.render(size, size, camera_id=self.camera)
 
-    def reset(self, seed: int | None = None) -> Step:
-        """Starts an episode; `seed` reseeds the task's initial-state randomness first."""
+    def reset(self, seed: int | None = None, pitch: float | None = None) -> Step:
+        """Starts an episode; `seed` reseeds the task's initial-state randomness first.
+
+        `pitch` (radians) turns the suite's start about the y axis (the `rooty` joint; pi is on
+        its back), lifts it by `PITCH_DROP` metres so no part starts in the floor, and lets it
+        fall and settle for `PITCH_SETTLE` physics steps at zero control, as the suite's own
+        resets settle. An exploration aid for training (see `SACConfig.start_pitch`).
+        """
         if seed is not None:
             self._env.task.random.seed(seed)
         ts = self._env.reset()
-        return self._make_step(ts.observation, np.zeros(ACTION_DIM, np.float32), 0.0, True, False, False)
+        obs = ts.observation
+        if pitch is not None:
+            physics = self._env.physics
+            if not np.isfinite(pitch):
+                raise AimeError(f"{self.name}: start pitch must be finite, got {pitch}")
+            with physics.reset_context():
+                physics.named.data.qpos["rooty"] = float(pitch)
+                physics.named.data.qpos["rootz"] += PITCH_DROP
+                physics.data.qvel[:] = 0.0
+            physics.data.ctrl[:] = 0.0
+            physics.step(nstep=PITCH_SETTLE)
+            physics.data.time = 0.0
+            obs = self._env.task.get_observation(physics)
+        return self._make_step(obs, np.zeros(ACTION_DIM, np.float32), 0.0, True, False, False)
 
     def step(self, action: np.ndarray) -> Step:
         action = np.asarray(action, np.float32).reshape(-1)
