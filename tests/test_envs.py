@@ -179,3 +179,20 @@ def test_pitched_reset_turns_the_body_and_settles():
     assert steps[-1].is_last and not any(s.is_last for s in steps[:-1])
     with pytest.raises(AimeError, match="finite"):
         env.reset(pitch=float("nan"))
+
+
+@pytest.mark.parametrize("name,sign", [("cheetah-flip", 1.0), ("cheetah-flipbackward", -1.0), ("walker-flip", 1.0)])
+def test_flip_shaped_reward_charges_turning_the_wrong_way(name, sign):
+    rng = np.random.default_rng(2)
+    env, steps = _rollout(name, 5, rng.uniform(-1, 1, (80, 6)))
+    shaped = envs.tasks.get_task(name).shaped
+    values = []
+    for s in steps[1:]:
+        env.physics.set_state(s.physics_state)
+        omega = sign * env.physics.named.data.qvel["rooty"]
+        value = shaped(s.proprio, s.reward)
+        assert value == pytest.approx(np.clip(omega / 5, -1, 1), abs=1e-6)
+        assert s.reward == pytest.approx(max(value, 0.0), abs=1e-6)  # the task reward: its positive part
+        values.append(value)
+    assert min(values) < 0.0 < max(values), "random actions turn both ways; the test needs both signs"
+    assert envs.tasks.get_task("cheetah-run").shaped is None

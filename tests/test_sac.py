@@ -365,3 +365,17 @@ def test_pitched_starts_train_and_the_restored_policy_sees_the_periodic_pitch(tm
     np.testing.assert_allclose(result.mean, summary["eval_return"], rtol=1e-4)
     with pytest.raises(AimeError, match="other networks"):
         sac_lib.train_expert("cheetah-flip", str(tmp_path / "run"), 1000, seed=1, config=tiny_config(periodic_pitch=False))
+
+
+def test_shaped_reward_fills_the_replay_and_the_task_reward_is_reported(tmp_path):
+    config = tiny_config(shaped_reward=True, seed_steps=500, save_every=500)
+    summary = sac_lib.train_expert("cheetah-flip", str(tmp_path / "run"), 500, seed=2, config=config,
+                                   episode_dir=str(tmp_path / "episodes"))
+    stored = np.load(tmp_path / "run" / "replay" / "500" / "reward.npy")
+    episode = load_episode(tmp_path / "episodes" / "0.npz")
+    task_reward = episode["reward"][1:]
+    assert stored.min() < 0.0 and task_reward.min() >= 0.0
+    np.testing.assert_allclose(np.maximum(stored, 0.0), task_reward, atol=1e-6)
+    np.testing.assert_allclose(summary["train_returns"][0], task_reward.sum(), rtol=1e-5)
+    with pytest.raises(ConfigError, match="no shaped reward.*cheetah-flip"):
+        sac_lib.train_expert("cheetah-run", str(tmp_path / "other"), 500, config=config)

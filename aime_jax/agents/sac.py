@@ -112,6 +112,9 @@ class SACConfig:
     # The networks see the root's pitch angle as (sin, cos) instead of the unbounded angle, so a
     # full turn returns to the same input (cheetah; walker observes orientations already).
     periodic_pitch: bool = False
+    # Train on the task's shaped reward (`envs.tasks.Task.shaped`; the flip tasks have one) in
+    # place of its reward; evaluations, logged returns and episode files keep the task's reward.
+    shaped_reward: bool = False
     buffer_size: int = 1_000_000
     # Evaluation, checkpoints and buffer episodes happen at episode boundaries after these counts.
     eval_every: int = 10_000
@@ -643,7 +646,10 @@ def train_expert(
     counts, wall time and evaluation curve.
     """
     config = (config or default_config(env_name)).validate()
-    envs.tasks.get_task(env_name)
+    task = envs.tasks.get_task(env_name)
+    if config.shaped_reward and task.shaped is None:
+        shaped = [name for name in envs.ENV_NAMES if envs.tasks.get_task(name).shaped is not None]
+        raise ConfigError(f"{env_name} has no shaped reward (shaped_reward=True); tasks with one: {', '.join(shaped)}")
     if total_env_steps < 1:
         raise ConfigError(f"total_env_steps must be >= 1, got {total_env_steps}")
     obs_keys, obs_dim, pitch_index = _obs_spec(env_name, config.periodic_pitch)
@@ -712,6 +718,7 @@ def _start_pitch(config: SACConfig, seed: int, episode: int) -> float | None:
 def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, config, obs_keys, pitch_index, episode_dir,
            max_wall_s):
     n = config.num_envs
+    shaped = envs.tasks.get_task(env_name).shaped if config.shaped_reward else None
 
     def vector(proprio):
         return periodic_pitch(observation_vector(proprio, obs_keys), pitch_index)
@@ -745,8 +752,10 @@ def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, confi
                 steps = [env.step(a) for env, a in zip(pool, action)]
                 next_obs = np.stack([vector(s.proprio) for s in steps])
                 reward = np.array([s.reward for s in steps], np.float32)
+                train_reward = reward if shaped is None else np.array(
+                    [shaped(s.proprio, s.reward) for s in steps], np.float32)
                 buffer.add(
-                    obs=obs, action=np.clip(action, -1.0, 1.0), reward=reward,
+                    obs=obs, action=np.clip(action, -1.0, 1.0), reward=train_reward,
                     discount=np.array([0.0 if s.is_terminal else 1.0 for s in steps], np.float32),
                     next_obs=next_obs,
                 )

@@ -52,6 +52,10 @@ def _flip(sign: float) -> RewardFn:
     return lambda obs, summed: _clip01(sign * obs["velocity"][_ANGULAR_INDEX] / 5.0)
 
 
+def _signed_flip(sign: float) -> RewardFn:
+    return lambda obs, reward: float(np.clip(sign * obs["velocity"][_ANGULAR_INDEX] / 5.0, -1.0, 1.0))
+
+
 def _jump(obs: Proprio, summed: float) -> float:
     return _clip01(float(np.asarray(obs["height"]).reshape(-1)[0]) / 5.0)
 
@@ -62,6 +66,11 @@ class Task:
     suite_task: str
     # None keeps the suite reward summed over the repeated sub-steps.
     reward: RewardFn | None = None
+    # A reward an expert trainer may optimise in place of `reward` (`SACConfig.shaped_reward`),
+    # called with the proprioception and the task reward; scores always use `reward`. The flips'
+    # counts turning the wrong way as much as turning the right way, where the task's reward
+    # ignores it: rocking back and forth then earns nothing, and only net rotation pays.
+    shaped: RewardFn | None = None
 
 
 TASKS: dict[str, Task] = {
@@ -70,13 +79,13 @@ TASKS: dict[str, Task] = {
     "walker-run": Task("walker", "run"),
     "walker-walkbackward": Task("walker", "stand", _backward("walker", 1.0)),
     "walker-runbackward": Task("walker", "stand", _backward("walker", 8.0)),
-    "walker-flip": Task("walker", "stand", _flip(1.0)),
-    "walker-flipbackward": Task("walker", "stand", _flip(-1.0)),
+    "walker-flip": Task("walker", "stand", _flip(1.0), _signed_flip(1.0)),
+    "walker-flipbackward": Task("walker", "stand", _flip(-1.0), _signed_flip(-1.0)),
     "walker-jump": Task("walker", "stand", _jump),
     "cheetah-run": Task("cheetah", "run"),
     "cheetah-runbackward": Task("cheetah", "run", _speed_backward("cheetah", 10.0)),
-    "cheetah-flip": Task("cheetah", "run", _flip(1.0)),
-    "cheetah-flipbackward": Task("cheetah", "run", _flip(-1.0)),
+    "cheetah-flip": Task("cheetah", "run", _flip(1.0), _signed_flip(1.0)),
+    "cheetah-flipbackward": Task("cheetah", "run", _flip(-1.0), _signed_flip(-1.0)),
 }
 ENV_NAMES = tuple(TASKS)
 
