@@ -227,3 +227,15 @@ def test_cli_builds_and_reports_bad_input_in_one_line(tmp_path):
     out = _cli(f"--root={tmp_path}", "--name=walker-random", "--scale=0.001")
     assert out.returncode == 0 and "done: walker-random" in out.stdout and "1 episodes" in out.stdout, out.stderr[-2000:]
     assert len(list_episodes(tmp_path / "walker-random")) == 1
+
+
+def test_task_expert_settings_apply_under_the_build_overrides():
+    from types import SimpleNamespace
+
+    from aime_jax.agents import sac
+
+    defaults = SimpleNamespace(expert_config={})
+    assert sac.default_config("cheetah-run", **build_lib._expert_settings(defaults, "cheetah-run")).hidden_sizes == (256, 256)
+    assert build_lib._expert_settings(defaults, "walker-walk") == {}
+    custom = SimpleNamespace(expert_config={"hidden_sizes": [64, 64], "batch_size": 32})
+    assert build_lib._expert_settings(custom, "cheetah-run") == {"hidden_sizes": [64, 64], "batch_size": 32}
