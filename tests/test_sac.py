@@ -379,3 +379,37 @@ def test_shaped_reward_fills_the_replay_and_the_task_reward_is_reported(tmp_path
     np.testing.assert_allclose(summary["train_returns"][0], task_reward.sum(), rtol=1e-5)
     with pytest.raises(ConfigError, match="no shaped reward.*cheetah-flip"):
         sac_lib.train_expert("cheetah-run", str(tmp_path / "other"), 500, config=config)
+
+
+def test_demonstrations_fill_their_share_of_every_batch(tmp_path):
+    collect("cheetah-flip", "mdp", str(tmp_path / "demos"), 2, seed=5, progress=False)
+    config = tiny_config(demo_dir=str(tmp_path / "demos"), demo_fraction=0.25, shaped_reward=True)
+    keys, _, _ = sac_lib._obs_spec("cheetah-flip")
+    demos = sac_lib.load_demos(config, "cheetah-flip", keys, None)
+    assert demos.size == 1000
+    ep = load_episode(tmp_path / "demos" / "1.npz")
+    vec = sac_lib.observation_vector(ep, keys)
+    np.testing.assert_array_equal(demos.data["obs"][500:], vec[:-1])
+    np.testing.assert_array_equal(demos.data["next_obs"][500:], vec[1:])
+    np.testing.assert_array_equal(demos.data["action"][500:], ep["pre_action"][1:])
+    # Rewarded as training is (shaped here): the task's reward is the shaped one's positive part.
+    np.testing.assert_allclose(np.maximum(demos.data["reward"][500:], 0.0), ep["reward"][1:], atol=1e-6)
+    assert demos.data["reward"].min() < 0.0
+    online = sac_lib.ReplayBuffer(100, 17)
+    online.add(obs=np.full((100, 17), 7.0, np.float32), action=np.zeros((100, 6), np.float32),
+               reward=np.zeros(100, np.float32), discount=np.ones(100, np.float32),
+               next_obs=np.full((100, 17), 7.0, np.float32))
+    batch = sac_lib._sample(online, demos, config, seed=0, updates=0)
+    assert batch["obs"].shape == (config.updates_per_call, config.batch_size, 17)
+    from_demos = batch["obs"][..., 0] != 7.0
+    assert from_demos[:, :12].sum() == 0 and from_demos[:, 12:].all()  # 16 x 0.25 = 4 of 16
+    np.testing.assert_array_equal(sac_lib._sample(online, demos, config, 0, 0)["obs"], batch["obs"])
+    # A trainer run with them; a folder of another domain's episodes is refused by name.
+    summary = sac_lib.train_expert("cheetah-flip", str(tmp_path / "run"), 500, seed=0,
+                                   config=tiny_config(demo_dir=str(tmp_path / "demos"), seed_steps=250))
+    assert summary["updates"] == 250 and np.isfinite(summary["eval_return"])
+    collect("walker-stand", "mdp", str(tmp_path / "walker"), 1, progress=False)
+    with pytest.raises(ConfigError, match="not a cheetah-flip episode"):
+        sac_lib.load_demos(tiny_config(demo_dir=str(tmp_path / "walker")), "cheetah-flip", keys, None)
+    with pytest.raises(ConfigError, match="demo_fraction"):
+        tiny_config(demo_dir="x", demo_fraction=1.0)

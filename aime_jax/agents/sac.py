@@ -115,6 +115,12 @@ class SACConfig:
     # Train on the task's shaped reward (`envs.tasks.Task.shaped`; the flip tasks have one) in
     # place of its reward; evaluations, logged returns and episode files keep the task's reward.
     shaped_reward: bool = False
+    # SAC from demonstrations (RLPD's symmetric sampling): the episodes in demo_dir (this task's,
+    # the aime-jax layout: `<i>.npz` with the MDP keys, pre_action, reward, is_terminal) stay in a
+    # buffer of their own, rewarded as training is, and every update batch draws demo_fraction
+    # of its transitions from them. "" (default): none.
+    demo_dir: str = ""
+    demo_fraction: float = 0.5
     buffer_size: int = 1_000_000
     # Evaluation, checkpoints and buffer episodes happen at episode boundaries after these counts.
     eval_every: int = 10_000
@@ -143,6 +149,8 @@ class SACConfig:
             raise ConfigError(f"utd and updates_per_call must be positive, got {self.utd}, {self.updates_per_call}")
         if not 0.0 < self.tau <= 1.0 or not 0.0 <= self.discount <= 1.0:
             raise ConfigError(f"need 0 < tau <= 1 and 0 <= discount <= 1, got {self.tau}, {self.discount}")
+        if self.demo_dir and not 0.0 < self.demo_fraction < 1.0:
+            raise ConfigError(f"demo_fraction must be in (0, 1) with a demo_dir, got {self.demo_fraction}")
         if not 0.0 <= self.start_pitch <= math.pi:
             raise ConfigError(f"start_pitch must be in [0, pi] radians, got {self.start_pitch}")
         if self.seed_steps < 0 or self.init_temperature <= 0 or self.log_std_min >= self.log_std_max:
@@ -715,10 +723,61 @@ def _start_pitch(config: SACConfig, seed: int, episode: int) -> float | None:
     return float(np.random.default_rng([seed, 3, episode]).uniform(-config.start_pitch, config.start_pitch))
 
 
+def load_demos(config: SACConfig, env_name: str, obs_keys: Sequence[str], pitch_index: int | None) -> ReplayBuffer | None:
+    """The demonstration buffer of `config.demo_dir` (None without one): each episode's
+    transitions, with the reward training uses (the task's stored one, or the shaped one)."""
+    if not config.demo_dir:
+        return None
+    from aime_jax.data.episodes import list_episodes, load_episode
+
+    task = envs.tasks.get_task(env_name)
+    shaped = task.shaped if config.shaped_reward else None
+    sizes = envs.PROPRIO_KEYS[task.domain]
+    episodes = []
+    for path in list_episodes(config.demo_dir):
+        ep = load_episode(path)
+        need = (*obs_keys, "pre_action", "reward", "is_terminal")
+        missing = [k for k in need if k not in ep]
+        wrong = [k for k in obs_keys if k in ep and ep[k].shape[-1:] != (sizes[k],)]
+        if missing or wrong:
+            raise ConfigError(
+                f"demo_dir episode {path} is not a {env_name} episode: missing {missing}, wrong sizes {wrong}; "
+                f"give demo_dir a folder of {task.domain} episodes (e.g. from experiments/collect.py)"
+            )
+        vec = periodic_pitch(observation_vector(ep, obs_keys), pitch_index)
+        reward = ep["reward"][1:].astype(np.float32)
+        if shaped is not None:
+            reward = np.array([shaped({k: ep[k][t] for k in sizes if k in ep}, ep["reward"][t])
+                               for t in range(1, len(vec))], np.float32)
+        episodes.append(dict(obs=vec[:-1], action=np.clip(ep["pre_action"][1:], -1.0, 1.0), reward=reward,
+                             discount=1.0 - ep["is_terminal"][1:].astype(np.float32), next_obs=vec[1:]))
+    if not episodes:
+        raise ConfigError(f"demo_dir {config.demo_dir} holds no episodes (<i>.npz)")
+    demos = ReplayBuffer(sum(len(e["obs"]) for e in episodes), episodes[0]["obs"].shape[-1])
+    for e in episodes:
+        demos.add(**e)
+    return demos
+
+
+def _sample(buffer: ReplayBuffer, demos: ReplayBuffer | None, config: SACConfig, seed: int, updates: int):
+    """The update batches (updates_per_call, batch_size): indices are a pure function of (seed,
+    update count), so a resumed run draws the batches an uninterrupted one would have."""
+    rng = np.random.default_rng([seed, 1, updates])
+    chunk, size = config.updates_per_call, config.batch_size
+    n_demo = 0 if demos is None else max(1, min(size - 1, round(size * config.demo_fraction)))
+    kw = dict(n_step=config.n_step, gamma=config.discount)
+    batch = buffer.sample(rng, (chunk, size - n_demo), stride=config.num_envs, **kw)
+    if not n_demo:
+        return batch
+    demo = demos.sample(rng, (chunk, n_demo), stride=1, **kw)
+    return {k: np.concatenate([batch[k], demo[k]], axis=1) for k in batch}
+
+
 def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, config, obs_keys, pitch_index, episode_dir,
            max_wall_s):
     n = config.num_envs
     shaped = envs.tasks.get_task(env_name).shaped if config.shaped_reward else None
+    demos = load_demos(config, env_name, obs_keys, pitch_index)
 
     def vector(proprio):
         return periodic_pitch(observation_vector(proprio, obs_keys), pitch_index)
@@ -768,12 +827,7 @@ def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, confi
                 if prog.env_steps > config.seed_steps:
                     prog.pending_updates += n * config.utd
                 while prog.pending_updates >= chunk:
-                    # Indices are a pure function of (seed, update count): a resumed run draws the
-                    # batches an uninterrupted one would have.
-                    batches = buffer.sample(
-                        np.random.default_rng([seed, 1, prog.updates]), (chunk, config.batch_size),
-                        n_step=config.n_step, gamma=config.discount, stride=n,
-                    )
+                    batches = _sample(buffer, demos, config, seed, prog.updates)
                     state, metrics = sac.update_many(state, jax.device_put(batches))
                     prog.updates += chunk
                     prog.pending_updates -= chunk
