@@ -43,13 +43,15 @@ def _backward(domain: str, scale: float) -> RewardFn:
     return lambda obs, summed: summed * (5.0 * _clip01(-obs["velocity"][idx] / scale) + 1.0) / 6.0
 
 
+# The rewards below read the velocity alone and also take batched velocities (..., 9), as the
+# planner (aime_jax/agents/mppi.py) scores its sampled rollouts with them.
 def _speed_backward(domain: str, scale: float) -> RewardFn:
     idx = _FORWARD_INDEX[domain]
-    return lambda obs, summed: _clip01(-obs["velocity"][idx] / scale)
+    return lambda obs, summed: np.clip(-obs["velocity"][..., idx] / scale, 0.0, 1.0)
 
 
 def _flip(sign: float) -> RewardFn:
-    return lambda obs, summed: _clip01(sign * obs["velocity"][_ANGULAR_INDEX] / 5.0)
+    return lambda obs, summed: np.clip(sign * obs["velocity"][..., _ANGULAR_INDEX] / 5.0, 0.0, 1.0)
 
 
 def _signed_flip(sign: float) -> RewardFn:
@@ -71,6 +73,9 @@ class Task:
     # counts turning the wrong way as much as turning the right way, where the task's reward
     # ignores it: rocking back and forth then earns nothing, and only net rotation pays.
     shaped: RewardFn | None = None
+    # The reward reads only the `velocity` observation (MuJoCo's qvel), batched or not: a planner
+    # can score simulated rollouts with it.
+    velocity_reward: bool = False
 
 
 TASKS: dict[str, Task] = {
@@ -79,13 +84,13 @@ TASKS: dict[str, Task] = {
     "walker-run": Task("walker", "run"),
     "walker-walkbackward": Task("walker", "stand", _backward("walker", 1.0)),
     "walker-runbackward": Task("walker", "stand", _backward("walker", 8.0)),
-    "walker-flip": Task("walker", "stand", _flip(1.0), _signed_flip(1.0)),
-    "walker-flipbackward": Task("walker", "stand", _flip(-1.0), _signed_flip(-1.0)),
+    "walker-flip": Task("walker", "stand", _flip(1.0), _signed_flip(1.0), velocity_reward=True),
+    "walker-flipbackward": Task("walker", "stand", _flip(-1.0), _signed_flip(-1.0), velocity_reward=True),
     "walker-jump": Task("walker", "stand", _jump),
     "cheetah-run": Task("cheetah", "run"),
-    "cheetah-runbackward": Task("cheetah", "run", _speed_backward("cheetah", 10.0)),
-    "cheetah-flip": Task("cheetah", "run", _flip(1.0), _signed_flip(1.0)),
-    "cheetah-flipbackward": Task("cheetah", "run", _flip(-1.0), _signed_flip(-1.0)),
+    "cheetah-runbackward": Task("cheetah", "run", _speed_backward("cheetah", 10.0), velocity_reward=True),
+    "cheetah-flip": Task("cheetah", "run", _flip(1.0), _signed_flip(1.0), velocity_reward=True),
+    "cheetah-flipbackward": Task("cheetah", "run", _flip(-1.0), _signed_flip(-1.0), velocity_reward=True),
 }
 ENV_NAMES = tuple(TASKS)
 

@@ -1,0 +1,44 @@
+"""Records episodes of the MPPI planner on the true simulator (demonstrations for SAC), e.g.
+
+  python experiments/plan.py --env=cheetah-flip --episodes=6 --out=data/planner/cheetah-flip
+  python experiments/train_expert.py --env=cheetah-flip --workdir=runs/experts/cheetah-flip \
+      --set=demo_dir=data/planner/cheetah-flip --set=periodic_pitch=true
+
+Rerunning the same command continues an interrupted run (finished episodes are kept).
+"""
+import dataclasses
+import sys
+
+from absl import app, flags, logging
+
+from aime_jax.agents.mppi import MPPIConfig, plan_episodes
+from aime_jax.errors import AimeError
+
+_D = MPPIConfig()
+flags.DEFINE_string("env", "cheetah-flip", "Task (its reward must read the velocity alone, e.g. the flips).")
+flags.DEFINE_integer("episodes", 6, "Number of episodes.")
+flags.DEFINE_string("out", None, "Output folder.", required=True)
+flags.DEFINE_integer("seed", 0, "Seed; episode i depends only on (seed, i).")
+flags.DEFINE_integer("samples", _D.samples, "Action sequences sampled per step.")
+flags.DEFINE_integer("horizon", _D.horizon, "Agent steps each sequence looks ahead.")
+flags.DEFINE_float("noise", _D.noise, "Std of the sampling noise around the plan.")
+flags.DEFINE_float("temperature", _D.temperature, "Softmax temperature over the sequences' returns.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    try:
+        config = MPPIConfig(FLAGS.samples, FLAGS.horizon, FLAGS.noise, FLAGS.temperature)
+        results = plan_episodes(FLAGS.env, FLAGS.out, FLAGS.episodes, FLAGS.seed, config)
+    except AimeError as e:
+        sys.exit(f"error: {e}")
+    done = ", ".join(f"{r['return']:.1f}" for r in results) or "none (all there already)"
+    print(f"{FLAGS.episodes} planner episodes in {FLAGS.out}; returns of those planned now: {done}")
+    print(f"settings: {dataclasses.asdict(config)}")
+
+
+if __name__ == "__main__":
+    app.run(main)
