@@ -239,3 +239,26 @@ def test_task_expert_settings_apply_under_the_build_overrides():
     assert build_lib._expert_settings(defaults, "walker-walk") == {}
     custom = SimpleNamespace(expert_config={"hidden_sizes": [64, 64], "batch_size": 32})
     assert build_lib._expert_settings(custom, "cheetah-run") == {"hidden_sizes": [64, 64], "batch_size": 32}
+
+
+def test_flip_expert_learns_from_planner_demonstrations(tmp_path, monkeypatch):
+    """The builder plans the flips' demonstrations first (a tiny planner here) and hands them to
+    the SAC expert, whose checkpoint and the dataset card record them."""
+    from aime_jax.agents import mppi, sac
+
+    real = mppi.plan_episodes
+    calls = []
+
+    def tiny_planner(env, out, episodes, seed=0, config=None, progress=True):
+        calls.append((env, out, episodes))
+        return real(env, out, episodes, seed, mppi.MPPIConfig(samples=8, horizon=4), progress=False)
+
+    monkeypatch.setattr(mppi, "plan_episodes", tiny_planner)
+    tiny_build("cheetah-flip-expert", tmp_path, expert_scale=0.01)
+    planner_dir = str(tmp_path / "experts" / "cheetah-flip-planner")
+    assert set(calls) == {("cheetah-flip", planner_dir, 1)}  # 6 x 0.01 -> at least one; reruns find it done
+    assert os.listdir(planner_dir) == ["0.npz"]
+    meta, _ = sac._read_meta(str(tmp_path / "experts" / "cheetah-flip" / "checkpoints"))
+    assert meta["config"]["demo_dir"] == planner_dir and meta["config"]["periodic_pitch"]
+    generator = build_lib.read_card(str(tmp_path / "cheetah-flip-expert"))["generator"]
+    assert generator["expert_demos"] == 1 and generator["expert_config"]["periodic_pitch"]

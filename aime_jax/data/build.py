@@ -65,7 +65,16 @@ EXPERT_STEPS = {
 # Per-task SAC settings over `sac.default_config` (the `expert_config` of a build overrides them):
 # cheetah-run reaches 90 % of the paper's expert return only with 256-wide networks (811 at 870k
 # steps, where 128x2 had 714 at 600k; benchmarks/results/sac_experts_cpu.json).
-EXPERT_SETTINGS: dict[str, dict] = {"cheetah-run": {"hidden_sizes": [256, 256]}}
+# The flips' experts see the pitch as (sin, cos): their demonstrations turn many times over.
+EXPERT_SETTINGS: dict[str, dict] = {
+    "cheetah-run": {"hidden_sizes": [256, 256]},
+    "cheetah-flip": {"periodic_pitch": True},
+    "cheetah-flipbackward": {"periodic_pitch": True},
+}
+# Tasks whose SAC expert also learns from planner demonstrations (`SACConfig.demo_dir`): SAC alone
+# rocks back and forth on the flips; this many MPPI episodes (aime_jax/agents/mppi.py, scaled
+# like the training length) are planned first into `<expert workdir>-planner/`.
+EXPERT_DEMOS = {"cheetah-flip": 6, "cheetah-flipbackward": 6}
 MIXES = {"walker-mix": ("walker-random", "walker-explore-buffer", "walker-stand-buffer", "walker-walk-buffer")}
 EPISODE_STEPS = 500  # agent steps per episode: 1000 simulator steps, action repeat 2
 
@@ -230,6 +239,8 @@ def _generator(ctx: _Build, spec: Spec, episodes: int | None) -> dict[str, Any]:
     if spec.kind in ("expert", "buffer"):
         g["expert_steps"] = _expert_steps(ctx, spec.env)
         g["expert_config"] = _expert_settings(ctx, spec.env)
+        if spec.env in EXPERT_DEMOS:
+            g["expert_demos"] = scaled(EXPERT_DEMOS[spec.env], ctx.expert_scale)
     if spec.kind == "explore":
         g["explore_config"] = ctx.explore_config
     return g
@@ -319,7 +330,15 @@ def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
 
     workdir = expert_workdir(ctx.root, env, ctx.seed)
     seed = stream_seed(ctx.seed, f"sac:{env}")
-    config = sac.default_config(env, **_expert_settings(ctx, env))
+    settings = _expert_settings(ctx, env)
+    if env in EXPERT_DEMOS and "demo_dir" not in settings:
+        from aime_jax.agents import mppi
+
+        demo_dir = workdir + "-planner"
+        mppi.plan_episodes(env, demo_dir, scaled(EXPERT_DEMOS[env], ctx.expert_scale),
+                           seed=stream_seed(ctx.seed, f"mppi:{env}"), progress=ctx.progress)
+        settings = {**settings, "demo_dir": demo_dir}
+    config = sac.default_config(env, **settings)
     round_steps = config.num_envs * math.ceil(sac.SIMULATOR_STEPS_PER_EPISODE / config.action_repeat)
     steps = math.ceil(_expert_steps(ctx, env) / round_steps) * round_steps
     snapshot = os.path.join(workdir, f"policy-{steps}")
