@@ -46,8 +46,9 @@ EPISODES = {"random": 1000, "expert": 100, "buffer": 1000, "explore": 1000}
 # Agent steps (action repeat 2, 500 per episode) the SAC expert of each task trains for at scale
 # 1 before its demonstrations are recorded. Measured on walker (benchmarks/results/sac_cpu.json
 # and the SAC note: 90 % of the paper's expert return at ~35k stand, ~40k walk, ~80k run) with
-# margin; cheetah-run learns far more slowly (256x2 networks, see EXPERT_SETTINGS: 800-811 from
-# 860k to 880k); the custom tasks are estimates.
+# margin; cheetah-run learns far more slowly (256x2 networks, see EXPERT_SETTINGS: 797-828 from
+# 860k to 1M); the flips, from planner demonstrations, 90 % at ~190k (flip) and ~60k
+# (flipbackward); the other custom tasks are estimates.
 EXPERT_STEPS = {
     "walker-stand": 60_000,
     "walker-walk": 80_000,
@@ -63,8 +64,8 @@ EXPERT_STEPS = {
     "cheetah-flipbackward": 300_000,
 }
 # Per-task SAC settings over `sac.default_config` (the `expert_config` of a build overrides them):
-# cheetah-run reaches 90 % of the paper's expert return only with 256-wide networks (811 at 870k
-# steps, where 128x2 had 714 at 600k; benchmarks/results/sac_experts_cpu.json).
+# cheetah-run reaches 90 % of the paper's expert return only with 256-wide networks (820 at 1M
+# steps, 800 first at 860k, where 128x2 had 714 at 600k; benchmarks/results/sac_experts_cpu.json).
 # The flips' experts see the pitch as (sin, cos): their demonstrations turn many times over.
 EXPERT_SETTINGS: dict[str, dict] = {
     "cheetah-run": {"hidden_sizes": [256, 256]},
