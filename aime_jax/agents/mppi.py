@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from aime_jax import envs
-from aime_jax.data.collect import episode_seed
-from aime_jax.data.episodes import episode_from_steps, save_episode
+from aime_jax.data.collect import episode_seed, run_episode
+from aime_jax.data.episodes import save_episode
 from aime_jax.errors import ConfigError
 
 
@@ -123,24 +123,17 @@ def plan_episodes(
     if progress and todo:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo) * (1000 // config.action_repeat), desc=f"plan {env_name}", unit="step")
+        bar = tqdm(total=len(todo), desc=f"plan {env_name}", unit="ep")
     results = []
     try:
         for i in todo:
-            rng = np.random.default_rng([seed, i])
-            step = env.reset(seed=episode_seed(seed, i))
             planner.reset()
-            steps, total = [step], 0.0
-            while not step.is_last:
-                step = env.step(planner.act(env, rng))
-                steps.append(step)
-                total += step.reward
-                if bar is not None:
-                    bar.update(1)
-            save_episode(os.path.join(out, f"{i}.npz"), episode_from_steps(steps, include_image=False))
-            results.append({"episode": i, "return": total})
+            episode = run_episode(env, lambda observation, proprio, rng: planner.act(env, rng), episode_seed(seed, i))
+            save_episode(os.path.join(out, f"{i}.npz"), episode)
+            results.append({"episode": i, "return": float(episode["reward"].sum())})
             if bar is not None:
-                bar.write(f"[plan] {env_name} episode {i}: return {total:.1f}")
+                bar.update(1)
+                bar.write(f"[plan] {env_name} episode {i}: return {results[-1]['return']:.1f}")
     finally:
         if bar is not None:
             bar.close()

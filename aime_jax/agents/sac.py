@@ -580,9 +580,7 @@ def _obs_spec(env_name: str, periodic: bool = False) -> tuple[tuple[str, ...], i
     size = sum(envs.PROPRIO_KEYS[domain][k] for k in keys)
     if not periodic or domain != "cheetah":
         return keys, size, None
-    offset = 0
-    for k in keys[:keys.index("position")]:
-        offset += envs.PROPRIO_KEYS[domain][k]
+    offset = sum(envs.PROPRIO_KEYS[domain][k] for k in keys[:keys.index("position")])
     return keys, size + 1, offset + 1
 
 
@@ -747,8 +745,7 @@ def load_demos(config: SACConfig, env_name: str, obs_keys: Sequence[str], pitch_
         vec = periodic_pitch(observation_vector(ep, obs_keys), pitch_index)
         reward = ep["reward"][1:].astype(np.float32)
         if shaped is not None:
-            reward = np.array([shaped({k: ep[k][t] for k in sizes if k in ep}, ep["reward"][t])
-                               for t in range(1, len(vec))], np.float32)
+            reward = np.asarray(shaped({k: ep[k][1:] for k in sizes if k in ep}, reward), np.float32)
         episodes.append(dict(obs=vec[:-1], action=np.clip(ep["pre_action"][1:], -1.0, 1.0), reward=reward,
                              discount=1.0 - ep["is_terminal"][1:].astype(np.float32), next_obs=vec[1:]))
     if not episodes:

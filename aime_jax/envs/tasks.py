@@ -55,7 +55,7 @@ def _flip(sign: float) -> RewardFn:
 
 
 def _signed_flip(sign: float) -> RewardFn:
-    return lambda obs, reward: float(np.clip(sign * obs["velocity"][_ANGULAR_INDEX] / 5.0, -1.0, 1.0))
+    return lambda obs, reward: np.clip(sign * obs["velocity"][..., _ANGULAR_INDEX] / 5.0, -1.0, 1.0)
 
 
 def _jump(obs: Proprio, summed: float) -> float:
@@ -69,9 +69,9 @@ class Task:
     # None keeps the suite reward summed over the repeated sub-steps.
     reward: RewardFn | None = None
     # A reward an expert trainer may optimise in place of `reward` (`SACConfig.shaped_reward`),
-    # called with the proprioception and the task reward; scores always use `reward`. The flips'
-    # counts turning the wrong way as much as turning the right way, where the task's reward
-    # ignores it: rocking back and forth then earns nothing, and only net rotation pays.
+    # called with the proprioception and the task reward (batched over steps too); scores always
+    # use `reward`. The flips' counts turning the wrong way as much as turning the right way,
+    # where the task's reward ignores it: rocking back and forth then earns nothing.
     shaped: RewardFn | None = None
     # The reward reads only the `velocity` observation (MuJoCo's qvel), batched or not: a planner
     # can score simulated rollouts with it.
