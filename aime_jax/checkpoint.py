@@ -106,6 +106,14 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def delete(self, step: int) -> None:
+        """Removes the checkpoint of `step` (waits for the saves in flight first)."""
+        self._manager.wait_until_finished()
+        self._manager.delete(step)
+
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
         """Returns (state, meta) of `step` (default: the latest), shaped and sharded as `target`."""
         step = _resolve_step(self._manager, self.directory, step)

@@ -3,7 +3,8 @@
   python experiments/train_expert.py --env=walker-stand --workdir=runs/expert-walker-stand --steps=100000
 
 Rerunning the same command continues an interrupted run from its last checkpoint; a larger
---steps extends a finished one. `--episode_dir=DIR` also writes every training episode there in
+--steps extends a finished one. The checkpoint of the best evaluation so far is kept in
+WORKDIR/best/ (`load_expert_policy(WORKDIR, best=True)`). `--episode_dir=DIR` also writes every training episode there in
 the authors' layout (`<i>.npz`, no images): the first 1000 are the task's `-buffer` dataset.
 `--set=key=value` (repeatable) overrides any SAC setting, e.g. --set=batch_size=128
 --set=hidden_sizes=[128,128].
@@ -56,7 +57,9 @@ def main(argv):
         sys.exit(f"error: bad --set value: {e}")
     final = summary["eval_return"]
     shown = "n/a" if final is None else f"{final:.1f}"
-    print(f"done: {FLAGS.env} {summary['env_steps']} env steps, eval return {shown}, in {FLAGS.workdir}")
+    best = summary["best_eval"]
+    best_shown = "" if best is None else f" (best {best['return']:.1f} at {best['env_steps']}, in best/)"
+    print(f"done: {FLAGS.env} {summary['env_steps']} env steps, eval return {shown}{best_shown}, in {FLAGS.workdir}")
 
 
 if __name__ == "__main__":

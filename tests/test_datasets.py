@@ -109,6 +109,11 @@ def test_expert_demonstrations_and_their_card(root):
 
     policy = load_expert_policy(card["expert"]["policy"])
     assert card["expert"]["policy"].endswith(os.path.join("walker-stand", "policy-1500"))
+    # The snapshot is the run's best-evaluated checkpoint, recorded in the card.
+    curve = json.load(open(os.path.join(card["expert"]["policy"], "summary.json")))["eval_curve"]
+    top = max(curve, key=lambda e: e["return"])
+    assert (card["expert"]["policy_env_steps"], card["expert"]["policy_eval_return"]) == (top["env_steps"], top["return"])
+    assert policy.name.endswith(f"@{top['env_steps']}")
     proprio = {k: ep[k][10] for k in ("orientations", "height", "velocity")}
     np.testing.assert_allclose(ep["pre_action"][11], policy({}, proprio, None), atol=1e-6)
     # The evaluation normalises by the card's expert return.

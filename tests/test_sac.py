@@ -1,6 +1,7 @@
 """The SAC expert trainer: update math, replay buffer, resume, episode files, the restored policy."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from aime_jax.agents import sac as sac_lib
 from aime_jax.data import list_episodes, load_episode
+from aime_jax.checkpoint import CheckpointNotFoundError
 from aime_jax.data.collect import collect
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.evaluate import evaluate
@@ -282,6 +284,31 @@ def test_expert_policy_restores_from_the_checkpoint_and_collects(full_run, tmp_p
     np.testing.assert_allclose(ep["pre_action"][4], policy({}, observation, None), atol=1e-6)
     meta = json.load(open(tmp_path / "demos" / "meta.json"))
     assert meta["policy"] == "sac-expert:walker-stand@2000"
+
+
+def test_best_checkpoint_holds_the_best_evaluation(full_run, tmp_path):
+    work, summary = full_run
+    curve = summary["eval_curve"]
+    top = max(curve, key=lambda e: e["return"])
+    assert summary["best_eval"] == {"env_steps": top["env_steps"], "return": top["return"]}
+    assert os.listdir(work / "run" / "best") == [str(top["env_steps"])]
+    policy = sac_lib.load_expert_policy(str(work / "run"), best=True)
+    assert policy.name == f"sac-expert:walker-stand@{top['env_steps']}"
+    result = evaluate("walker-stand", "mdp", policy, episodes=2, num_envs=2, seed=sac_lib.EVAL_SEED)
+    np.testing.assert_allclose(result.mean, top["return"], rtol=1e-4)
+    # A run killed after saving a new best but before its main checkpoint: the stale best is
+    # dropped on resume, and the one left is the best evaluation the resumed run recorded.
+    run = tmp_path / "run"
+    part = sac_lib.train_expert("walker-stand", str(run), 1000, seed=3, config=tiny_config())
+    assert os.listdir(run / "best") == ["1000"] and part["best_eval"]["env_steps"] == 1000
+    shutil.copytree(run / "best" / "1000", run / "best" / "1500")
+    again = sac_lib.train_expert("walker-stand", str(run), 1000, seed=3, config=tiny_config())
+    assert again["best_eval"] == part["best_eval"] and os.listdir(run / "best") == ["1000"]
+    resumed = sac_lib.train_expert("walker-stand", str(run), 2000, seed=3, config=tiny_config())
+    assert resumed["best_eval"] == summary["best_eval"]
+    assert os.listdir(run / "best") == [str(top["env_steps"])]
+    with pytest.raises(CheckpointNotFoundError, match="no best/ checkpoint"):
+        sac_lib.load_expert_policy(str(tmp_path / "nowhere"), best=True)
 
 
 def _cli(*args):

@@ -11,8 +11,9 @@ batches of several updates at once and dispatches one call.
 jitted actor call for all of them), a numpy ring replay buffer, checkpoints at episode boundaries
 (Orbax for the train state, atomic `.npy` files for the buffer) so that a rerun with the same
 workdir continues from the last checkpoint with the same buffer, periodic evaluation of the mode
-policy, and, optionally, every training episode saved in the authors' layout. `load_expert_policy`
-restores the actor from the Orbax checkpoint alone.
+policy (the checkpoint of the best evaluation so far kept in `workdir/best/`), and, optionally,
+every training episode saved in the authors' layout. `load_expert_policy` restores the actor
+(latest or best) from the Orbax checkpoint alone.
 
 The observation is the concatenation of the MDP keys of `envs.observation_keys(domain, 'mdp')`,
 taken from `Step.proprio`, so the same expert acts in every modality. Env steps are agent steps
@@ -557,6 +558,10 @@ def _checkpoint_dir(workdir: str) -> str:
     return os.path.join(workdir, "checkpoints")
 
 
+def _best_dir(workdir: str) -> str:
+    return os.path.join(workdir, "best")
+
+
 def _replay_dir(workdir: str, step: int) -> str:
     return os.path.join(workdir, "replay", str(step))
 
@@ -596,6 +601,9 @@ class _Progress:
     eval_wall_s: float = 0.0
     train_returns: list = dataclasses.field(default_factory=list)
     evals: list = dataclasses.field(default_factory=list)
+    # The evaluation with the highest mean return so far ({"env_steps", "return"}); its state is
+    # the one checkpoint in workdir/best/.
+    best: dict | None = None
 
 
 def _episode_dir_meta(episode_dir: str, env_name: str, seed: int, action_repeat: int,
@@ -616,6 +624,15 @@ def _episode_dir_meta(episode_dir: str, env_name: str, seed: int, action_repeat:
         return
     os.makedirs(episode_dir, exist_ok=True)
     write_results(path, meta)
+
+
+def _prune_best(best: Checkpointer, prog: _Progress) -> None:
+    """Keeps in best/ only the checkpoint of `prog.best`: the ones a run saved after its last main
+    checkpoint (killed before it) and the ones a later best replaced."""
+    keep = None if prog.best is None else prog.best["env_steps"]
+    for step in best.all_steps():
+        if step != keep:
+            best.delete(step)
 
 
 def _check_resume(meta: dict, env_name: str, seed: int, config: SACConfig, workdir: str) -> None:
@@ -672,6 +689,7 @@ def train_expert(
     prog = _Progress()
     os.makedirs(workdir, exist_ok=True)
     ckpt = Checkpointer(_checkpoint_dir(workdir), max_to_keep=1, save_interval_steps=1)
+    best = Checkpointer(_best_dir(workdir), max_to_keep=None, save_interval_steps=1)
     try:
         latest = ckpt.latest_step()
         _prune_replay(workdir, latest)
@@ -680,11 +698,13 @@ def train_expert(
             state, meta = ckpt.restore(state)
             buffer.load(_replay_dir(workdir, latest))
             prog = _Progress(**meta["progress"])
+        _prune_best(best, prog)
         if prog.env_steps < total:
-            prog = _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, config, obs_keys,
+            prog = _train(sac, state, buffer, prog, (ckpt, best), env_name, workdir, total, seed, config, obs_keys,
                           pitch_index, episode_dir, max_wall_s)
     finally:
         ckpt.close()
+        best.close()
     summary = _summary(env_name, seed, config, prog)
     write_results(os.path.join(workdir, "summary.json"), summary)
     return summary
@@ -702,6 +722,8 @@ def _summary(env_name: str, seed: int, config: SACConfig, prog: _Progress) -> di
         "wall_s": prog.wall_s,
         "eval_wall_s": prog.eval_wall_s,
         "eval_return": last["return"] if last else None,
+        # The best evaluation so far: the policy in workdir/best/ (load_expert_policy(best=True)).
+        "best_eval": prog.best,
         "eval_curve": prog.evals,
         "train_returns": prog.train_returns,
     }
@@ -770,14 +792,20 @@ def _sample(buffer: ReplayBuffer, demos: ReplayBuffer | None, config: SACConfig,
     return {k: np.concatenate([batch[k], demo[k]], axis=1) for k in batch}
 
 
-def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, config, obs_keys, pitch_index, episode_dir,
+def _train(sac, state, buffer, prog, checkpointers, env_name, workdir, total, seed, config, obs_keys, pitch_index, episode_dir,
            max_wall_s):
     n = config.num_envs
+    ckpt, best = checkpointers
     shaped = envs.tasks.get_task(env_name).shaped if config.shaped_reward else None
     demos = load_demos(config, env_name, obs_keys, pitch_index)
 
     def vector(proprio):
         return periodic_pitch(observation_vector(proprio, obs_keys), pitch_index)
+
+    def meta():
+        return {"env": env_name, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
+                "pitch_index": pitch_index, "obs_dim": sac.obs_dim, "action_dim": sac.action_dim,
+                "progress": dataclasses.asdict(prog)}
 
     chunk = config.updates_per_call
     act_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
@@ -861,14 +889,19 @@ def _train(sac, state, buffer, prog, ckpt, env_name, workdir, total, seed, confi
                 prog.evals.append({"env_steps": prog.env_steps, "return": result.mean, "return_std": result.std,
                                    "wall_s": prog.wall_s})
                 logger.log(prog.env_steps, {"return": result.mean, "return_std": result.std}, prefix="eval")
+                if prog.best is None or result.mean > prog.best["return"]:
+                    # Saved now, committed (older bests removed) with the next main checkpoint; a run
+                    # killed in between drops it on resume and evaluates that state again.
+                    prog.best = {"env_steps": prog.env_steps, "return": result.mean}
+                    best.save(prog.env_steps, state, meta(), force=True)
+                    best.wait()
             if done or _crossed(round_start, prog.env_steps, config.save_every):
                 prog.wall_s = wall0 + time.perf_counter() - start
                 buffer.save(_replay_dir(workdir, prog.env_steps))
-                meta = {"env": env_name, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
-                        "pitch_index": pitch_index, "obs_dim": sac.obs_dim, "action_dim": sac.action_dim, "progress": dataclasses.asdict(prog)}
-                ckpt.save(prog.env_steps, state, meta, force=True)
+                ckpt.save(prog.env_steps, state, meta(), force=True)
                 ckpt.wait()
                 _prune_replay(workdir, prog.env_steps)
+                _prune_best(best, prog)
     finally:
         logger.close()
     # wall_s is the one saved with the last checkpoint, so a finished run reports the same on rerun.
@@ -894,14 +927,23 @@ def _read_meta(directory: str) -> tuple[dict, int]:
     return meta, step
 
 
-def load_expert_policy(workdir: str) -> SACAgent:
+def load_expert_policy(workdir: str, best: bool = False) -> SACAgent:
     """The mode policy of the latest checkpoint of a `train_expert` run (its workdir or the
-    checkpoints/ folder in it), restored from the Orbax checkpoint alone.
+    checkpoints/ folder in it), or with `best` of its best evaluation so far (workdir/best/),
+    restored from the Orbax checkpoint alone.
 
     The result is a collection policy `policy(observation, proprio, rng) -> action` (mode actions,
     `rng` unused) for `aime_jax.data.collect.collect(policy=...)`, and an evaluation agent.
     """
-    directory = _checkpoint_dir(workdir) if os.path.isdir(_checkpoint_dir(workdir)) else workdir
+    if best:
+        directory = _best_dir(workdir)
+        if not os.path.isdir(directory) or not os.listdir(directory):
+            raise CheckpointNotFoundError(
+                f"{workdir} has no best/ checkpoint: the run has not evaluated yet (or predates best/); "
+                "load its latest checkpoint instead (best=False), or train it on"
+            )
+    else:
+        directory = _checkpoint_dir(workdir) if os.path.isdir(_checkpoint_dir(workdir)) else workdir
     meta, step = _read_meta(directory)
     sac = SAC(SACConfig.from_dict(meta["config"]), int(meta["obs_dim"]), int(meta["action_dim"]))
     abstract = jax.eval_shape(sac.init_actor, jax.random.PRNGKey(0))

@@ -17,7 +17,8 @@ episodes `<i>.npz` (all proprioception, actions, rewards, physics states, and `i
 rendered) and `card.json`; the card is written last, so a folder with a card is complete and is
 skipped. Agents are trained in `<root>/experts/<name>` (resumable; an expert's policy is
 snapshotted at its training length in `policy-<steps>/`, so demonstrations come from the same
-policy whatever was built before). Episode i of every dataset depends only on (seed, i) and the
+policy whatever was built before; the snapshot is the run's best-evaluated checkpoint up to there,
+`best/`, not its last one, since single-seed evaluations swing from one checkpoint to the next). Episode i of every dataset depends only on (seed, i) and the
 settings, and every file is written atomically, so a build killed at any point and run again
 gives the same files as one that was never interrupted. Building the visual modality of a
 dataset renders its stored physics states; the state episodes are never simulated again.
@@ -325,8 +326,9 @@ def _build_random(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: 
 
 
 def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
-    """Trains the task's SAC expert to its scaled length (resuming), snapshots the policy there,
-    then trains on until the run has `min_episodes` episodes; returns the snapshot folder."""
+    """Trains the task's SAC expert to its scaled length (resuming), snapshots its best-evaluated
+    policy so far, then trains on until the run has `min_episodes` episodes; returns the snapshot
+    folder."""
     from aime_jax.agents import sac
 
     workdir = expert_workdir(ctx.root, env, ctx.seed)
@@ -354,7 +356,10 @@ def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
             )
         tmp = snapshot + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(os.path.join(workdir, "checkpoints"), tmp)
+        # The best evaluation's checkpoint (a run from before best/ existed: its last one).
+        best = os.path.join(workdir, "best")
+        source = best if summary.get("best_eval") and os.path.isdir(best) else os.path.join(workdir, "checkpoints")
+        shutil.copytree(source, tmp)
         write_json(os.path.join(tmp, "summary.json"), summary)
         os.replace(tmp, snapshot)
     if min_episodes * EPISODE_STEPS > steps:
@@ -445,8 +450,10 @@ def _card_extra(ctx: _Build, spec: Spec, folder: str) -> dict[str, Any]:
         snapshot = ensure_expert(ctx, spec.env)
         with open(os.path.join(snapshot, "summary.json")) as f:
             summary = json.load(f)
+        chosen = summary.get("best_eval") or {"env_steps": summary["env_steps"], "return": summary["eval_return"]}
         extra["expert"] = {"workdir": os.path.dirname(snapshot), "policy": snapshot,
                            "env_steps": summary["env_steps"], "eval_return": summary["eval_return"],
+                           "policy_env_steps": chosen["env_steps"], "policy_eval_return": chosen["return"],
                            "train_wall_s": summary["wall_s"]}
     if spec.kind == "mix":
         first, sources = 0, []
