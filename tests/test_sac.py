@@ -260,8 +260,16 @@ def test_resume_continues_from_the_checkpoint_like_an_uninterrupted_run(full_run
     work, summary = full_run
     part = sac_lib.train_expert("walker-stand", str(tmp_path), 1000, seed=3, config=tiny_config())
     assert part["env_steps"] == 1000 and part["updates"] == 500
+    # A run killed after saving a new best but before its main checkpoint: the stale best is
+    # dropped on resume, so best/ holds only the best evaluation the checkpoint recorded.
+    assert os.listdir(tmp_path / "best") == ["1000"] and part["best_eval"]["env_steps"] == 1000
+    shutil.copytree(tmp_path / "best" / "1000", tmp_path / "best" / "1500")
+    sac_lib.train_expert("walker-stand", str(tmp_path), 1000, seed=3, config=tiny_config())
+    assert os.listdir(tmp_path / "best") == ["1000"]
     resumed = sac_lib.train_expert("walker-stand", str(tmp_path), 2000, seed=3, config=tiny_config())
     assert resumed["env_steps"] == 2000 and resumed["updates"] == 1500
+    assert resumed["best_eval"] == summary["best_eval"]
+    assert os.listdir(tmp_path / "best") == [str(summary["best_eval"]["env_steps"])]
     np.testing.assert_allclose(resumed["train_returns"], summary["train_returns"], rtol=1e-5)
     np.testing.assert_allclose(resumed["eval_return"], summary["eval_return"], rtol=1e-3)
     # A finished run returns at once.
@@ -296,17 +304,6 @@ def test_best_checkpoint_holds_the_best_evaluation(full_run, tmp_path):
     assert policy.name == f"sac-expert:walker-stand@{top['env_steps']}"
     result = evaluate("walker-stand", "mdp", policy, episodes=2, num_envs=2, seed=sac_lib.EVAL_SEED)
     np.testing.assert_allclose(result.mean, top["return"], rtol=1e-4)
-    # A run killed after saving a new best but before its main checkpoint: the stale best is
-    # dropped on resume, and the one left is the best evaluation the resumed run recorded.
-    run = tmp_path / "run"
-    part = sac_lib.train_expert("walker-stand", str(run), 1000, seed=3, config=tiny_config())
-    assert os.listdir(run / "best") == ["1000"] and part["best_eval"]["env_steps"] == 1000
-    shutil.copytree(run / "best" / "1000", run / "best" / "1500")
-    again = sac_lib.train_expert("walker-stand", str(run), 1000, seed=3, config=tiny_config())
-    assert again["best_eval"] == part["best_eval"] and os.listdir(run / "best") == ["1000"]
-    resumed = sac_lib.train_expert("walker-stand", str(run), 2000, seed=3, config=tiny_config())
-    assert resumed["best_eval"] == summary["best_eval"]
-    assert os.listdir(run / "best") == [str(top["env_steps"])]
     with pytest.raises(CheckpointNotFoundError, match="no best/ checkpoint"):
         sac_lib.load_expert_policy(str(tmp_path / "nowhere"), best=True)
 
