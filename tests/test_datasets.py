@@ -122,6 +122,21 @@ def test_expert_demonstrations_and_their_card(root):
     assert stages.expert_returns(config)["expert_return"] == card["expert_return"]
 
 
+def test_expert_benchmark_reads_the_dataset_card(root, tmp_path):
+    out = tmp_path / "experts.json"
+    proc = subprocess.run([sys.executable, "benchmarks/experts.py", "--datasets", str(root / "walker-stand-expert"),
+                           f"--out={out}"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    row = json.load(open(out))["datasets"][0]
+    card = build_lib.read_card(str(root / "walker-stand-expert"))
+    assert row["expert_return"] == card["expert_return"] and row["policy_env_steps"] == card["expert"]["policy_env_steps"]
+    assert row["target_met"] == (card["expert_return"] >= 0.9 * row["paper_expert_return"])
+    proc = subprocess.run([sys.executable, "benchmarks/experts.py", "--datasets", str(root / "walker-random")],
+                          cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode != 0 and "takes <task>-expert ones" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_complete_datasets_are_skipped_extended_or_refused(root, tmp_path):
     before = {f: os.stat(f).st_mtime_ns for f in list_episodes(root / "walker-mix")}
     tiny_build("walker-mix", root)
