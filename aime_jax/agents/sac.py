@@ -792,8 +792,8 @@ def _sample(buffer: ReplayBuffer, demos: ReplayBuffer | None, config: SACConfig,
     return {k: np.concatenate([batch[k], demo[k]], axis=1) for k in batch}
 
 
-def _train(sac, state, buffer, prog, checkpointers, env_name, workdir, total, seed, config, obs_keys, pitch_index, episode_dir,
-           max_wall_s):
+def _train(sac, state, buffer, prog, checkpointers, env_name, workdir, total, seed, config, obs_keys, pitch_index,
+           episode_dir, max_wall_s):
     n = config.num_envs
     ckpt, best = checkpointers
     shaped = envs.tasks.get_task(env_name).shaped if config.shaped_reward else None

@@ -18,9 +18,10 @@ rendered) and `card.json`; the card is written last, so a folder with a card is 
 skipped. Agents are trained in `<root>/experts/<name>` (resumable; an expert's policy is
 snapshotted at its training length in `policy-<steps>/`, so demonstrations come from the same
 policy whatever was built before; the snapshot is the run's best-evaluated checkpoint up to there,
-`best/`, not its last one, since single-seed evaluations swing from one checkpoint to the next). Episode i of every dataset depends only on (seed, i) and the
-settings, and every file is written atomically, so a build killed at any point and run again
-gives the same files as one that was never interrupted. Building the visual modality of a
+`best/`, not its last one, since single-seed evaluations swing from one checkpoint to the next).
+Episode i of every dataset depends only on (seed, i) and the settings, and every file is written
+atomically, so a build killed at any point and run again gives the same files as one that was
+never interrupted. Building the visual modality of a
 dataset renders its stored physics states; the state episodes are never simulated again.
 """
 from __future__ import annotations
