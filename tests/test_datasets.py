@@ -274,9 +274,9 @@ def test_flip_expert_learns_from_planner_demonstrations(tmp_path, monkeypatch):
         return real(env, out, episodes, seed, mppi.MPPIConfig(samples=8, horizon=4), progress=False)
 
     monkeypatch.setattr(mppi, "plan_episodes", tiny_planner)
-    tiny_build("cheetah-flip-expert", tmp_path, expert_scale=0.01)
+    tiny_build("cheetah-flip-expert", tmp_path, expert_scale=0.006)  # 3000 steps
     planner_dir = str(tmp_path / "experts" / "cheetah-flip-planner")
-    assert set(calls) == {("cheetah-flip", planner_dir, 1)}  # 6 x 0.01 -> at least one; reruns find it done
+    assert set(calls) == {("cheetah-flip", planner_dir, 1)}  # 6 x 0.006 -> at least one; reruns find it done
     assert os.listdir(planner_dir) == ["0.npz"]
     meta, _ = sac._read_meta(str(tmp_path / "experts" / "cheetah-flip" / "checkpoints"))
     assert meta["config"]["demo_dir"] == planner_dir and meta["config"]["periodic_pitch"]
