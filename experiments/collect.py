@@ -13,7 +13,8 @@ from aime_jax.errors import AimeError
 
 flags.DEFINE_string("env", "walker-walk", "Environment, e.g. walker-walk or cheetah-run.")
 flags.DEFINE_string("modality", "mdp", "mdp, lpomdp or visual (visual also stores images).")
-flags.DEFINE_string("policy", "random", "Policy that acts: 'random', or an expert's run directory (experiments/train_expert.py).")
+flags.DEFINE_string("policy", "random", "Policy that acts: 'random', an expert's run directory "
+                    "(experiments/train_expert.py; its latest checkpoint) or RUN/best (its best evaluation).")
 flags.DEFINE_integer("episodes", 10, "Number of episodes.")
 flags.DEFINE_string("out", None, "Output folder.", required=True)
 flags.DEFINE_integer("seed", 0, "Seed; episode i depends only on (seed, i).")

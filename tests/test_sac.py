@@ -15,7 +15,7 @@ import pytest
 from aime_jax.agents import sac as sac_lib
 from aime_jax.data import list_episodes, load_episode
 from aime_jax.checkpoint import CheckpointNotFoundError
-from aime_jax.data.collect import collect
+from aime_jax.data.collect import collect, load_policy
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.evaluate import evaluate
 from aime_jax.nets.policy import tanh_gaussian_log_prob
@@ -304,6 +304,9 @@ def test_best_checkpoint_holds_the_best_evaluation(full_run, tmp_path):
     assert policy.name == f"sac-expert:walker-stand@{top['env_steps']}"
     result = evaluate("walker-stand", "mdp", policy, episodes=2, num_envs=2, seed=sac_lib.EVAL_SEED)
     np.testing.assert_allclose(result.mean, top["return"], rtol=1e-4)
+    # experiments/collect.py --policy=RUN/best acts with it too.
+    assert load_policy(str(work / "run" / "best")).name == policy.name
+    assert load_policy(str(work / "run")).name == "sac-expert:walker-stand@2000"
     with pytest.raises(CheckpointNotFoundError, match="no best/ checkpoint"):
         sac_lib.load_expert_policy(str(tmp_path / "nowhere"), best=True)
 

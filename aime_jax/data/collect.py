@@ -21,16 +21,19 @@ def random_policy(observation: dict, proprio: dict, rng: np.random.Generator) ->
 
 
 def load_policy(spec: str) -> Policy:
-    """'random', or the run directory of an expert trained with experiments/train_expert.py."""
+    """'random', the run directory of an expert trained with experiments/train_expert.py (its
+    latest checkpoint), or one of its checkpoint folders (`RUN/best`: its best evaluation; a
+    dataset build's `policy-<steps>` snapshot)."""
     if spec == "random":
         return random_policy
-    if os.path.isdir(os.path.join(spec, "checkpoints")):
+    checkpoint_folder = os.path.isdir(spec) and any(name.isdigit() for name in os.listdir(spec))
+    if os.path.isdir(os.path.join(spec, "checkpoints")) or checkpoint_folder:
         from aime_jax.agents.sac import load_expert_policy
 
         return load_expert_policy(spec)
     raise AimeError(
-        f"unknown policy {spec!r}: use --policy=random or the run directory of an expert trained "
-        "with experiments/train_expert.py (it holds checkpoints/)"
+        f"unknown policy {spec!r}: use --policy=random, the run directory of an expert trained "
+        "with experiments/train_expert.py (it holds checkpoints/), or its best/ folder"
     )
 
 
