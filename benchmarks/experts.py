@@ -64,7 +64,8 @@ def summarise_dataset(folder: str) -> dict:
     with open(path) as f:
         card = json.load(f)
     if card["generator"]["kind"] != "expert":
-        raise SystemExit(f"error: {folder} is a {card['generator']['kind']} dataset; --datasets takes <task>-expert ones")
+        raise SystemExit(
+            f"error: {folder} is a {card['generator']['kind']} dataset; --datasets takes <task>-expert ones")
     paper = PAPER_EXPERT_RETURNS.get(card["env"])
     expert = card.get("expert", {})
     return {
@@ -98,28 +99,29 @@ def main():
     if bool(args.datasets) == bool(args.run_dirs):
         p.error("give expert run directories or --datasets folders (one of the two)")
     if args.datasets:
-        rows = [summarise_dataset(d) for d in args.datasets]
-        out = {"command": "python benchmarks/experts.py " + " ".join(sys.argv[1:]), "machine": args.machine,
-               "target": f"{TARGET:.0%} of the paper's expert return, the dataset's demonstrations", "datasets": rows}
-        for r in rows:
-            frac = r["fraction_of_paper"]
-            print(f"{r['dataset']:28s} seed {r['seed']}  demos {r['expert_return']:7.1f} +- {r['return_std']:5.1f}  "
-                  f"snapshot {r['policy_env_steps']} (eval {r['policy_eval_return']:.1f})  paper {r['paper_expert_return']}"
-                  f"  {'' if frac is None else f'{100 * frac:.0f} %'}  target {'met' if r['target_met'] else 'NOT met'}")
-        if args.out:
-            write_json(args.out, out)
-        return
-    experts = [summarise(d) for d in args.run_dirs]
+        key, measured, rows = "datasets", "the dataset's demonstrations", [summarise_dataset(d) for d in args.datasets]
+    else:
+        key, measured, rows = "experts", "10 deterministic episodes", [summarise(d) for d in args.run_dirs]
     out = {"command": "python benchmarks/experts.py " + " ".join(sys.argv[1:]), "machine": args.machine,
-           "target": f"{TARGET:.0%} of the paper's expert return, 10 deterministic episodes", "experts": experts}
-    for e in experts:
-        frac = e["final_fraction_of_paper"]
-        print(f"{e['env']:22s} {e['env_steps']:>8d} steps {e['wall_s'] / 60:6.1f} min  final {e['final_return']:7.1f}"
-              f"  best {e['best_return']:7.1f}  paper {e['paper_expert_return']}  "
-              f"{'' if frac is None else f'{100 * frac:.0f} %'}  target {'met' if e['target_met'] else 'NOT met'}")
+           "target": f"{TARGET:.0%} of the paper's expert return, {measured}", key: rows}
+    for r in rows:
+        print(_line(r))
     if args.out:
         write_json(args.out, out)
 
+
+def _line(r: dict) -> str:
+    """One row of the terminal report, for a run (summarise) or a dataset (summarise_dataset)."""
+    if "dataset" in r:
+        frac, met = r["fraction_of_paper"], r["target_met"]
+        head = (f"{r['dataset']:28s} seed {r['seed']}  demos {r['expert_return']:7.1f} +- {r['return_std']:5.1f}  "
+                f"snapshot {r['policy_env_steps']} (eval {r['policy_eval_return']:.1f})")
+    else:
+        frac, met = r["final_fraction_of_paper"], r["target_met"]
+        head = (f"{r['env']:22s} {r['env_steps']:>8d} steps {r['wall_s'] / 60:6.1f} min  final {r['final_return']:7.1f}"
+                f"  best {r['best_return']:7.1f}")
+    share = "" if frac is None else f"{100 * frac:.0f} %"
+    return f"{head}  paper {r['paper_expert_return']}  {share}  target {'met' if met else 'NOT met'}"
 
 if __name__ == "__main__":
     main()

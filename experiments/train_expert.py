@@ -4,8 +4,9 @@
 
 Rerunning the same command continues an interrupted run from its last checkpoint; a larger
 --steps extends a finished one. The checkpoint of the best evaluation so far is kept in
-WORKDIR/best/ (`load_expert_policy(WORKDIR, best=True)`). `--episode_dir=DIR` also writes every training episode there in
-the authors' layout (`<i>.npz`, no images): the first 1000 are the task's `-buffer` dataset.
+WORKDIR/best/ (`load_expert_policy(WORKDIR, best=True)`). `--episode_dir=DIR` also writes every
+training episode there in the authors' layout (`<i>.npz`, no images): the first 1000 are the
+task's `-buffer` dataset.
 `--set=key=value` (repeatable) overrides any SAC setting, e.g. --set=batch_size=128
 --set=hidden_sizes=[128,128].
 """

@@ -112,7 +112,8 @@ def test_expert_demonstrations_and_their_card(root):
     # The snapshot is the run's best-evaluated checkpoint, recorded in the card.
     curve = json.load(open(os.path.join(card["expert"]["policy"], "summary.json")))["eval_curve"]
     top = max(curve, key=lambda e: e["return"])
-    assert (card["expert"]["policy_env_steps"], card["expert"]["policy_eval_return"]) == (top["env_steps"], top["return"])
+    expert = card["expert"]
+    assert (expert["policy_env_steps"], expert["policy_eval_return"]) == (top["env_steps"], top["return"])
     assert policy.name.endswith(f"@{top['env_steps']}")
     proprio = {k: ep[k][10] for k in ("orientations", "height", "velocity")}
     np.testing.assert_allclose(ep["pre_action"][11], policy({}, proprio, None), atol=1e-6)
@@ -130,7 +131,8 @@ def test_expert_benchmark_reads_the_dataset_card(root, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.load(open(out))["datasets"][0]
     card = build_lib.read_card(str(root / "walker-stand-expert"))
-    assert row["expert_return"] == card["expert_return"] and row["policy_env_steps"] == card["expert"]["policy_env_steps"]
+    assert row["expert_return"] == card["expert_return"]
+    assert row["policy_env_steps"] == card["expert"]["policy_env_steps"]
     assert row["target_met"] == (card["expert_return"] >= 0.9 * row["paper_expert_return"])
     proc = subprocess.run([sys.executable, "benchmarks/experts.py", "--datasets", str(root / "walker-random")],
                           cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))

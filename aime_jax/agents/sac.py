@@ -927,6 +927,14 @@ def _read_meta(directory: str) -> tuple[dict, int]:
     return meta, step
 
 
+def checkpoint_eval(directory: str) -> dict[str, Any]:
+    """{"env_steps", "return"} of the latest checkpoint in a checkpoint folder (`best/`, a builder's
+    `policy-<steps>/` snapshot): its step and the evaluation made there (None if there was none)."""
+    meta, step = _read_meta(directory)
+    at_step = [e["return"] for e in meta["progress"]["evals"] if e["env_steps"] == step]
+    return {"env_steps": step, "return": at_step[-1] if at_step else None}
+
+
 def load_expert_policy(workdir: str, best: bool = False) -> SACAgent:
     """The mode policy of the latest checkpoint of a `train_expert` run (its workdir or the
     checkpoints/ folder in it), or with `best` of its best evaluation so far (workdir/best/),

@@ -21,8 +21,8 @@ policy whatever was built before; the snapshot is the run's best-evaluated check
 `best/`, not its last one, since single-seed evaluations swing from one checkpoint to the next).
 Episode i of every dataset depends only on (seed, i) and the settings, and every file is written
 atomically, so a build killed at any point and run again gives the same files as one that was
-never interrupted. Building the visual modality of a
-dataset renders its stored physics states; the state episodes are never simulated again.
+never interrupted. Building the visual modality of a dataset renders its stored physics states;
+the state episodes are never simulated again.
 """
 from __future__ import annotations
 
@@ -360,9 +360,7 @@ def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
         tmp = snapshot + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         # The best evaluation's checkpoint (a run from before best/ existed: its last one).
-        best = os.path.join(workdir, "best")
-        source = best if summary.get("best_eval") and os.path.isdir(best) else os.path.join(workdir, "checkpoints")
-        shutil.copytree(source, tmp)
+        shutil.copytree(os.path.join(workdir, "best" if summary["best_eval"] else "checkpoints"), tmp)
         write_json(os.path.join(tmp, "summary.json"), summary)
         os.replace(tmp, snapshot)
     if min_episodes * EPISODE_STEPS > steps:
@@ -453,7 +451,9 @@ def _card_extra(ctx: _Build, spec: Spec, folder: str) -> dict[str, Any]:
         snapshot = ensure_expert(ctx, spec.env)
         with open(os.path.join(snapshot, "summary.json")) as f:
             summary = json.load(f)
-        chosen = summary.get("best_eval") or {"env_steps": summary["env_steps"], "return": summary["eval_return"]}
+        from aime_jax.agents.sac import checkpoint_eval
+
+        chosen = checkpoint_eval(snapshot)
         extra["expert"] = {"workdir": os.path.dirname(snapshot), "policy": snapshot,
                            "env_steps": summary["env_steps"], "eval_return": summary["eval_return"],
                            "policy_env_steps": chosen["env_steps"], "policy_eval_return": chosen["return"],

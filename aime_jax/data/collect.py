@@ -26,8 +26,7 @@ def load_policy(spec: str) -> Policy:
     dataset build's `policy-<steps>` snapshot)."""
     if spec == "random":
         return random_policy
-    checkpoint_folder = os.path.isdir(spec) and any(name.isdigit() for name in os.listdir(spec))
-    if os.path.isdir(os.path.join(spec, "checkpoints")) or checkpoint_folder:
+    if os.path.isdir(spec):  # load_expert_policy says what is wrong with a folder it cannot read
         from aime_jax.agents.sac import load_expert_policy
 
         return load_expert_policy(spec)
