@@ -6,7 +6,7 @@ from setuptools import find_packages, setup
 INSTALL_REQUIRES = [
     "jax>=0.6",
     "flax>=0.10",
-    "optax>=0.2.4",
+    "optax>=0.2.5",
     "chex>=0.1.88",
     "orbax-checkpoint>=0.11",
     "ml_collections>=1.0",

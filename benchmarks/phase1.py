@@ -9,7 +9,12 @@ or pass --quiet_wait; every timing records the CPU share other processes took me
 Each configuration runs in its own subprocess, so its peak host memory (ru_maxrss) is its own.
 The step is jitted exactly as the learner jits it (replicated, donated state; batch split over a
 one-device 'data' mesh) and fed a synthetic batch of the dataset's shapes and dtypes at the
-paper's B=50, T=50. Speedups compare against the authors' PyTorch release timed on this CPU.
+paper's B=50, T=50. On a CPU, speedups compare against the authors' PyTorch release timed on this
+CPU; elsewhere (or with --torch_json) against benchmarks/torch_release_style.py, a release-shaped
+PyTorch step timed on the same machine:
+  python benchmarks/torch_release_style.py --out=/tmp/torch.json
+  python benchmarks/phase1.py --torch_json=/tmp/torch.json --out=benchmarks/results/phase1_gpu.json
+"scan" times the RSSM filtering scan alone, per iteration (time step).
 
 FLOPs: XLA's cost analysis counts a while loop's body once, whatever its trip count, so on the
 compiled step it misses 49 of the 50 RSSM steps of the forward and of the backward scan. The
@@ -45,6 +50,11 @@ CONFIGS = {
     "cheetah_mdp_bf16": ("cheetah", "mdp", "bfloat16"),
     "walker_visual": ("walker", "visual", "float32"),
     "cheetah_visual": ("cheetah", "visual", "float32"),
+    "cheetah_visual_bf16": ("cheetah", "visual", "bfloat16"),
+    # The image model with XLA's convolutions (cuDNN on GPUs) instead of the matrix-product ones.
+    "walker_visual_lax": ("walker", "visual", "float32", {"cnn_impl": "lax"}),
+    "cheetah_visual_lax": ("cheetah", "visual", "float32", {"cnn_impl": "lax"}),
+    "cheetah_visual_lax_bf16": ("cheetah", "visual", "bfloat16", {"cnn_impl": "lax"}),
     # The image model on all 2500 images at once instead of in chunks of 50 (the CPU default).
     "walker_visual_unchunked": ("walker", "visual", "float32", {"cnn_chunk": -1}),
 }
@@ -52,6 +62,8 @@ CONFIGS = {
 TORCH_S_PER_STEP = {"mdp": 0.88, "visual": 10.8}
 # Speedup targets over the release.
 TARGET_SPEEDUP = {"mdp": 1.5, "visual": 2.0}
+# On a GPU, against the release-shaped PyTorch step timed on the same GPU.
+GPU_TARGET_SPEEDUP = 5.0
 
 
 def _load() -> list[float]:
@@ -172,7 +184,7 @@ def _time_calls(fn, n: int) -> tuple[list[float], float]:
     return times, others
 
 
-def measure(name: str, steps: int, warmup: int, breakdown: bool) -> dict:
+def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference: dict | None = None) -> dict:
     domain, modality, dtype, *overrides = CONFIGS[name]
     config, model, state, optimizer, host_batch = build(domain, modality, dtype, *overrides)
     wm = config.world_model
@@ -236,14 +248,50 @@ def measure(name: str, steps: int, warmup: int, breakdown: bool) -> dict:
         "load_avg_before": load_before,
         "load_avg_after": _load(),
     }
-    torch_s = TORCH_S_PER_STEP.get(modality)
-    if torch_s:
-        out["torch_release_s_per_step"] = torch_s
-        out["speedup_vs_torch"] = round(torch_s / s_per_step, 2)
+    if torch_reference is not None:
+        # A release-shaped PyTorch step timed on this same machine (benchmarks/torch_release_style.py).
+        ref = torch_reference["configs"].get(modality)
+        if ref:
+            out["torch_release_style_s_per_step"] = ref["s_per_step"]
+            out["speedup_vs_torch"] = round(ref["s_per_step"] / s_per_step, 2)
+            out["target_speedup"] = GPU_TARGET_SPEEDUP if jax.default_backend() != "cpu" else TARGET_SPEEDUP[modality]
+    elif jax.default_backend() == "cpu" and TORCH_S_PER_STEP.get(modality):
+        out["torch_release_s_per_step"] = TORCH_S_PER_STEP[modality]
+        out["speedup_vs_torch"] = round(TORCH_S_PER_STEP[modality] / s_per_step, 2)
         out["target_speedup"] = TARGET_SPEEDUP[modality]
+    out["scan"] = scan_timing(model, wm, state.params, batch, repl, data, max(5, steps))
     if breakdown:
         out["breakdown"] = time_breakdown(model, wm, state, batch, repl, data, max(2, min(steps, 5)))
     out["peak_rss_mib"] = round(_peak_rss_mib(), 1)
+    return out
+
+
+def scan_timing(model, wm, params, batch, repl, data, n: int) -> dict:
+    """Microseconds per iteration of the RSSM filtering scan alone (embeddings precomputed), forward
+    and forward + backward: the part of the step that is sequential in time, where a framework
+    that launches each operation of each time step separately is bound by the launches."""
+    rng = jax.random.PRNGKey(0)
+    obs = {k: batch[k] for k in wm.obs_keys}
+    embed = jax.jit(lambda p, o: model.apply({"params": p}, o, method=rssm.WorldModel.embed),
+                    in_shardings=(repl, data))
+    embeds = jax.block_until_ready(embed(params, obs))
+    actions = batch[wm_agent.ACTION_KEY]
+
+    def forward(params, embeds, actions):
+        return rssm.observe(model, params, embeds, actions, rng)
+
+    def forward_backward(params, embeds, actions):
+        def total(p, e):
+            states, outs = forward(p, e, actions)
+            return sum(jnp.sum(x.astype(jnp.float32)) for x in jax.tree.leaves((states, outs)))
+        return jax.grad(total, argnums=(0, 1))(params, embeds)
+
+    out = {"iterations": WINDOW}
+    for key, fn in (("forward_us_per_iteration", forward), ("forward_backward_us_per_iteration", forward_backward)):
+        compiled = jax.jit(fn, in_shardings=(repl, data, data)).lower(params, embeds, actions).compile()
+        jax.block_until_ready(compiled(params, embeds, actions))
+        seconds = float(np.median(_time_calls(lambda: compiled(params, embeds, actions), n)[0]))
+        out[key] = round(seconds / WINDOW * 1e6, 1)
     return out
 
 
@@ -298,8 +346,9 @@ def scheduling() -> dict:
     return out
 
 
-def run_worker(name: str, steps: int, warmup: int, breakdown: bool) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}", f"--steps={steps}", f"--warmup={warmup}"]
+def run_worker(name: str, steps: int, warmup: int, breakdown: bool, torch_json: str) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}", f"--steps={steps}", f"--warmup={warmup}",
+           f"--torch_json={torch_json}"]
     if breakdown:
         cmd.append("--breakdown")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -322,11 +371,18 @@ def main():
                    help="before each measurement wait up to this many seconds for other processes to go idle")
     p.add_argument("--retries", type=int, default=0,
                    help="remeasure a config whose timed steps shared the CPU with other processes (>10%%)")
+    p.add_argument("--torch_json", default="",
+                   help="output of benchmarks/torch_release_style.py on this machine: speedups against it "
+                        "(needed on a GPU; on a CPU the default is the release's own CPU timings)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
+    torch_reference = None
+    if args.torch_json:
+        with open(args.torch_json) as f:
+            torch_reference = json.load(f)
 
     if args.worker:
-        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown)))
+        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown, torch_reference)))
         return
 
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
@@ -341,6 +397,7 @@ def main():
         "waited_for_quiet_s": wait_for_quiet(args.quiet_wait) if args.quiet_wait else 0.0,
         "matmul_f32_peak": matmul_peak(),
         "torch_release_s_per_step": TORCH_S_PER_STEP,
+        "torch_release_style": torch_reference,
         "notes": (
             "flops_per_step counts every RSSM step (scans unrolled for the count); "
             "flops_cost_analysis_compiled is XLA's figure for the compiled step, which counts each "
@@ -357,7 +414,7 @@ def main():
         steps, warmup = (args.visual_steps, args.visual_warmup) if visual else (args.steps, args.warmup)
         for attempt in range(args.retries + 1):
             waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait else 0.0
-            r = run_worker(name, steps, warmup, args.breakdown)
+            r = run_worker(name, steps, warmup, args.breakdown, args.torch_json)
             r["waited_for_quiet_s"], r["attempt"] = waited, attempt + 1
             if r["other_processes_cpu_share"] <= 0.1:
                 break
@@ -365,7 +422,8 @@ def main():
             r["fraction_of_matmul_peak"] = round(r["achieved_gflops"] / peak, 3)
         result["configs"][name] = r
         print(f"{name}: {r['s_per_step']} s/step, {r['env_steps_per_s']} env-steps/s, "
-              f"compile {r['compile_s']} s, speedup {r.get('speedup_vs_torch')}", file=sys.stderr, flush=True)
+              f"compile {r['compile_s']} s, speedup {r.get('speedup_vs_torch')}, scan {r['scan']}",
+              file=sys.stderr, flush=True)
         _write(args.out, result)  # after every config, so an interrupted run keeps what it measured
     result["load_avg_end"] = _load()
     _write(args.out, result)

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 
 import jax
@@ -73,9 +74,10 @@ def main():
     p.add_argument("--out", default="benchmarks/results/phase2_eval_cpu.json")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--visual_steps", type=int, default=2)
+    p.add_argument("--evals", default="mdp,lpomdp,visual", help="evaluation speeds to measure (walker-walk)")
     args = p.parse_args()
     result = {
-        "command": f"python benchmarks/phase2_eval.py --out={args.out}",
+        "command": "python " + " ".join(sys.argv),
         "device": f"{jax.devices()[0].platform} {jax.devices()[0].device_kind}",
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
         "phase2_B50_T50": {},
@@ -86,14 +88,21 @@ def main():
             n = args.visual_steps if modality == "visual" else args.steps
             result["phase2_B50_T50"][f"{domain}/{modality}"] = phase2_step(domain, modality, n)
             print(domain, modality, result["phase2_B50_T50"][f"{domain}/{modality}"], flush=True)
-    result["eval"]["walker-walk/mdp"] = eval_speed("walker-walk", "mdp", 10, 10, 1)
-    result["eval"]["walker-walk/lpomdp"] = eval_speed("walker-walk", "lpomdp", 10, 10, 1)
-    result["eval"]["walker-walk/visual"] = eval_speed("walker-walk", "visual", 2, 2, 2)
+            _write(args.out, result)  # after every measurement, so an interrupted run keeps what it has
+    evals = {"mdp": (10, 10, 1), "lpomdp": (10, 10, 1), "visual": (2, 2, 2)}
+    for modality in [m.strip() for m in args.evals.split(",") if m.strip()]:
+        result["eval"][f"walker-walk/{modality}"] = eval_speed("walker-walk", modality, *evals[modality])
+        print("eval", modality, result["eval"][f"walker-walk/{modality}"], flush=True)
+        _write(args.out, result)
     result["machine"]["loadavg_end"] = os.getloadavg()
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+    _write(args.out, result)
     print(json.dumps(result, indent=2))
+
+
+def _write(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def hlo_index(text: str) -> dict[str, dict]:
 
 def group(name: str) -> str:
     base = re.sub(r"\.\d+$", "", name)
-    if base in ("ynn_fusion", "dot") or base.startswith("xnn"):
+    if base in ("ynn_fusion", "dot") or base.startswith(("xnn", "cudnn", "custom-call", "gemm", "cublas", "triton_gemm", "convolution")):
         return "matrix products"
     if any(k in base for k in ("slice", "stack", "concatenate", "pad", "copy", "transpose", "select", "gather")):
         return "data movement (im2col/col2im, transposes, slices)"
@@ -61,8 +61,8 @@ def main():
     p.add_argument("--out", default=None)
     args = p.parse_args()
 
-    domain, modality, dtype = bench.CONFIGS[args.config]
-    config, model, state, optimizer, host_batch = bench.build(domain, modality, dtype)
+    domain, modality, dtype, *overrides = bench.CONFIGS[args.config]
+    config, model, state, optimizer, host_batch = bench.build(domain, modality, dtype, *overrides)
     mesh = parallel.make_mesh(1)
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     state, batch = parallel.replicate(state, mesh), parallel.shard_batch(host_batch, mesh)
@@ -83,11 +83,15 @@ def main():
     files = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
     with gzip.open(files[0]) as f:
         events = [e for e in json.load(f)["traceEvents"] if e.get("ph") == "X"]
-    per_op, calls = collections.Counter(), collections.Counter()
+    per_op, calls, unnamed = collections.Counter(), collections.Counter(), collections.Counter()
     for e in events:
-        if e["name"] in index:
-            per_op[e["name"]] += e["dur"] / 1e6
-            calls[e["name"]] += 1
+        # CPU traces name events by HLO op; GPU kernel events name the kernel and carry the op.
+        name = e.get("args", {}).get("hlo_op", e["name"])
+        if name in index:
+            per_op[name] += e["dur"] / 1e6
+            calls[name] += 1
+        else:
+            unnamed[e["name"]] += e["dur"] / 1e6
     groups = collections.Counter()
     for name, s in per_op.items():
         groups[group(name)] += s
@@ -103,6 +107,7 @@ def main():
             {"op": name, "s": round(s, 3), "calls": calls[name], **index[name]}
             for name, s in per_op.most_common(args.top)
         ],
+        "top_unmatched_events": [{"event": n, "s": round(s, 4)} for n, s in unnamed.most_common(10)],
     }
     print(json.dumps(out, indent=1))
     if args.out:

@@ -219,11 +219,25 @@ def test_chunked_cnn_equals_unchunked_with_gradients(module_name):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max()))
 
 
+def test_conv_impl_setting():
+    from aime_jax.nets.conv import resolve_impl
+
+    # GEMM convolutions on CPUs and GPUs (measured faster on both), XLA's on TPUs.
+    assert [resolve_impl("auto", b) for b in ("cpu", "gpu", "tpu")] == ["gemm", "gemm", "lax"]
+    assert resolve_impl("lax", "cpu") == "lax" and resolve_impl("gemm", "tpu") == "gemm"
+    with pytest.raises(ValueError, match="conv impl"):
+        resolve_impl("cudnn")
+
+
 def test_cnn_chunk_setting():
     from aime_jax.nets.cnn import DEFAULT_CHUNK, resolve_chunk
 
-    assert resolve_chunk(0, "gemm") == DEFAULT_CHUNK
-    assert resolve_chunk(0, "lax") == -1
+    assert resolve_chunk(0, "gemm", "cpu") == DEFAULT_CHUNK
+    assert resolve_chunk(0, "auto", "cpu") == DEFAULT_CHUNK
+    assert resolve_chunk(0, "lax", "cpu") == -1
+    # On accelerators the images are never chunked by default.
+    assert resolve_chunk(0, "gemm", "gpu") == -1
+    assert resolve_chunk(0, "auto", "tpu") == -1
     assert resolve_chunk(7, "lax") == 7
     with pytest.raises(ValueError, match="chunk"):
         resolve_chunk(-2, "gemm")

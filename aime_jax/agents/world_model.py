@@ -95,9 +95,9 @@ def make_train_step(
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         heads = _detached_heads(grads)
-        metrics["grad_norm"] = optax.global_norm({k: g for k, g in grads.items() if not heads[k]})
+        metrics["grad_norm"] = optax.tree.norm({k: g for k, g in grads.items() if not heads[k]})
         if any(heads.values()):
-            metrics["head_grad_norm"] = optax.global_norm({k: g for k, g in grads.items() if heads[k]})
+            metrics["head_grad_norm"] = optax.tree.norm({k: g for k, g in grads.items() if heads[k]})
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step

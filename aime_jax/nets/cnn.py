@@ -34,13 +34,15 @@ def _flatten_leading(x: jax.Array, event_ndim: int) -> tuple[jax.Array, tuple[in
     return x.reshape((-1,) + x.shape[x.ndim - event_ndim :]), lead
 
 
-def resolve_chunk(chunk: int, impl: str) -> int:
+def resolve_chunk(chunk: int, impl: str, backend: str | None = None) -> int:
     """Images per chunk from a `chunk` setting: 0 chooses (DEFAULT_CHUNK with the GEMM
-    convolutions, none with XLA's), N > 0 is N images, -1 is never."""
+    convolutions on a CPU, where it keeps a chunk in cache; none on accelerators, where it would
+    only serialise the work), N > 0 is N images, -1 is never. `backend` defaults to JAX's."""
     if chunk < -1:
         raise ValueError(f"cnn chunk must be -1 (never), 0 (auto) or a number of images, got {chunk}")
     if chunk == 0:
-        return DEFAULT_CHUNK if conv.resolve_impl(impl) == "gemm" else -1
+        backend = backend or jax.default_backend()
+        return DEFAULT_CHUNK if backend == "cpu" and conv.resolve_impl(impl, backend) == "gemm" else -1
     return chunk
 
 

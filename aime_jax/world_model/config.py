@@ -49,11 +49,11 @@ def _base_config() -> ml_collections.ConfigDict:
     c.deter_size = 512
     c.stoch_size = 128
     c.cnn_depth = 32
-    # Convolution kernels of the image encoder/decoder: "gemm" (matrix products, fast on CPUs),
-    # "lax" (XLA's convolutions, for GPUs/TPUs) or "auto" (by backend). Same parameters either way.
+    # Convolution kernels of the image encoder/decoder: "gemm" (matrix products, fastest on CPUs
+    # and GPUs), "lax" (XLA's convolutions, for TPUs) or "auto" (by backend). Same parameters.
     c.cnn_impl = "auto"
     # Images per chunk of the image encoder/decoder (an nn.scan over chunks, for cache locality
-    # on CPUs): 0 chooses (50 with the gemm kernels, no chunking with lax), -1 never chunks.
+    # on CPUs): 0 chooses (50 with the gemm kernels on a CPU, else none), -1 never chunks.
     c.cnn_chunk = 0
     # No hidden layers: the GRU reads [z, a] directly.
     c.pre_gru = _mlp((), "silu", False)
