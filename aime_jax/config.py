@@ -248,6 +248,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ConfigError(f"config.world_model.variant={config.world_model.variant!r}; use rssm or rssmo")
     if config.world_model.cnn_impl not in ("auto", "gemm", "lax"):
         raise ConfigError(f"config.world_model.cnn_impl={config.world_model.cnn_impl!r}; use auto, gemm or lax")
+    if not isinstance(config.world_model.scan_unroll, int) or config.world_model.scan_unroll < 1:
+        raise ConfigError(
+            f"config.world_model.scan_unroll={config.world_model.scan_unroll}; use a number of time steps >= 1"
+        )
     if config.world_model.cnn_chunk < -1:
         raise ConfigError(
             f"config.world_model.cnn_chunk={config.world_model.cnn_chunk}; use a number of images per chunk, "

@@ -293,9 +293,12 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         with open(path) as f:
             old = json.load(f)
         changed = sorted(_diff(old, new))
-        # Stages, logging and step counts may change between reruns (e.g. to train for longer).
+        # Stages, logging and step counts may change between reruns (e.g. to train for longer), and
+        # so may the settings that change only how fast the same model computes (e.g. resuming a
+        # CPU run on a GPU).
         harmless = (
             "stages", "wandb.", "data.prefetch", "eval.",
+            "world_model.cnn_impl", "world_model.cnn_chunk", "world_model.scan_unroll",
             *(f"{stage}.{key}" for stage in ("phase1", "phase2") for key in ("steps", "log_every", "eval_every")),
             "phase2.eval_episodes",
         )

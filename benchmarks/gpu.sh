@@ -5,6 +5,10 @@
 #   2. benchmarks/phase1.py: our phase-1 step, speedups against (1), time per scan iteration;
 #   3. benchmarks/phase2_eval.py: the phase-2 step and evaluation episodes/s.
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default benchmarks/results)
+#        bash benchmarks/gpu.sh OUT_DIR variants
+# The second form times candidate speed settings instead (about 4 minutes): the filtering scans
+# unrolled 5 steps per iteration (config.world_model.scan_unroll), and XLA running the scans'
+# while loops as CUDA graphs, each on MDP and on the bfloat16 Visual model.
 set -u
 out=${1:-benchmarks/results}
 mkdir -p "$out"
@@ -13,6 +17,16 @@ py=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/gpu_info.txt"
 "$py" -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" \
   | tee -a "$out/gpu_info.txt"
+
+if [ "${2:-}" = variants ]; then
+  configs=cheetah_mdp,cheetah_visual_bf16
+  timeout 120 "$py" benchmarks/phase1.py --configs=$configs --steps=20 --visual_steps=10 --scan_unroll=5 \
+    --out="$out/phase1_gpu_unroll5.json" > /dev/null || echo "phase1.py --scan_unroll=5 failed or timed out ($?)"
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
+    timeout 120 "$py" benchmarks/phase1.py --configs=$configs --steps=20 --visual_steps=10 \
+    --out="$out/phase1_gpu_cmdbuf_while.json" > /dev/null || echo "phase1.py with while-loop command buffers failed or timed out ($?)"
+  exit 0
+fi
 
 timeout 100 "$py" benchmarks/torch_release_style.py --device=cuda --steps=20 --warmup=3 \
   --out="$out/torch_release_style_gpu.json" || echo "torch_release_style.py failed or timed out ($?)"

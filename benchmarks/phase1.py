@@ -151,9 +151,10 @@ def matmul_peak(n: int = 2048, reps: int = 8, trials: int = 5) -> dict:
             "other_processes_cpu_share": round(others, 3), "load_avg": _load()}
 
 
-def build(domain: str, modality: str, dtype: str, overrides: dict | None = None):
+def build(domain: str, modality: str, dtype: str, overrides: dict | None = None, scan_unroll: int = 1):
     config = resolve(make_config(domain, modality, ""))
     config.world_model.dtype = dtype
+    config.world_model.scan_unroll = scan_unroll
     config.world_model.update(overrides or {})
     wm = config.world_model
     sizes = envs.PROPRIO_KEYS[domain]
@@ -184,9 +185,10 @@ def _time_calls(fn, n: int) -> tuple[list[float], float]:
     return times, others
 
 
-def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference: dict | None = None) -> dict:
+def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference: dict | None = None,
+            scan_unroll: int = 1) -> dict:
     domain, modality, dtype, *overrides = CONFIGS[name]
-    config, model, state, optimizer, host_batch = build(domain, modality, dtype, *overrides)
+    config, model, state, optimizer, host_batch = build(domain, modality, dtype, *overrides, scan_unroll=scan_unroll)
     wm = config.world_model
     mesh = parallel.make_mesh(1)
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
@@ -224,6 +226,7 @@ def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference
         "modality": modality,
         "variant": wm.variant,
         "dtype": dtype,
+        "scan_unroll": wm.scan_unroll,
         "obs_keys": list(wm.obs_keys),
         "probe_keys": list(wm.probe_keys),
         "batch": BATCH,
@@ -346,9 +349,9 @@ def scheduling() -> dict:
     return out
 
 
-def run_worker(name: str, steps: int, warmup: int, breakdown: bool, torch_json: str) -> dict:
+def run_worker(name: str, steps: int, warmup: int, breakdown: bool, torch_json: str, scan_unroll: int) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}", f"--steps={steps}", f"--warmup={warmup}",
-           f"--torch_json={torch_json}"]
+           f"--torch_json={torch_json}", f"--scan_unroll={scan_unroll}"]
     if breakdown:
         cmd.append("--breakdown")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -374,6 +377,7 @@ def main():
     p.add_argument("--torch_json", default="",
                    help="output of benchmarks/torch_release_style.py on this machine: speedups against it "
                         "(needed on a GPU; on a CPU the default is the release's own CPU timings)")
+    p.add_argument("--scan_unroll", type=int, default=1, help="config.world_model.scan_unroll of every config")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch_reference = None
@@ -382,7 +386,7 @@ def main():
             torch_reference = json.load(f)
 
     if args.worker:
-        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown, torch_reference)))
+        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown, torch_reference, args.scan_unroll)))
         return
 
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
@@ -414,7 +418,7 @@ def main():
         steps, warmup = (args.visual_steps, args.visual_warmup) if visual else (args.steps, args.warmup)
         for attempt in range(args.retries + 1):
             waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait else 0.0
-            r = run_worker(name, steps, warmup, args.breakdown, args.torch_json)
+            r = run_worker(name, steps, warmup, args.breakdown, args.torch_json, args.scan_unroll)
             r["waited_for_quiet_s"], r["attempt"] = waited, attempt + 1
             if r["other_processes_cpu_share"] <= 0.1:
                 break

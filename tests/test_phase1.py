@@ -161,6 +161,7 @@ def _main(*args):
         ("--config.data.batch_size=0", "config.data.batch_size must be >= 1"),
         ("--config.wandb.mode=cloud", "config.wandb.mode='cloud'"),
         ("--config.world_model.cnn_chunk=-2", "config.world_model.cnn_chunk=-2; use a number of images"),
+        ("--config.world_model.scan_unroll=0", "config.world_model.scan_unroll=0; use a number of time steps"),
     ],
 )
 def test_bad_config_values_fail_before_compiling(tmp_path, override, message):
@@ -191,3 +192,19 @@ def test_missing_config_file_is_named(tmp_path):
     out = _main("--config=configs/nope.py", f"--workdir={tmp_path}")
     assert out.returncode != 0 and "configs/nope.py" in out.stderr
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+def test_rerun_with_other_model_settings_is_refused_but_speed_settings_are_not(tmp_path):
+    from aime_jax import stages
+    from aime_jax.config import make_config
+    from aime_jax.errors import AimeError
+
+    config = make_config("walker", "mdp", "quick")
+    stages.write_config(config, str(tmp_path))
+    # Same model, computed another way, trained for longer: a resume.
+    config.world_model.update(scan_unroll=5, cnn_chunk=-1, cnn_impl="lax")
+    config.phase1.steps += 10
+    stages.write_config(config, str(tmp_path))
+    config.world_model.deter_size += 1
+    with pytest.raises(AimeError, match=r"other settings \(world_model.deter_size\)"):
+        stages.write_config(config, str(tmp_path))

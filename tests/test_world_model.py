@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -75,10 +76,15 @@ def _loss_fn(model, config):
     return jax.jit(functools.partial(elbo_loss, model, config=config))
 
 
-@pytest.mark.parametrize("variant", ["rssm", "rssmo"])
-def test_observe_scan_equals_unrolled_steps(variant):
+@pytest.mark.parametrize("variant,unroll", [("rssm", 1), ("rssmo", 1), ("rssmo", 2)])
+def test_observe_scan_equals_unrolled_steps(variant, unroll):
     config = tiny_config(variant, "mdp")
     model, params = build(config)
+    if unroll > 1:
+        # Two steps per scan iteration over a window of 5: the remainder step is handled too.
+        frozen = ml_collections.ConfigDict(model.config)
+        frozen.scan_unroll = unroll
+        model = model.clone(config=ml_collections.FrozenConfigDict(frozen))
     batch = make_batch()
     obs = {k: batch[k] for k in config.obs_keys}
     embeds = jax.jit(functools.partial(model.apply, method=WorldModel.embed))(

@@ -77,7 +77,7 @@ def infer_actions(model: rssm.WorldModel, wm_params, policy: TanhGaussianPolicy,
         )
         return state, (state, out, action, tanh_gaussian_mode(mean))
 
-    _, outputs = jax.lax.scan(body, state0, (jnp.swapaxes(embeds, 0, 1), keys))
+    _, outputs = jax.lax.scan(body, state0, (jnp.swapaxes(embeds, 0, 1), keys), unroll=rssm.scan_unroll(model.config))
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), outputs)
 
 

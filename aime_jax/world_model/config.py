@@ -55,6 +55,9 @@ def _base_config() -> ml_collections.ConfigDict:
     # Images per chunk of the image encoder/decoder (an nn.scan over chunks, for cache locality
     # on CPUs): 0 chooses (50 with the gemm kernels on a CPU, else none), -1 never chunks.
     c.cnn_chunk = 0
+    # Time steps per iteration of the filtering scans (`lax.scan`'s unroll; phase 1 and phase 2):
+    # fewer loop iterations for XLA to run at the price of a larger program. Results do not change.
+    c.scan_unroll = 1
     # No hidden layers: the GRU reads [z, a] directly.
     c.pre_gru = _mlp((), "silu", False)
     # Prior p(z|h) and posterior q(z|h, e) heads share one description.

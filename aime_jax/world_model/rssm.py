@@ -185,6 +185,11 @@ def initial_state(config: ml_collections.ConfigDict, batch_size: int) -> State:
     }
 
 
+def scan_unroll(config: ml_collections.ConfigDict) -> int:
+    """Time steps per iteration of the filtering scans (`config.scan_unroll`, default 1)."""
+    return int(config.get("scan_unroll", 1))
+
+
 def features(state: State) -> jax.Array:
     """concat(h, z): the input of decoders, probes and policies. Works for (B,) and (B, T)."""
     return jnp.concatenate([state["h"], state["z"]], axis=-1)
@@ -212,7 +217,7 @@ def _scan_steps(
         )
         return state, (state, out)
 
-    _, (states, outs) = jax.lax.scan(body, state0, xs)
+    _, (states, outs) = jax.lax.scan(body, state0, xs, unroll=scan_unroll(model.config))
     return jax.tree.map(_time_major, (states, outs))
 
 
