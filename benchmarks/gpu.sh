@@ -34,7 +34,7 @@ torch_json=()
 [ -f "$out/torch_release_style_gpu.json" ] && torch_json=(--torch_json="$out/torch_release_style_gpu.json")
 
 timeout "${PHASE1_S:-330}" "$py" benchmarks/phase1.py \
-  --configs=cheetah_mdp,walker_mdp,cheetah_visual,walker_visual,cheetah_visual_bf16,cheetah_visual_lax,cheetah_mdp_bf16 \
+  --configs=cheetah_mdp,walker_mdp,cheetah_visual,walker_visual,cheetah_visual_bf16,cheetah_visual_lax,cheetah_mdp_idm,cheetah_mdp_bf16 \
   --steps=20 --visual_steps=10 --visual_warmup=2 "${torch_json[@]}" --out="$out/phase1_gpu.json" \
   > /dev/null || echo "phase1.py failed or timed out ($?)"
 

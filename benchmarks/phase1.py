@@ -48,6 +48,8 @@ CONFIGS = {
     "walker_mdp": ("walker", "mdp", "float32"),
     "cheetah_mdp": ("cheetah", "mdp", "float32"),
     "cheetah_mdp_bf16": ("cheetah", "mdp", "bfloat16"),
+    # Like the release's phase 1, which also trains a detached inverse-dynamics head (1.6 M parameters).
+    "cheetah_mdp_idm": ("cheetah", "mdp", "float32", {"idm.enabled": True}),
     "walker_visual": ("walker", "visual", "float32"),
     "cheetah_visual": ("cheetah", "visual", "float32"),
     "cheetah_visual_bf16": ("cheetah", "visual", "bfloat16"),
@@ -155,7 +157,12 @@ def build(domain: str, modality: str, dtype: str, overrides: dict | None = None,
     config = resolve(make_config(domain, modality, ""))
     config.world_model.dtype = dtype
     config.world_model.scan_unroll = scan_unroll
-    config.world_model.update(overrides or {})
+    for key, value in (overrides or {}).items():  # dotted keys reach nested settings ("idm.enabled")
+        *parents, leaf = key.split(".")
+        target = config.world_model
+        for parent in parents:
+            target = target[parent]
+        target[leaf] = value
     wm = config.world_model
     sizes = envs.PROPRIO_KEYS[domain]
     spec = {k: IMAGE_SHAPE if k == rssm.IMAGE_KEY else (sizes[k],) for k in (*wm.obs_keys, *wm.probe_keys)}
