@@ -5,7 +5,7 @@
 The release itself is not part of this repository. This is our own PyTorch model with the
 release's structure and the sizes of our default `rssmo` world model (PAPER.md): eager
 execution, the encoders and decoders batched over all B*T steps, and a Python loop over the T
-filtering steps (pre-GRU MLP, GRU cell, prior, posterior, sample: about a dozen kernels each),
+filtering steps (pre-GRU MLP, GRU cell, prior, posterior, sample: dozens of small kernels each),
 then the ELBO with free nats and KL balancing, backward, global-norm clipping and Adam. With
 `--idm` (the default, like the release's phase 1) it also trains the detached inverse-dynamics
 head (two 512x2 ELU MLPs on [s_t, e_{t+1}], 1.6 M parameters), so it compares like with like with
