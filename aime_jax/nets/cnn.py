@@ -83,7 +83,7 @@ class ConvEncoder(nn.Module):
 
     As in the authors' release, the last conv has no activation: the embedding feeds linear
     layers of the posterior and a ReLU there would only clip half of it. `impl` chooses the
-    convolution kernels (aime_jax/nets/conv.py: "gemm" on CPUs, XLA's on accelerators by default).
+    convolution kernels (aime_jax/nets/conv.py: "gemm" on CPUs and GPUs, XLA's on TPUs by default).
     """
 
     depth: int = 32
