@@ -13,6 +13,7 @@ from aime_jax import config as config_lib
 from aime_jax import parallel
 from aime_jax.atomic import write_json
 from aime_jax.errors import AimeError
+from aime_jax.world_model import config as wm_config
 
 
 def datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
@@ -298,7 +299,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
         # CPU run on a GPU).
         harmless = (
             "stages", "wandb.", "data.prefetch", "eval.",
-            "world_model.cnn_impl", "world_model.cnn_chunk", "world_model.scan_unroll",
+            *(f"world_model.{key}" for key in wm_config.SPEED_ONLY),
             *(f"{stage}.{key}" for stage in ("phase1", "phase2") for key in ("steps", "log_every", "eval_every")),
             "phase2.eval_episodes",
         )

@@ -37,6 +37,7 @@ import numpy as np
 
 from aime_jax import envs, parallel
 from aime_jax.agents import world_model as wm_agent
+from aime_jax.atomic import write_json
 from aime_jax.config import make_config, resolve
 from aime_jax.nets.cnn import IMAGE_SHAPE
 from aime_jax.world_model import rssm
@@ -157,12 +158,7 @@ def build(domain: str, modality: str, dtype: str, overrides: dict | None = None,
     config = resolve(make_config(domain, modality, ""))
     config.world_model.dtype = dtype
     config.world_model.scan_unroll = scan_unroll
-    for key, value in (overrides or {}).items():  # dotted keys reach nested settings ("idm.enabled")
-        *parents, leaf = key.split(".")
-        target = config.world_model
-        for parent in parents:
-            target = target[parent]
-        target[leaf] = value
+    config.world_model.update_from_flattened_dict(overrides or {})  # dotted keys: "idm.enabled"
     wm = config.world_model
     sizes = envs.PROPRIO_KEYS[domain]
     spec = {k: IMAGE_SHAPE if k == rssm.IMAGE_KEY else (sizes[k],) for k in (*wm.obs_keys, *wm.probe_keys)}
@@ -435,16 +431,11 @@ def main():
         print(f"{name}: {r['s_per_step']} s/step, {r['env_steps_per_s']} env-steps/s, "
               f"compile {r['compile_s']} s, speedup {r.get('speedup_vs_torch')}, scan {r['scan']}",
               file=sys.stderr, flush=True)
-        _write(args.out, result)  # after every config, so an interrupted run keeps what it measured
+        write_json(args.out, result)  # after every config, so an interrupted run keeps what it measured
     result["load_avg_end"] = _load()
-    _write(args.out, result)
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
-
-def _write(path: str, result: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import numpy as np
 
 from aime_jax import config as config_lib
 from aime_jax.agents import aime
+from aime_jax.atomic import write_json
 from aime_jax.evaluate import evaluate
 from aime_jax.world_model import rssm
 
@@ -88,21 +89,16 @@ def main():
             n = args.visual_steps if modality == "visual" else args.steps
             result["phase2_B50_T50"][f"{domain}/{modality}"] = phase2_step(domain, modality, n)
             print(domain, modality, result["phase2_B50_T50"][f"{domain}/{modality}"], flush=True)
-            _write(args.out, result)  # after every measurement, so an interrupted run keeps what it has
+            write_json(args.out, result)  # after every measurement, so an interrupted run keeps what it has
     evals = {"mdp": (10, 10, 1), "lpomdp": (10, 10, 1), "visual": (2, 2, 2)}
     for modality in [m.strip() for m in args.evals.split(",") if m.strip()]:
         result["eval"][f"walker-walk/{modality}"] = eval_speed("walker-walk", modality, *evals[modality])
         print("eval", modality, result["eval"][f"walker-walk/{modality}"], flush=True)
-        _write(args.out, result)
+        write_json(args.out, result)
     result["machine"]["loadavg_end"] = os.getloadavg()
-    _write(args.out, result)
+    write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
-
-def _write(path: str, result: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ the release's figures. On our CPU its timings stand beside the release's measure
 and 10.8 s (Visual); on a GPU it stands in for the release, whose step there is bound by launching
 those kernels one at a time.
 
-Needs PyTorch (not a dependency of aime-jax; the GPU image has it).
+Needs PyTorch in the aime-jax environment (not a dependency of aime-jax; the GPU image has it).
 """
 import argparse
 import json
@@ -25,6 +25,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from aime_jax.atomic import write_json
 
 B, T, A = 50, 50, 6
 H, Z, W = 512, 30, 512
@@ -198,7 +200,6 @@ def main():
         "cpus": os.cpu_count(),
         "batch": B,
         "window": T,
-        "release_measured_cpu_s_per_step": {"mdp": 0.88, "visual": 10.8},
         "configs": {},
     }
     for modality in args.modalities.split(","):
@@ -206,9 +207,7 @@ def main():
         result["configs"][modality] = r
         print(f"torch {args.device} {modality}: {r['s_per_step']} s/step ({r['param_count']} params)", flush=True)
     if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
 

@@ -13,6 +13,9 @@ import ml_collections
 from aime_jax.errors import ConfigError
 
 VARIANTS = ("rssm", "rssmo")
+# Settings that change only how the same model is computed (kernels, chunking, loop unrolling),
+# never its parameters or results: a run may resume with other values of them.
+SPEED_ONLY = ("cnn_impl", "cnn_chunk", "scan_unroll")
 
 
 def _mlp(
