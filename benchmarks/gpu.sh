@@ -6,9 +6,10 @@
 #   3. benchmarks/phase2_eval.py: the phase-2 step and evaluation episodes/s.
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default benchmarks/results)
 #        bash benchmarks/gpu.sh OUT_DIR variants
-# The second form times candidate speed settings instead (about 4 minutes): the filtering scans
-# unrolled 5 steps per iteration (config.world_model.scan_unroll), and XLA running the scans'
-# while loops as CUDA graphs, each on MDP and on the bfloat16 Visual model.
+# The second form times candidate speed settings instead (about 6 minutes): the filtering scans
+# unrolled 5 steps per iteration (config.world_model.scan_unroll), XLA running the scans'
+# while loops as CUDA graphs, and the scan's weight gradients deferred to after the loop
+# (config.world_model.defer_weight_grads), each on MDP and on the bfloat16 Visual model.
 set -u
 out=${1:-benchmarks/results}
 mkdir -p "$out"
@@ -25,6 +26,8 @@ if [ "${2:-}" = variants ]; then
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
     timeout 120 "$py" benchmarks/phase1.py --configs=$configs --steps=20 --visual_steps=10 \
     --out="$out/phase1_gpu_cmdbuf_while.json" > /dev/null || echo "phase1.py with while-loop command buffers failed or timed out ($?)"
+  timeout 120 "$py" benchmarks/phase1.py --configs=$configs --steps=20 --visual_steps=10 --set=defer_weight_grads=true \
+    --out="$out/phase1_gpu_defer.json" > /dev/null || echo "phase1.py --set=defer_weight_grads=true failed or timed out ($?)"
   exit 0
 fi
 

@@ -22,6 +22,7 @@ per-step FLOPs below come from a second lowering (never compiled or run) with ev
 `jax.lax.scan` fully unrolled; the raw figure of the compiled step is reported beside it.
 """
 import argparse
+import ast
 import contextlib
 import json
 import os
@@ -154,11 +155,14 @@ def matmul_peak(n: int = 2048, reps: int = 8, trials: int = 5) -> dict:
             "other_processes_cpu_share": round(others, 3), "load_avg": _load()}
 
 
-def build(domain: str, modality: str, dtype: str, overrides: dict | None = None, scan_unroll: int = 1):
+def build(domain: str, modality: str, dtype: str, overrides: dict | None = None, scan_unroll: int = 1,
+          settings: dict | None = None):
+    """`overrides`: the config's own world-model settings; `settings`: --set's, for every config."""
     config = resolve(make_config(domain, modality, ""))
     config.world_model.dtype = dtype
     config.world_model.scan_unroll = scan_unroll
     config.world_model.update_from_flattened_dict(overrides or {})  # dotted keys: "idm.enabled"
+    config.world_model.update_from_flattened_dict(settings or {})
     wm = config.world_model
     sizes = envs.PROPRIO_KEYS[domain]
     spec = {k: IMAGE_SHAPE if k == rssm.IMAGE_KEY else (sizes[k],) for k in (*wm.obs_keys, *wm.probe_keys)}
@@ -189,9 +193,10 @@ def _time_calls(fn, n: int) -> tuple[list[float], float]:
 
 
 def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference: dict | None = None,
-            scan_unroll: int = 1) -> dict:
+            scan_unroll: int = 1, settings: dict | None = None) -> dict:
     domain, modality, dtype, *overrides = CONFIGS[name]
-    config, model, state, optimizer, host_batch = build(domain, modality, dtype, *overrides, scan_unroll=scan_unroll)
+    config, model, state, optimizer, host_batch = build(domain, modality, dtype, *overrides, scan_unroll=scan_unroll,
+                                                        settings=settings)
     wm = config.world_model
     mesh = parallel.make_mesh(1)
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
@@ -230,6 +235,8 @@ def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference
         "variant": wm.variant,
         "dtype": dtype,
         "scan_unroll": wm.scan_unroll,
+        "defer_weight_grads": wm.defer_weight_grads,
+        "settings": settings or {},
         "obs_keys": list(wm.obs_keys),
         "probe_keys": list(wm.probe_keys),
         "batch": BATCH,
@@ -352,9 +359,25 @@ def scheduling() -> dict:
     return out
 
 
-def run_worker(name: str, steps: int, warmup: int, breakdown: bool, torch_json: str, scan_unroll: int) -> dict:
+def parse_settings(text: str) -> dict:
+    """"a=1,b.c=false" -> {"a": 1, "b.c": False}: world-model settings for every config."""
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects key=value items separated by commas, got {item!r}")
+        value = {"true": "True", "false": "False"}.get(value.lower(), value)
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key] = value
+    return out
+
+
+def run_worker(name: str, steps: int, warmup: int, breakdown: bool, torch_json: str, scan_unroll: int,
+               settings: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}", f"--steps={steps}", f"--warmup={warmup}",
-           f"--torch_json={torch_json}", f"--scan_unroll={scan_unroll}"]
+           f"--torch_json={torch_json}", f"--scan_unroll={scan_unroll}", f"--set={settings}"]
     if breakdown:
         cmd.append("--breakdown")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -381,6 +404,8 @@ def main():
                    help="output of benchmarks/torch_release_style.py on this machine: speedups against it "
                         "(needed on a GPU; on a CPU the default is the release's own CPU timings)")
     p.add_argument("--scan_unroll", type=int, default=1, help="config.world_model.scan_unroll of every config")
+    p.add_argument("--set", default="", help="world-model settings for every config, e.g. "
+                   "--set=defer_weight_grads=false (keys of config.world_model, dotted below it)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch_reference = None
@@ -389,7 +414,8 @@ def main():
             torch_reference = json.load(f)
 
     if args.worker:
-        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown, torch_reference, args.scan_unroll)))
+        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown, torch_reference, args.scan_unroll,
+                                 parse_settings(args.set))))
         return
 
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
@@ -421,7 +447,7 @@ def main():
         steps, warmup = (args.visual_steps, args.visual_warmup) if visual else (args.steps, args.warmup)
         for attempt in range(args.retries + 1):
             waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait else 0.0
-            r = run_worker(name, steps, warmup, args.breakdown, args.torch_json, args.scan_unroll)
+            r = run_worker(name, steps, warmup, args.breakdown, args.torch_json, args.scan_unroll, args.set)
             r["waited_for_quiet_s"], r["attempt"] = waited, attempt + 1
             if r["other_processes_cpu_share"] <= 0.1:
                 break

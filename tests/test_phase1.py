@@ -87,7 +87,10 @@ batch = {{k: rng.normal(size=(8, 10) + s).astype(np.float32) for k, s in spec.it
 batch["pre_action"] = rng.uniform(-1, 1, (8, 10, 6)).astype(np.float32)
 opt = learner.make_optimizer(3e-4, 100.0)
 results = []
-for n in (1, 4):
+# The last run also defers the scan's weight gradients (config.world_model.defer_weight_grads):
+# its per-layer products then reduce over the batch across devices.
+for n, defer in ((1, False), (4, False), (4, True)):
+    config.world_model.defer_weight_grads = defer
     mesh = parallel.make_mesh(n)
     model, state = learner.create_train_state(config.world_model, spec, 6, opt, 0)
     state = parallel.replicate(state, mesh)
@@ -98,11 +101,12 @@ for n in (1, 4):
         state, metrics = step(state, parallel.shard_batch(batch, mesh))
     assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == n
     results.append((jax.device_get(state.params), float(metrics["loss"])))
-(p1, l1), (p4, l4) = results
-np.testing.assert_allclose(l1, l4, rtol=1e-5)
-for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-print("OK", l1, l4)
+(p1, l1), *others = results
+for p4, l4 in others:
+    np.testing.assert_allclose(l1, l4, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+print("OK", l1, [l for _, l in others])
 """
 
 
@@ -202,7 +206,7 @@ def test_rerun_with_other_model_settings_is_refused_but_speed_settings_are_not(t
     config = make_config("walker", "mdp", "quick")
     stages.write_config(config, str(tmp_path))
     # Same model, computed another way, trained for longer: a resume.
-    config.world_model.update(scan_unroll=5, cnn_chunk=-1, cnn_impl="lax")
+    config.world_model.update(scan_unroll=5, cnn_chunk=-1, cnn_impl="lax", defer_weight_grads=True)
     config.phase1.steps += 10
     stages.write_config(config, str(tmp_path))
     config.world_model.deter_size += 1
