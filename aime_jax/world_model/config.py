@@ -64,8 +64,9 @@ def _base_config() -> ml_collections.ConfigDict:
     # In the backward pass of the phase-1 filtering scan, compute the dense layers' weight
     # gradients after the loop as one (in, T*B) x (T*B, out) product per input, instead of B-row
     # products and accumulations in every time step (rssm._deferred_scan). Same gradients. Off by
-    # default: no consistent gain on CPUs (benchmarks/results/phase1_cpu_defer_*.json); a candidate for GPUs,
-    # where the backward scan is bound by its number of kernels (`bash benchmarks/gpu.sh OUT variants`).
+    # default: no consistent gain on CPUs (benchmarks/results/phase1_cpu_defer_*.json); a
+    # candidate for GPUs, where the backward scan is bound by its number of kernels
+    # (`bash benchmarks/gpu.sh OUT variants` times it).
     c.defer_weight_grads = False
     # No hidden layers: the GRU reads [z, a] directly.
     c.pre_gru = _mlp((), "silu", False)
