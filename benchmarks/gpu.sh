@@ -6,10 +6,11 @@
 #   3. benchmarks/phase2_eval.py: the phase-2 step and evaluation episodes/s.
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default benchmarks/results)
 #        bash benchmarks/gpu.sh OUT_DIR variants
-# The second form times candidate speed settings instead (about 6 minutes): the filtering scans
+# The second form times candidate speed settings instead (about 8 minutes): the filtering scans
 # unrolled 5 steps per iteration (config.world_model.scan_unroll), XLA running the scans'
 # while loops as CUDA graphs, and the scan's weight gradients deferred to after the loop
-# (config.world_model.defer_weight_grads), each on MDP and on the bfloat16 Visual model.
+# (config.world_model.defer_weight_grads), each on MDP and on the bfloat16 Visual model, then
+# all three together.
 set -u
 out=${1:-benchmarks/results}
 mkdir -p "$out"
@@ -28,6 +29,10 @@ if [ "${2:-}" = variants ]; then
     --out="$out/phase1_gpu_cmdbuf_while.json" > /dev/null || echo "phase1.py with while-loop command buffers failed or timed out ($?)"
   timeout 120 "$py" benchmarks/phase1.py --configs=$configs --steps=20 --visual_steps=10 --set=defer_weight_grads=true \
     --out="$out/phase1_gpu_defer.json" > /dev/null || echo "phase1.py --set=defer_weight_grads=true failed or timed out ($?)"
+  XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
+    timeout 120 "$py" benchmarks/phase1.py --configs=$configs --steps=20 --visual_steps=10 --scan_unroll=5 \
+    --set=defer_weight_grads=true --out="$out/phase1_gpu_all_variants.json" > /dev/null \
+    || echo "phase1.py with all three variants failed or timed out ($?)"
   exit 0
 fi
 

@@ -130,15 +130,16 @@ def _with(model, **settings):
     return model.clone(config=ml_collections.FrozenConfigDict(config)), config
 
 
-@pytest.mark.parametrize("variant", ["rssm", "rssmo"])
-def test_deferred_weight_gradients_equal_the_in_loop_ones(variant):
+@pytest.mark.parametrize("variant,unroll", [("rssm", 1), ("rssmo", 2)])
+def test_deferred_weight_gradients_equal_the_in_loop_ones(variant, unroll):
     """defer_weight_grads computes the scan's dense-layer weight gradients after the loop; every
-    parameter's gradient (dense, LayerNorm, encoder, decoder, probe, IDM) must stay the same."""
+    parameter's gradient (dense, LayerNorm, encoder, decoder, probe, IDM) must stay the same,
+    also with two steps per scan iteration."""
     model, params = build(tiny_config(variant, "lpomdp"))
     batch = make_batch()
     grads = {}
     for defer in (False, True):
-        m, config = _with(model, defer_weight_grads=defer)
+        m, config = _with(model, defer_weight_grads=defer, scan_unroll=unroll)
         grad_fn = jax.jit(jax.grad(lambda p: elbo_loss(m, p, batch, jax.random.key(1), config)[0]))
         grads[defer] = grad_fn(params)
     gru = grads[True]["gru"]
