@@ -19,7 +19,8 @@ PyTorch step timed on the same machine:
 FLOPs: XLA's cost analysis counts a while loop's body once, whatever its trip count, so on the
 compiled step it misses 49 of the 50 RSSM steps of the forward and of the backward scan. The
 per-step FLOPs below come from a second lowering (never compiled or run) with every
-`jax.lax.scan` fully unrolled; the raw figure of the compiled step is reported beside it.
+`jax.lax.scan` fully unrolled, always lowered for the CPU (the count does not depend on the device,
+and GPU lowerings report none); the raw figure of the compiled step is reported beside it.
 """
 import argparse
 import ast
@@ -210,9 +211,8 @@ def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
-    # Counted on a CPU lowering of the same program: the count does not depend on the device, and
-    # XLA's GPU backend reports none before compiling.
-    # (Abstract inputs, so that no device placement ties the lowering to the device.)
+    # A CPU lowering of the same program (see the docstring), from abstract inputs so that no
+    # device placement ties it to the device the step runs on.
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), (state, batch))
     with _unrolled_scans():
         unrolled = jax.jit(lambda s, b: step_fn(s, b)).trace(*abstract).lower(lowering_platforms=("cpu",))
@@ -422,6 +422,7 @@ def main():
                                  parse_settings(args.set))))
         return
 
+    parse_settings(args.set)  # a malformed --set fails here, not in every worker
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
