@@ -263,25 +263,21 @@ def _dense_layers(model: WorldModel, params: Params, state0: State, xs):
     return found, [tuple(paths) for _, paths in groups.values()]
 
 
-def _map_dense(params: Params, paths, fn) -> Params:
-    """params with fn(path, leaf_name, leaf) applied to the kernel and bias of each dense layer
-    (new dicts along the paths; the others are shared)."""
+def _map_dense(params: Params, layers, fn) -> Params:
+    """params with fn(path, leaf_name, leaf) applied to the kernel and bias of each layer in
+    `layers` (module paths); every other leaf as it is."""
 
-    def update(tree, path, depth=0):
-        tree = dict(tree)
-        if depth == len(path):
-            return {k: fn(path, k, v) for k, v in tree.items()}
-        tree[path[depth]] = update(tree[path[depth]], path, depth + 1)
-        return tree
+    def visit(keys, leaf):
+        path, name = tuple(k.key for k in keys[:-1]), keys[-1].key
+        return fn(path, name, leaf) if path in layers else leaf
 
-    for path in paths:
-        params = update(params, path)
-    return params
+    return jax.tree_util.tree_map_with_path(visit, params)
 
 
 def _deferred_scan(model: WorldModel, params: Params, state0: State, xs) -> tuple[State, dict[str, jax.Array]]:
     layers, groups = _dense_layers(model, params, state0, xs)
-    group_of = {path: group for group in groups for path in group}
+    # Each layer's input is recorded once per group, under the group's first path.
+    first = {path: group[0] for group in groups for path in group}
     steps = xs[0].shape[0]
     unroll = scan_unroll(model.config)
 
@@ -296,7 +292,7 @@ def _deferred_scan(model: WorldModel, params: Params, state0: State, xs) -> tupl
                 out = next_fun(*args, **kwargs)
                 if _is_dense_call(context):
                     path = context.module.path
-                    inputs.setdefault(group_of[path][0], args[0])
+                    inputs.setdefault(first[path], args[0])
                     out = out + tap[path]
                 return out
 
