@@ -156,12 +156,10 @@ def matmul_peak(n: int = 2048, reps: int = 8, trials: int = 5) -> dict:
             "other_processes_cpu_share": round(others, 3), "load_avg": _load()}
 
 
-def build(domain: str, modality: str, dtype: str, overrides: dict | None = None, scan_unroll: int = 1,
-          settings: dict | None = None):
+def build(domain: str, modality: str, dtype: str, overrides: dict | None = None, settings: dict | None = None):
     """`overrides`: the config's own world-model settings; `settings`: --set's, for every config."""
     config = resolve(make_config(domain, modality, ""))
     config.world_model.dtype = dtype
-    config.world_model.scan_unroll = scan_unroll
     config.world_model.update_from_flattened_dict(overrides or {})  # dotted keys: "idm.enabled"
     config.world_model.update_from_flattened_dict(settings or {})
     wm = config.world_model
@@ -194,10 +192,9 @@ def _time_calls(fn, n: int) -> tuple[list[float], float]:
 
 
 def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference: dict | None = None,
-            scan_unroll: int = 1, settings: dict | None = None) -> dict:
+            settings: dict | None = None) -> dict:
     domain, modality, dtype, *overrides = CONFIGS[name]
-    config, model, state, optimizer, host_batch = build(domain, modality, dtype, *overrides, scan_unroll=scan_unroll,
-                                                        settings=settings)
+    config, model, state, optimizer, host_batch = build(domain, modality, dtype, *overrides, settings=settings)
     wm = config.world_model
     mesh = parallel.make_mesh(1)
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
@@ -378,10 +375,9 @@ def parse_settings(text: str) -> dict:
     return out
 
 
-def run_worker(name: str, steps: int, warmup: int, breakdown: bool, torch_json: str, scan_unroll: int,
-               settings: str) -> dict:
+def run_worker(name: str, steps: int, warmup: int, breakdown: bool, torch_json: str, settings: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}", f"--steps={steps}", f"--warmup={warmup}",
-           f"--torch_json={torch_json}", f"--scan_unroll={scan_unroll}", f"--set={settings}"]
+           f"--torch_json={torch_json}", f"--set={settings}"]
     if breakdown:
         cmd.append("--breakdown")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -407,9 +403,8 @@ def main():
     p.add_argument("--torch_json", default="",
                    help="output of benchmarks/torch_release_style.py on this machine: speedups against it "
                         "(needed on a GPU; on a CPU the default is the release's own CPU timings)")
-    p.add_argument("--scan_unroll", type=int, default=1, help="config.world_model.scan_unroll of every config")
     p.add_argument("--set", default="", help="world-model settings for every config, e.g. "
-                   "--set=defer_weight_grads=false (keys of config.world_model, dotted below it)")
+                   "--set=scan_unroll=5,defer_weight_grads=true (keys of config.world_model, dotted below it)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch_reference = None
@@ -418,7 +413,7 @@ def main():
             torch_reference = json.load(f)
 
     if args.worker:
-        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown, torch_reference, args.scan_unroll,
+        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown, torch_reference,
                                  parse_settings(args.set))))
         return
 
@@ -452,7 +447,7 @@ def main():
         steps, warmup = (args.visual_steps, args.visual_warmup) if visual else (args.steps, args.warmup)
         for attempt in range(args.retries + 1):
             waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait else 0.0
-            r = run_worker(name, steps, warmup, args.breakdown, args.torch_json, args.scan_unroll, args.set)
+            r = run_worker(name, steps, warmup, args.breakdown, args.torch_json, args.set)
             r["waited_for_quiet_s"], r["attempt"] = waited, attempt + 1
             if r["other_processes_cpu_share"] <= 0.1:
                 break
@@ -466,7 +461,6 @@ def main():
     result["load_avg_end"] = _load()
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
-
 
 
 if __name__ == "__main__":

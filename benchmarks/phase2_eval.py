@@ -100,6 +100,5 @@ def main():
     print(json.dumps(result, indent=2))
 
 
-
 if __name__ == "__main__":
     main()
