@@ -76,15 +76,19 @@ def _loss_fn(model, config):
     return jax.jit(functools.partial(elbo_loss, model, config=config))
 
 
+def _with(model, **settings):
+    """The model with other world-model settings (and that config)."""
+    config = ml_collections.ConfigDict(model.config)
+    config.update(settings)
+    return model.clone(config=ml_collections.FrozenConfigDict(config)), config
+
+
 @pytest.mark.parametrize("variant,unroll", [("rssm", 1), ("rssmo", 1), ("rssmo", 2)])
 def test_observe_scan_equals_unrolled_steps(variant, unroll):
     config = tiny_config(variant, "mdp")
     model, params = build(config)
-    if unroll > 1:
-        # Two steps per scan iteration over a window of 5: the remainder step is handled too.
-        frozen = ml_collections.ConfigDict(model.config)
-        frozen.scan_unroll = unroll
-        model = model.clone(config=ml_collections.FrozenConfigDict(frozen))
+    # With two steps per scan iteration over a window of 5 the remainder step is handled too.
+    model, _ = _with(model, scan_unroll=unroll)
     batch = make_batch()
     obs = {k: batch[k] for k in config.obs_keys}
     embeds = jax.jit(functools.partial(model.apply, method=WorldModel.embed))(
@@ -122,12 +126,6 @@ def test_imagine_is_a_prior_rollout_of_the_same_step():
     for t, key in enumerate(jax.random.split(rng, 5)):
         state, _ = step({"params": params}, state, actions[:, t], None, key)
     np.testing.assert_allclose(states["z"][:, -1], state["z"], rtol=1e-5, atol=1e-5)
-
-
-def _with(model, **settings):
-    config = ml_collections.ConfigDict(model.config)
-    config.update(settings)
-    return model.clone(config=ml_collections.FrozenConfigDict(config)), config
 
 
 @pytest.mark.parametrize("variant,unroll", [("rssm", 1), ("rssmo", 2)])
