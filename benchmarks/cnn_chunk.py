@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phase1 as bench  # noqa: E402
 
 from aime_jax.atomic import write_json  # noqa: E402
+from aime_jax.hostmem import reexec_with_huge_pages  # noqa: E402
 from aime_jax.nets.cnn import IMAGE_SHAPE, ConvDecoder, ConvEncoder  # noqa: E402
 
 IMAGES = 2500  # B=50 x T=50
@@ -68,4 +69,5 @@ def main():
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

@@ -30,6 +30,7 @@ from aime_jax.data import build as build_lib
 from aime_jax.data import list_episodes, load_episode
 from aime_jax.data.collect import collect
 from aime_jax.evaluate import write_results
+from aime_jax.hostmem import reexec_with_huge_pages
 
 
 def occupied_cells(paths) -> int:
@@ -94,4 +95,5 @@ def main():
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

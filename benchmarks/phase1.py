@@ -41,6 +41,7 @@ from aime_jax import envs, parallel
 from aime_jax.agents import world_model as wm_agent
 from aime_jax.atomic import write_json
 from aime_jax.config import make_config, resolve
+from aime_jax.hostmem import reexec_with_huge_pages
 from aime_jax.nets.cnn import IMAGE_SHAPE
 from aime_jax.world_model import rssm
 
@@ -345,7 +346,9 @@ def device_info() -> dict:
     d = jax.devices()[0]
     return {"platform": d.platform, "device_kind": d.device_kind, "num_devices": jax.device_count(),
             "jax": jax.__version__, "host": platform.platform(), "cpus": os.cpu_count(),
-            "processor": platform.processor()}
+            "processor": platform.processor(),
+            # glibc malloc settings (aime_jax/hostmem.py: huge pages unless AIME_JAX_HUGEPAGES=0)
+            "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
 
 
 def scheduling() -> dict:
@@ -464,4 +467,5 @@ def main():
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

@@ -19,6 +19,7 @@ from aime_jax import config as config_lib
 from aime_jax.agents import aime
 from aime_jax.atomic import write_json
 from aime_jax.evaluate import evaluate
+from aime_jax.hostmem import reexec_with_huge_pages
 from aime_jax.world_model import rssm
 
 SPECS = {"orientations": (14,), "height": (1,), "velocity": (9,), "position": (8,), "image": (64, 64, 3)}
@@ -101,4 +102,5 @@ def main():
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

@@ -17,6 +17,7 @@ import time
 from aime_jax.agents.mppi import MPPIConfig, plan_episodes
 from aime_jax.atomic import write_json
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS
+from aime_jax.hostmem import reexec_with_huge_pages
 
 
 def main():
@@ -48,4 +49,5 @@ def main():
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

@@ -29,6 +29,7 @@ import phase1 as bench  # noqa: E402
 from aime_jax import parallel  # noqa: E402
 from aime_jax.atomic import write_json  # noqa: E402
 from aime_jax.agents import world_model as wm_agent  # noqa: E402
+from aime_jax.hostmem import reexec_with_huge_pages  # noqa: E402
 
 _DEF = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+) ")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -115,4 +116,5 @@ def main():
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

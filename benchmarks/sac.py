@@ -25,6 +25,7 @@ import numpy as np
 
 from aime_jax.agents import sac as sac_lib
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS, write_results
+from aime_jax.hostmem import reexec_with_huge_pages
 
 
 def updates_per_second(hidden, layer_norm: bool, batch_size: int, per_call: int, seconds: float) -> float:
@@ -154,4 +155,5 @@ def main():
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

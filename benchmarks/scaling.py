@@ -19,6 +19,8 @@ import sys
 import tempfile
 import time
 
+from aime_jax.hostmem import reexec_with_huge_pages
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYOUTS = [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2)]  # (processes, devices per process)
 
@@ -125,4 +127,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

@@ -10,6 +10,7 @@ from absl import app, flags, logging
 
 from aime_jax.data.collect import collect
 from aime_jax.errors import AimeError
+from aime_jax.hostmem import reexec_with_huge_pages
 
 flags.DEFINE_string("env", "walker-walk", "Environment, e.g. walker-walk or cheetah-run.")
 flags.DEFINE_string("modality", "mdp", "mdp, lpomdp or visual (visual also stores images).")
@@ -39,4 +40,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     app.run(main)

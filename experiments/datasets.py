@@ -12,6 +12,8 @@ import sys
 
 from absl import app, flags, logging
 
+from aime_jax.hostmem import reexec_with_huge_pages
+
 flags.DEFINE_string("name", None, "Dataset name, e.g. walker-random, walker-walk-expert, walker-mix.")
 flags.DEFINE_string("modality", "mdp", "mdp, lpomdp (the same state files) or visual (renders images).")
 flags.DEFINE_string("root", "data", "Folder that holds the datasets (<root>/<name>) and agents (<root>/experts).")
@@ -48,4 +50,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     app.run(main)

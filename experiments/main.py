@@ -13,6 +13,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from aime_jax.hostmem import reexec_with_huge_pages
+
 
 def define_flags(flag_values: flags.FlagValues, argv: list[str] | None = None) -> None:
     """This program's flags; `argv` is where the config overrides are read (default sys.argv)."""
@@ -138,4 +140,5 @@ def parse_flags(argv, flag_values: flags.FlagValues = FLAGS):
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     app.run(main, flags_parser=parse_flags)

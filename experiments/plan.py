@@ -13,6 +13,7 @@ from absl import app, flags, logging
 
 from aime_jax.agents.mppi import MPPIConfig, plan_episodes
 from aime_jax.errors import AimeError
+from aime_jax.hostmem import reexec_with_huge_pages
 
 _D = MPPIConfig()
 flags.DEFINE_string("env", "cheetah-flip", "Task (its reward must read the velocity alone, e.g. the flips).")
@@ -41,4 +42,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     app.run(main)

@@ -15,6 +15,8 @@ import sys
 
 from absl import app, flags, logging
 
+from aime_jax.hostmem import reexec_with_huge_pages
+
 flags.DEFINE_string("env", "walker-stand", "Task, e.g. walker-stand, walker-walk, cheetah-run.")
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, replay buffer, metrics).", required=True)
 flags.DEFINE_integer("steps", 100_000, "Agent steps to train for (action repeat 2), rounded up to whole episodes.")
@@ -64,4 +66,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     app.run(main)
