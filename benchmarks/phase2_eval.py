@@ -81,7 +81,8 @@ def main():
     result = {
         "command": "python " + " ".join(sys.argv),
         "device": f"{jax.devices()[0].platform} {jax.devices()[0].device_kind}",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "loadavg_start": os.getloadavg(),
+                    "glibc_tunables": os.environ.get("GLIBC_TUNABLES")},
         "phase2_B50_T50": {},
         "eval": {},
     }
