@@ -5,12 +5,12 @@ at B=50, T=50; 150-330 MB for MDP) with malloc, and glibc serves allocations tha
 fresh `mmap` pages and returns them at `free`. Every step therefore faults in its whole working
 set again, 4 KiB at a time (~315,000 page faults and ~0.55 s of kernel time per Visual step on
 our 2-core CPU). glibc's `glibc.malloc.hugetlb=1` tunable (glibc >= 2.35) makes malloc ask for
-transparent huge pages for such chunks: ~1,000 faults per step, and the phase-1 step gets 6-11 %
-faster (benchmarks/results/phase1_cpu_hugepages.json).
+transparent huge pages for such chunks: ~1,000 faults per step, and on that CPU phase-1 steps
+get 3-15 % faster, phase-2 steps 9-13 % (benchmarks/results/phase{1,2}_cpu_hugepages{,_off}.json).
 
 glibc reads tunables only when a process starts, so the entry points call
 `reexec_with_huge_pages()` first: where it applies, it adds the tunable to GLIBC_TUNABLES and
-replaces the process with the same command (`os.execv`, same PID, arguments and open files).
+replaces the process with the same command (`os.execve`, same PID, arguments and open files).
 Set AIME_JAX_HUGEPAGES=0 to leave the process as started; setting `glibc.malloc.hugetlb` in
 GLIBC_TUNABLES yourself also wins. Code that imports aime_jax from its own program can set
 `GLIBC_TUNABLES=glibc.malloc.hugetlb=1` in its environment instead.
