@@ -16,7 +16,6 @@ import numpy as np
 
 from aime_jax import envs
 from aime_jax.data import EpisodeStore, WindowSampler, save_episode
-from aime_jax.hostmem import reexec_with_huge_pages
 
 
 def env_steps_per_second(name: str, modality: str, steps: int) -> float:
@@ -116,5 +115,4 @@ def main():
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()
     main()

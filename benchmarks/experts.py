@@ -22,7 +22,6 @@ import sys
 
 from aime_jax.atomic import write_json
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS
-from aime_jax.hostmem import reexec_with_huge_pages
 
 TARGET = 0.9
 
@@ -125,5 +124,4 @@ def _line(r: dict) -> str:
     return f"{head}  paper {r['paper_expert_return']}  {share}  target {'met' if met else 'NOT met'}"
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()
     main()

@@ -20,7 +20,6 @@ import tempfile
 import time
 
 from aime_jax.atomic import write_json
-from aime_jax.hostmem import reexec_with_huge_pages
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,5 +76,4 @@ def main():
 
 
 if __name__ == "__main__":
-    reexec_with_huge_pages()
     main()
