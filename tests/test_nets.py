@@ -161,6 +161,25 @@ def test_gemm_convolutions_equal_xla_convolutions_with_gradients(h, w, c, o, k, 
         np.testing.assert_allclose(out["gemm"][0], ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_conv_matmul_has_the_gradients_of_a_plain_product(dtype):
+    """conv.matmul only changes how its weight gradient is written; values and both gradients
+    are those of `a @ b`, for a with several leading axes and in bfloat16."""
+    from aime_jax.nets import conv
+
+    rng = np.random.default_rng(7)
+    a = jnp.asarray(rng.normal(size=(2, 3, 5, 8)), dtype)
+    b = jnp.asarray(rng.normal(size=(8, 6)), dtype)
+    probe = jnp.asarray(rng.normal(size=(2, 3, 5, 6)), dtype)
+    tol = 1e-5 if dtype == jnp.float32 else 3e-2
+    np.testing.assert_allclose(np.float32(jax.jit(conv.matmul)(a, b)), np.float32(a @ b), rtol=tol, atol=tol)
+    got = jax.jit(jax.grad(lambda a, b: jnp.sum(conv.matmul(a, b) * probe), argnums=(0, 1)))(a, b)
+    want = jax.grad(lambda a, b: jnp.sum((a @ b) * probe), argnums=(0, 1))(a, b)
+    for x, y in zip(got, want):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_allclose(np.float32(x), np.float32(y), rtol=tol, atol=tol * 10)
+
+
 @pytest.mark.parametrize("h,w,c,o,k", [(h, w, c, o, k) for h, w, c, o, k, t in CONV_CASES if t and c < 100])
 @pytest.mark.parametrize("formulation", ["conv_transpose_col2im", "conv_transpose_subpixel", "conv_transpose_planar"])
 def test_every_transposed_formulation_equals_xla_with_gradients(formulation, h, w, c, o, k):

@@ -40,6 +40,30 @@ def resolve_impl(impl: str, backend: str | None = None) -> str:
     return impl
 
 
+@jax.custom_vjp
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b for a (..., K) and b (K, N), with the weight gradient written as one product that
+    contracts a's and the output gradient's leading (row) axes as they lie in memory. Same values
+    and gradients as `a @ b`; what differs is XLA's CPU layout choice: from autodiff of `@` it
+    copied the output gradient into column-major order first, a strided copy that, fused with the
+    phase interleave of the 13->30 transposed convolution, cost 7 ms per 50-image chunk (0.35 s per
+    Visual phase-1 step) for a product that takes 11 ms."""
+    return a @ b
+
+
+def _matmul_fwd(a, b):
+    return a @ b, (a, b)
+
+
+def _matmul_bwd(res, g):
+    a, b = res
+    rows = lax.dot_general(a.reshape(-1, a.shape[-1]), g.reshape(-1, g.shape[-1]), (((0,), (0,)), ((), ())))
+    return g @ b.T, rows
+
+
+matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
 def conv_transpose_subpixel(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """Transposed convolution by output phase: output row s*q+p only sees kernel taps p, p+s, ...,
     so all s*s phases are one stride-1 im2col product with J = ceil(k/s) taps per axis
@@ -59,7 +83,7 @@ def conv_transpose_subpixel(x: jax.Array, kernel: jax.Array, stride: int) -> jax
         for j in range(jh)
         for j2 in range(jw)
     ]
-    y = (jnp.concatenate(cols, axis=-1) @ weights).reshape(n, qh, qw, stride, stride, o)
+    y = matmul(jnp.concatenate(cols, axis=-1), weights).reshape(n, qh, qw, stride, stride, o)
     y = jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(n, qh * stride, qw * stride, o)
     return y[:, : (h - 1) * stride + kh, : (w - 1) * stride + kw, :]
 
@@ -186,7 +210,7 @@ def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     (N*Ho*Wo, k*k*C) x (k*k*C, O) product."""
     kh, kw, c, o = kernel.shape
     cols = im2col(x, kh, kw, stride)
-    return cols.reshape(cols.shape[:3] + (kh * kw * c,)) @ kernel.reshape(kh * kw * c, o)
+    return matmul(cols.reshape(cols.shape[:3] + (kh * kw * c,)), kernel.reshape(kh * kw * c, o))
 
 
 def _tap_weights(kernel: jax.Array) -> jax.Array:
@@ -199,10 +223,8 @@ def conv_transpose_col2im(x: jax.Array, kernel: jax.Array, stride: int) -> jax.A
     """Transposed convolution as one (N*H*W, C) x (C, k*k*O) product and col2im."""
     kh, kw, c, o = kernel.shape
     n, h, w, _ = x.shape
-    taps = (x @ _tap_weights(kernel)).reshape(n, h, w, kh, kw, o)
+    taps = matmul(x, _tap_weights(kernel)).reshape(n, h, w, kh, kw, o)
     return col2im(taps, stride, (h - 1) * stride + kh, (w - 1) * stride + kw)
-
-
 
 
 def conv_transpose_planar(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
