@@ -163,21 +163,27 @@ def test_gemm_convolutions_equal_xla_convolutions_with_gradients(h, w, c, o, k, 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_conv_matmul_has_the_gradients_of_a_plain_product(dtype):
-    """conv.matmul only changes how its weight gradient is written; values and both gradients
-    are those of `a @ b`, for a with several leading axes and in bfloat16."""
+    """conv.matmul and conv.matmul_channel_major only change how their gradients are written;
+    values and both gradients are those of the plain products, for a with several leading axes
+    and in bfloat16."""
     from aime_jax.nets import conv
 
     rng = np.random.default_rng(7)
     a = jnp.asarray(rng.normal(size=(2, 3, 5, 8)), dtype)
     b = jnp.asarray(rng.normal(size=(8, 6)), dtype)
-    probe = jnp.asarray(rng.normal(size=(2, 3, 5, 6)), dtype)
     tol = 1e-5 if dtype == jnp.float32 else 3e-2
-    np.testing.assert_allclose(np.float32(jax.jit(conv.matmul)(a, b)), np.float32(a @ b), rtol=tol, atol=tol)
-    got = jax.jit(jax.grad(lambda a, b: jnp.sum(conv.matmul(a, b) * probe), argnums=(0, 1)))(a, b)
-    want = jax.grad(lambda a, b: jnp.sum((a @ b) * probe), argnums=(0, 1))(a, b)
-    for x, y in zip(got, want):
-        assert x.dtype == y.dtype and x.shape == y.shape
-        np.testing.assert_allclose(np.float32(x), np.float32(y), rtol=tol, atol=tol * 10)
+    cases = [  # (ours, the plain product, its arguments)
+        (conv.matmul, lambda a, b: a @ b, (a, b)),
+        (conv.matmul_channel_major, lambda x, w: (x @ w).T, (a.reshape(30, 8), b)),
+    ]
+    for fn, plain, args in cases:
+        probe = jnp.asarray(rng.normal(size=plain(*args).shape), dtype)
+        np.testing.assert_allclose(np.float32(jax.jit(fn)(*args)), np.float32(plain(*args)), rtol=tol, atol=tol)
+        got = jax.jit(jax.grad(lambda *args: jnp.sum(fn(*args) * probe), argnums=(0, 1)))(*args)
+        want = jax.grad(lambda *args: jnp.sum(plain(*args) * probe), argnums=(0, 1))(*args)
+        for x, y in zip(got, want):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            np.testing.assert_allclose(np.float32(x), np.float32(y), rtol=tol, atol=tol * 10)
 
 
 @pytest.mark.parametrize("h,w,c,o,k", [(h, w, c, o, k) for h, w, c, o, k, t in CONV_CASES if t and c < 100])

@@ -64,6 +64,35 @@ def _matmul_bwd(res, g):
 matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
+def _plain_product(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b kept as written on a CPU: XLA otherwise folds a transpose of the result into the
+    product, turning it into one with transposed operands, which its CPU backend runs on a slower
+    path than the plain product (Eigen rather than YNNPACK)."""
+    y = a @ b
+    return lax.optimization_barrier(y) if jax.default_backend() == "cpu" else y
+
+
+@jax.custom_vjp
+def matmul_channel_major(x: jax.Array, w: jax.Array) -> jax.Array:
+    """(x @ w).T for x (M, C) and w (C, N): the product straight into channel-major (N, M) order,
+    with both gradients as plain products, w @ g and g @ x, and only their small results
+    transposed. From autodiff, XLA copied the (N, M) output gradient back to (M, N) (19 MB per
+    chunk for the image layer) and ran the kernel gradient with transposed operands."""
+    return w.T @ x.T
+
+
+def _channel_major_fwd(x, w):
+    return w.T @ x.T, (x, w)
+
+
+def _channel_major_bwd(res, g):
+    x, w = res
+    return _plain_product(w, g).T, _plain_product(g, x).T
+
+
+matmul_channel_major.defvjp(_channel_major_fwd, _channel_major_bwd)
+
+
 def conv_transpose_subpixel(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
     """Transposed convolution by output phase: output row s*q+p only sees kernel taps p, p+s, ...,
     so all s*s phases are one stride-1 im2col product with J = ceil(k/s) taps per axis
@@ -232,7 +261,7 @@ def conv_transpose_planar(x: jax.Array, kernel: jax.Array, stride: int) -> jax.A
     col2im, and one transpose of the (small) output back to NHWC."""
     kh, kw, c, o = kernel.shape
     n, h, w, _ = x.shape
-    taps = jnp.einsum("nhwc,cm->mnhw", x, _tap_weights(kernel)).reshape(kh, kw, o, n, h, w)
+    taps = matmul_channel_major(x.reshape(n * h * w, c), _tap_weights(kernel)).reshape(kh, kw, o, n, h, w)
     out = col2im_planar(taps, stride, (h - 1) * stride + kh, (w - 1) * stride + kw)
     return jnp.transpose(out, (1, 2, 3, 0))
 
