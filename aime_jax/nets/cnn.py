@@ -116,15 +116,20 @@ class ConvDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, features: jax.Array) -> jax.Array:
+        layers = ((4 * self.depth, 5), (2 * self.depth, 5), (self.depth, 6), (IMAGE_SHAPE[-1], 6))
+
         def convs(mdl, x):
-            x = nn.Dense(32 * self.depth, dtype=self.dtype, name="Dense_0", parent=mdl)(x)
-            x = x.reshape((-1, 1, 1, 32 * self.depth))
-            layers = ((4 * self.depth, 5), (2 * self.depth, 5), (self.depth, 6), (IMAGE_SHAPE[-1], 6))
-            for i, (channels, kernel) in enumerate(layers):
+            for i, (channels, kernel) in enumerate(layers[1:], 1):
                 x = conv.ConvTranspose(channels, kernel, 2, self.impl, self.dtype, name=f"ConvTranspose_{i}", parent=mdl)(x)
-                if i < len(layers) - 1:
-                    x = nn.relu(x)
-            return nn.sigmoid(x)
+                x = nn.relu(x) if i < len(layers) - 1 else nn.sigmoid(x)
+            return x
 
         x, lead = _flatten_leading(features, 1)
-        return _map_chunks(self, convs, x, resolve_chunk(self.chunk, self.impl)).reshape(lead + IMAGE_SHAPE)
+        # The first transposed convolution sees a 1x1 input: with Dense_0 it is a pair of dense
+        # layers (F -> 1024 -> 5*5*128) with no im2col to keep in cache. Inside the chunk loop its
+        # 13 MB kernel was re-laid-out and its gradient accumulated once per chunk (50 times per
+        # step); on all images at once each is one large product.
+        x = nn.Dense(32 * self.depth, dtype=self.dtype, name="Dense_0")(x).reshape((-1, 1, 1, 32 * self.depth))
+        x = nn.relu(conv.ConvTranspose(*layers[0], 2, self.impl, self.dtype, name="ConvTranspose_0")(x))
+        x = _map_chunks(self, convs, x, resolve_chunk(self.chunk, self.impl))
+        return x.reshape(lead + IMAGE_SHAPE)
