@@ -96,7 +96,10 @@ class ConvEncoder(nn.Module):
         def convs(mdl, x):
             x = image_to_float(x, self.dtype)
             for i, mult in enumerate((1, 2, 4, 8)):
-                x = conv.Conv(self.depth * mult, 4, 2, self.impl, self.dtype, name=f"Conv_{i}", parent=mdl)(x)
+                # The first layer's output is the encoder's largest (31x31x32 per image, 308 MB
+                # per Visual phase-1 step) and the cheapest to recompute (a K=48 product whose
+                # im2col the backward pass redoes anyway for the kernel gradient): not saved.
+                x = conv.Conv(self.depth * mult, 4, 2, self.impl, self.dtype, save_output=i > 0, name=f"Conv_{i}", parent=mdl)(x)
                 if i < 3:
                     x = nn.relu(x)
             return x.reshape(x.shape[0], -1)

@@ -292,6 +292,9 @@ class _StridedConv(nn.Module):
     transpose: bool = False
     impl: str = "auto"
     dtype: Dtype = jnp.float32
+    # Whether the output carries the CONV_OUTPUT name that the chunked CNN's checkpoint policy
+    # saves for the backward pass (False: recomputed there instead).
+    save_output: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -309,13 +312,15 @@ class _StridedConv(nn.Module):
             y = lax.conv_general_dilated(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
         else:
             y = conv_im2col(x, kernel, self.stride)
-        return checkpoint_name(y + bias, CONV_OUTPUT)
+        y = y + bias
+        return checkpoint_name(y, CONV_OUTPUT) if self.save_output else y
 
 
-def Conv(features: int, kernel_size: int, stride: int = 2, impl: str = "auto", dtype: Dtype = jnp.float32, **module_kw):
+def Conv(features: int, kernel_size: int, stride: int = 2, impl: str = "auto", dtype: Dtype = jnp.float32,
+         save_output: bool = True, **module_kw):
     """VALID strided convolution with flax `nn.Conv`'s parameters (`kernel` HWIO, `bias`).
-    `module_kw`: flax's `name`, `parent`."""
-    return _StridedConv(features, kernel_size, stride, False, impl, dtype, **module_kw)
+    `save_output`: see `_StridedConv`; `module_kw`: flax's `name`, `parent`."""
+    return _StridedConv(features, kernel_size, stride, False, impl, dtype, save_output, **module_kw)
 
 
 def ConvTranspose(features: int, kernel_size: int, stride: int = 2, impl: str = "auto", dtype: Dtype = jnp.float32, **module_kw):
