@@ -59,9 +59,10 @@ def _map_chunks(module: nn.Module, fn, x: jax.Array, chunk: int) -> jax.Array:
         return fn(module, x)
     m = -(-n // chunk)
     x = jnp.pad(x, [(0, m * chunk - n)] + [(0, 0)] * (x.ndim - 1)).reshape((chunk, m) + x.shape[1:])
-    # The backward pass keeps only each layer's output per chunk and redoes the rest in cache
-    # (im2col, activations; no matrix product): stacking the chunks' im2col columns for it cost
-    # more than recomputing them.
+    # The backward pass keeps only the layer outputs named conv.CONV_OUTPUT per chunk (every
+    # layer's but the encoder's first, see ConvEncoder) and redoes the rest in cache (im2col,
+    # activations, that first layer's small product): stacking the chunks' im2col columns for it
+    # cost more than recomputing them.
     body = nn.remat(
         lambda mdl, carry, xc: (carry, fn(mdl, xc)),
         policy=jax.checkpoint_policies.save_only_these_names(conv.CONV_OUTPUT),
