@@ -20,6 +20,15 @@ def test_gaussian_log_prob_matches_closed_form():
     np.testing.assert_allclose(D.gaussian_log_prob(x, mean, std), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_unit_gaussian_log_prob_of_a_squared_error_matches_scipy():
+    from scipy import stats
+
+    x, mean, _, _, _ = _gaussians(0)
+    sse = np.sum((x - mean) ** 2, axis=(1, 2))
+    expected = stats.norm.logpdf(x, mean, 1.0).sum(axis=(1, 2))
+    np.testing.assert_allclose(D.unit_gaussian_log_prob(jnp.asarray(sse), 20), expected, rtol=1e-5)
+
+
 def test_gaussian_log_prob_rejects_mismatched_shapes():
     with pytest.raises(AssertionError):
         D.gaussian_log_prob(jnp.zeros((2, 3)), jnp.zeros((2, 3)), jnp.ones((3,)))

@@ -151,6 +151,13 @@ def test_gemm_convolutions_equal_xla_convolutions_with_gradients(h, w, c, o, k, 
         probe = jnp.asarray(rng.normal(size=y.shape), jnp.float32) if impl == "lax" else probe
         grads = jax.jit(jax.grad(lambda p, x: jnp.sum(module.apply(p, x) * probe), argnums=(0, 1)))(params, x)
         out[impl] = (y, grads)
+        if transpose:  # the (O, N, H, W) output the decoder's fused loss uses: same values and gradients
+            planar = layer(o, k, 2, impl, channel_major_output=True)
+            np.testing.assert_allclose(jax.jit(planar.apply)(params, x), jnp.transpose(y, (3, 0, 1, 2)), rtol=1e-5, atol=1e-5)
+            probe_cm = jnp.transpose(probe, (3, 0, 1, 2))
+            grads_cm = jax.jit(jax.grad(lambda p, x: jnp.sum(planar.apply(p, x) * probe_cm), argnums=(0, 1)))(params, x)
+            for a, b in zip(jax.tree.leaves(grads_cm), jax.tree.leaves(grads)):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(out["gemm"][0], out["lax"][0], rtol=1e-4, atol=1e-4)
     for a, b in zip(jax.tree.leaves(out["gemm"][1]), jax.tree.leaves(out["lax"][1])):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -242,6 +249,32 @@ def test_chunked_cnn_equals_unchunked_with_gradients(module_name):
     grads = [jax.jit(jax.grad(functools.partial(loss, m)))(params) for m in (whole, chunked)]
     for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max()))
+
+
+@pytest.mark.parametrize("chunk", [-1, 4])
+def test_decoder_squared_error_equals_the_decoded_images_with_gradients(chunk):
+    # The fused per-image sum of squared errors the ELBO uses, against the decoded means.
+    decoder = ConvDecoder(8, chunk=chunk)
+    x = jax.random.normal(jax.random.key(4), (2, 7, 20))
+    image = jax.random.randint(jax.random.key(5), (2, 7) + IMAGE_SHAPE, 0, 256).astype(jnp.uint8)
+    params = jax.jit(decoder.init)(jax.random.key(0), x)
+
+    def fused(p):
+        return decoder.apply(p, x, image)
+
+    def decoded(p):
+        error = decoder.apply(p, x) - image.astype(jnp.float32) / 255.0
+        return jnp.sum(jnp.square(error), axis=(2, 3, 4))
+
+    got, want = jax.jit(fused)(params), jax.jit(decoded)(params)
+    assert got.shape == (2, 7) and got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    weights = jnp.arange(14.0).reshape(2, 7)  # a different weight per image catches a mix-up
+    grads = [jax.jit(jax.grad(lambda p, f=f: jnp.sum(f(p) * weights)))(params) for f in (fused, decoded)]
+    for a, b in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0])):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max()))
+    with pytest.raises(ValueError, match="target shape"):
+        decoder.apply(params, x, image[:, :3])
 
 
 def test_conv_impl_setting():

@@ -180,6 +180,41 @@ def test_every_variant_and_modality_gives_a_finite_loss(variant, modality):
     np.testing.assert_allclose(metrics["nelbo"], metrics["recon"] + metrics["kl"], rtol=1e-5)
 
 
+@pytest.mark.parametrize("variant", ["rssm", "rssmo"])
+def test_the_image_likelihood_is_the_unit_gaussian_of_the_decoded_image(variant):
+    # negative_elbo takes the image term from the decoder's fused squared error; here it is
+    # rebuilt from the decoded means with the elementwise Gaussian log-density (std 1).
+    from aime_jax.world_model import distributions as D
+    from aime_jax.nets import image_to_float
+
+    config = tiny_config(variant, "visual")
+    model, params = build(config)
+    batch = make_batch()
+    states = {"h": jax.random.normal(jax.random.key(2), (2, 5, 16)), "z": jax.random.normal(jax.random.key(3), (2, 5, 4))}
+    stats = jax.random.uniform(jax.random.key(4), (4, 2, 5, 4), minval=0.5, maxval=1.5)
+    outs = dict(zip(("post_mean", "post_std", "prior_mean", "prior_std"), stats))
+
+    def image_term(p):
+        mean, std = model.apply({"params": p}, features(states), method=WorldModel.decode)["image"]
+        log_prob = D.gaussian_log_prob(image_to_float(batch["image"]), mean, std)
+        return -jnp.mean(jnp.sum(log_prob, axis=(1, 2, 3, 4)))
+
+    def fused_term(p):
+        _, metrics = negative_elbo(model, p, batch, states, outs, config.loss)
+        return metrics["recon/image"]
+
+    np.testing.assert_allclose(jax.jit(fused_term)(params), jax.jit(image_term)(params), rtol=1e-5)
+    grads = [jax.jit(jax.grad(f))(params)["decoders_image"] for f in (image_term, fused_term)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max()))
+    loss, metrics = jax.jit(lambda p: negative_elbo(model, p, batch, states, outs, config.loss))(params)
+    np.testing.assert_allclose(metrics["nelbo"], metrics["recon"] + metrics["kl"], rtol=1e-5)
+    if variant == "rssm":
+        # No free nats or balancing, and reweighting by the unit std changes neither term.
+        assert config.loss.reweight
+        np.testing.assert_allclose(loss, metrics["recon"] + metrics["kl"], rtol=1e-5)
+
+
 def test_the_variants_follow_the_release():
     rssm, rssmo = get_config("rssm"), get_config("rssmo")
     assert (rssm.deter_size, rssm.stoch_size, rssmo.deter_size, rssmo.stoch_size) == (

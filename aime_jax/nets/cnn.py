@@ -46,25 +46,30 @@ def resolve_chunk(chunk: int, impl: str, backend: str | None = None) -> int:
     return chunk
 
 
-def _map_chunks(module: nn.Module, fn, x: jax.Array, chunk: int) -> jax.Array:
-    """fn(module, x) over chunks of about `chunk` images of x's leading axis, as an `nn.scan` with
-    the parameters broadcast, so the parameter names are those of one call of fn on all of x.
+def _map_chunks(module: nn.Module, fn, xs: tuple[jax.Array, ...], chunk: int) -> jax.Array:
+    """fn(module, *xs) over chunks of about `chunk` images of the arrays' common leading axis, as
+    an `nn.scan` with the parameters broadcast, so the parameter names are those of one call of fn
+    on all images.
 
-    Chunk i holds images i, i + m, i + 2m, ... (m chunks): with x split over devices in
+    Chunk i holds images i, i + m, i + 2m, ... (m chunks): with the images split over devices in
     contiguous blocks, every device then works on its own images in every iteration, where
-    contiguous chunks would each live on one device. x is zero-padded to m * chunk images.
+    contiguous chunks would each live on one device. Inputs are zero-padded to m * chunk images.
     """
-    n = x.shape[0]
+    n = xs[0].shape[0]
     if chunk < 0 or n <= chunk:
-        return fn(module, x)
+        return fn(module, *xs)
     m = -(-n // chunk)
-    x = jnp.pad(x, [(0, m * chunk - n)] + [(0, 0)] * (x.ndim - 1)).reshape((chunk, m) + x.shape[1:])
+
+    def split(x):
+        x = jnp.pad(x, [(0, m * chunk - n)] + [(0, 0)] * (x.ndim - 1))
+        return x.reshape((chunk, m) + x.shape[1:])
+
     # The backward pass keeps only the layer outputs named conv.CONV_OUTPUT per chunk (every
     # layer's but the encoder's first, see ConvEncoder) and redoes the rest in cache (im2col,
     # activations, that first layer's small product): stacking the chunks' im2col columns for it
     # cost more than recomputing them.
     body = nn.remat(
-        lambda mdl, carry, xc: (carry, fn(mdl, xc)),
+        lambda mdl, carry, xc: (carry, fn(mdl, *xc)),
         policy=jax.checkpoint_policies.save_only_these_names(conv.CONV_OUTPUT),
         prevent_cse=False,
     )
@@ -75,7 +80,7 @@ def _map_chunks(module: nn.Module, fn, x: jax.Array, chunk: int) -> jax.Array:
         in_axes=1,
         out_axes=1,
     )
-    _, y = scan(module, None, x)
+    _, y = scan(module, None, tuple(split(x) for x in xs))
     return y.reshape((-1,) + y.shape[2:])[:n]
 
 
@@ -106,12 +111,18 @@ class ConvEncoder(nn.Module):
             return x.reshape(x.shape[0], -1)
 
         x, lead = _flatten_leading(image, 3)
-        return _map_chunks(self, convs, x, resolve_chunk(self.chunk, self.impl)).reshape(lead + (-1,))
+        return _map_chunks(self, convs, (x,), resolve_chunk(self.chunk, self.impl)).reshape(lead + (-1,))
 
 
 class ConvDecoder(nn.Module):
     """(..., F) -> (..., 64, 64, 3) means in [0, 1]: linear to 1024, then transposed convs
-    1->5->13->30->64 (kernels 5, 5, 6, 6, stride 2) and a sigmoid."""
+    1->5->13->30->64 (kernels 5, 5, 6, 6, stride 2) and a sigmoid.
+
+    Called with a `target` ((..., 64, 64, 3) uint8 images), it returns instead each image's sum
+    of squared errors over pixels in [0, 1], (...,) float32, which is all the unit-std Gaussian
+    likelihood of the ELBO needs: computed chunk by chunk, the full-size float32 prediction and
+    its gradient (123 MB each for a Visual phase-1 batch) are never materialised.
+    """
 
     depth: int = 32
     dtype: Dtype = jnp.float32
@@ -119,21 +130,38 @@ class ConvDecoder(nn.Module):
     chunk: int = 0
 
     @nn.compact
-    def __call__(self, features: jax.Array) -> jax.Array:
+    def __call__(self, features: jax.Array, target: jax.Array | None = None) -> jax.Array:
         layers = ((4 * self.depth, 5), (2 * self.depth, 5), (self.depth, 6), (IMAGE_SHAPE[-1], 6))
 
-        def convs(mdl, x):
+        def convs(mdl, x, *target):
             for i, (channels, kernel) in enumerate(layers[1:], 1):
-                x = conv.ConvTranspose(channels, kernel, 2, self.impl, self.dtype, name=f"ConvTranspose_{i}", parent=mdl)(x)
+                # With the loss fused, the image layer stays in its channel-major layout: in NHWC,
+                # XLA fused the planar col2im with the transpose into one loop that took 0.3-0.4 s
+                # per Visual phase-1 step.
+                fused = bool(target) and i == len(layers) - 1
+                x = conv.ConvTranspose(channels, kernel, 2, self.impl, self.dtype, channel_major_output=fused, name=f"ConvTranspose_{i}", parent=mdl)(x)
                 x = nn.relu(x) if i < len(layers) - 1 else nn.sigmoid(x)
+            if target:
+                # In the image layer's channel-major layout (3, N, 64, 64): the uint8 target is
+                # transposed to it, not the float prediction to NHWC.
+                image = image_to_float(jnp.transpose(target[0], (3, 0, 1, 2)))
+                return jnp.sum(jnp.square(x.astype(jnp.float32) - image), axis=(0, 2, 3))
             return x
 
         x, lead = _flatten_leading(features, 1)
+        targets = ()
+        if target is not None:
+            if target.shape != lead + IMAGE_SHAPE:
+                raise ValueError(
+                    f"decoder target shape {target.shape} does not match the features' leading "
+                    f"shape {lead} followed by the image shape {IMAGE_SHAPE}"
+                )
+            targets = (target.reshape((-1,) + IMAGE_SHAPE),)
         # The first transposed convolution sees a 1x1 input: with Dense_0 it is a pair of dense
         # layers (F -> 1024 -> 5*5*128) with no im2col to keep in cache. Inside the chunk loop its
         # 13 MB kernel was re-laid-out and its gradient accumulated once per chunk (50 times per
         # step); on all images at once each is one large product.
         x = nn.Dense(32 * self.depth, dtype=self.dtype, name="Dense_0")(x).reshape((-1, 1, 1, 32 * self.depth))
         x = nn.relu(conv.ConvTranspose(*layers[0], 2, self.impl, self.dtype, name="ConvTranspose_0")(x))
-        x = _map_chunks(self, convs, x, resolve_chunk(self.chunk, self.impl))
-        return x.reshape(lead + IMAGE_SHAPE)
+        x = _map_chunks(self, convs, (x,) + targets, resolve_chunk(self.chunk, self.impl))
+        return x.reshape(lead if targets else lead + IMAGE_SHAPE)

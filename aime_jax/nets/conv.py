@@ -256,14 +256,15 @@ def conv_transpose_col2im(x: jax.Array, kernel: jax.Array, stride: int) -> jax.A
     return col2im(taps, stride, (h - 1) * stride + kh, (w - 1) * stride + kw)
 
 
-def conv_transpose_planar(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+def conv_transpose_planar(x: jax.Array, kernel: jax.Array, stride: int, channel_major: bool = False) -> jax.Array:
     """Transposed convolution as one product into channel-major taps (k*k*O, N, H, W), planar
-    col2im, and one transpose of the (small) output back to NHWC."""
+    col2im, and one transpose of the (small) output back to NHWC, or none with `channel_major`
+    (output (O, N, H, W))."""
     kh, kw, c, o = kernel.shape
     n, h, w, _ = x.shape
     taps = matmul_channel_major(x.reshape(n * h * w, c), _tap_weights(kernel)).reshape(kh, kw, o, n, h, w)
     out = col2im_planar(taps, stride, (h - 1) * stride + kh, (w - 1) * stride + kw)
-    return jnp.transpose(out, (1, 2, 3, 0))
+    return out if channel_major else jnp.transpose(out, (1, 2, 3, 0))
 
 
 def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
@@ -295,6 +296,9 @@ class _StridedConv(nn.Module):
     # Whether the output carries the CONV_OUTPUT name that the chunked CNN's checkpoint policy
     # saves for the backward pass (False: recomputed there instead).
     save_output: bool = True
+    # Output (O, N, H, W) instead of NHWC: the planar transposed convolution's native layout,
+    # for a consumer that reduces over channels and pixels anyway (the decoder's fused loss).
+    channel_major_output: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -303,16 +307,21 @@ class _StridedConv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         impl = resolve_impl(self.impl)
+        channel_major = False
         if self.transpose:
             if impl == "lax":
                 y = lax.conv_transpose(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
+            elif self.channel_major_output and self.features <= 4:
+                y, channel_major = conv_transpose_planar(x, kernel, self.stride, channel_major=True), True
             else:
                 y = conv_transpose_gemm(x, kernel, self.stride)
         elif impl == "lax":
             y = lax.conv_general_dilated(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
         else:
             y = conv_im2col(x, kernel, self.stride)
-        y = y + bias
+        if self.channel_major_output and not channel_major:
+            y = jnp.transpose(y, (3, 0, 1, 2))
+        y = y + (bias[:, None, None, None] if self.channel_major_output else bias)
         return checkpoint_name(y, CONV_OUTPUT) if self.save_output else y
 
 

@@ -27,6 +27,12 @@ def gaussian_log_prob(x: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Arra
     return -0.5 * jnp.square((x - mean) / std) - jnp.log(std) - 0.5 * _LOG_2PI
 
 
+def unit_gaussian_log_prob(sse: jax.Array, dims: int) -> jax.Array:
+    """log N(x; mean, I) of a `dims`-dimensional event from its sum of squared errors
+    |x - mean|^2: the sum over the event of `gaussian_log_prob` with unit std."""
+    return -0.5 * sse.astype(jnp.float32) - 0.5 * dims * _LOG_2PI
+
+
 def gaussian_entropy(std: jax.Array) -> jax.Array:
     """Entropy of a diagonal Gaussian, summed over the last axis."""
     (std,) = _f32(std)

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from aime_jax.errors import ConfigError
-from aime_jax.nets.cnn import ConvDecoder, ConvEncoder, image_to_float
+from aime_jax.nets.cnn import IMAGE_SHAPE, ConvDecoder, ConvEncoder
 from aime_jax.nets.mlp import MLP, GaussianMLP
 from aime_jax.nets.policy import TanhGaussianPolicy, tanh_gaussian_log_prob, tanh_gaussian_mode
 from aime_jax.world_model import distributions as D
@@ -138,17 +138,26 @@ class WorldModel(nn.Module):
         z = (mean + std * noise).astype(dtype)
         return {"h": h.astype(dtype), "z": z}, {k: v.astype(jnp.float32) for k, v in out.items()}
 
-    def decode(self, features: jax.Array) -> dict[str, tuple[jax.Array, jax.Array]]:
-        """(..., H + Z) -> {key: (mean, std)} over every observed key. Image means are in [0, 1]
-        with unit std."""
+    def decode(
+        self, features: jax.Array, vectors_only: bool = False
+    ) -> dict[str, tuple[jax.Array, jax.Array]]:
+        """(..., H + Z) -> {key: (mean, std)} over every observed key, or only the vector keys.
+        Image means are in [0, 1] with unit std."""
         dists = {}
         for key, decoder in self.decoders.items():
             if key == IMAGE_KEY:
+                if vectors_only:
+                    continue
                 mean = decoder(features)
                 dists[key] = (mean, jnp.ones_like(mean))
             else:
                 dists[key] = decoder(features)
         return dists
+
+    def image_squared_error(self, features: jax.Array, image: jax.Array) -> jax.Array:
+        """(..., H + Z), (..., 64, 64, 3) uint8 -> (...,) float32: each decoded image's sum of
+        squared errors over its pixels in [0, 1], fused into the decoder (see ConvDecoder)."""
+        return self.decoders[IMAGE_KEY](features, image)
 
     def probe(self, features: jax.Array) -> dict[str, jax.Array]:
         """Predictions of the probe keys from detached features: probes measure what the latent
@@ -402,15 +411,31 @@ def negative_elbo(
     )
     chex.assert_equal_shape_prefix([states["h"], outs["post_mean"]], 2)
     batch, steps = states["h"].shape[:2]
-    dists = model.apply({"params": params}, features(states), method=WorldModel.decode)
+    feats = features(states)
+    dists = model.apply({"params": params}, feats, True, method=WorldModel.decode)
 
     metrics = {}
     recon_loss = jnp.zeros((batch, steps), jnp.float32)
     true_recon = jnp.zeros((batch, steps), jnp.float32)
     std_sum = jnp.zeros((batch, steps), jnp.float32)
     num_dims = 0
+    if IMAGE_KEY in model.config.obs_keys:
+        # Unit std: the log-likelihood is -sse / 2 - const, its reweighting by the std is the
+        # identity, and the decoder computes the sse without materialising the prediction.
+        chex.assert_shape(obs[IMAGE_KEY], (batch, steps) + IMAGE_SHAPE)
+        sse = model.apply(
+            {"params": params}, feats, obs[IMAGE_KEY], method=WorldModel.image_squared_error
+        )
+        dims = int(np.prod(IMAGE_SHAPE))
+        log_prob = D.unit_gaussian_log_prob(sse, dims)
+        recon_loss -= log_prob
+        true_recon -= log_prob
+        std_sum += dims
+        num_dims += dims
+        metrics[f"recon/{IMAGE_KEY}"] = _window_mean(-log_prob)
+        metrics[f"mse/{IMAGE_KEY}"] = jnp.mean(sse) / dims
     for key, (mean, std) in dists.items():
-        target = image_to_float(obs[key]) if key == IMAGE_KEY else obs[key]
+        target = obs[key]
         chex.assert_equal_shape([target, mean])
         log_prob = D.gaussian_log_prob(target, mean, std)
         weighted = D.reweighted_log_prob(target, mean, std) if loss_config.reweight else log_prob
