@@ -1,13 +1,18 @@
 """The image encoder + decoder, forward and backward, at the phase-1 batch (B*T = 2500 images,
-paper sizes) for several `cnn_chunk` settings; JSON out.
+paper sizes) for several `cnn_chunk` settings and both forms of the image loss; JSON out.
 
   python benchmarks/cnn_chunk.py --chunks=-1,25,50,100,250 --out=benchmarks/results/cnn_chunk_cpu.json
+  python benchmarks/cnn_chunk.py --chunks=50 --losses=decoded,fused --rounds=8 \
+      --out=benchmarks/results/cnn_image_loss_cpu.json
 
-The loss is the squared error of the decoded embedding against a constant image, so every layer's
-kernel gradient and the gradient through the encoder are computed, as in a phase-1 step (which
-adds the RSSM, ~2 s on this CPU). -1 is the whole batch at once. Each setting is compiled, run once
-untimed, then timed `--steps` times (benchmarks/phase1.py's timer: it also records the share of
-the machine other processes used meanwhile).
+The loss is the squared error of the decoded embedding against the images (an autoencoder), so
+every layer's kernel gradient and the gradient through the encoder are computed, as in a phase-1
+step (which adds the RSSM, ~2 s on this CPU). `decoded` decodes the images and takes the error of
+the full-size prediction; `fused` passes the images to the decoder, which returns each image's
+sum of squared errors (what the ELBO uses since the fused loss landed). -1 is the whole batch at
+once. Each setting is compiled and run once untimed; then `--rounds` rounds time each setting
+`--steps` times in turn, so the settings share the machine's slow and fast minutes
+(benchmarks/phase1.py's timer: it also records the share of the machine other processes used).
 """
 import argparse
 import os
@@ -29,40 +34,53 @@ IMAGES = 2500  # B=50 x T=50
 FEATURES = 640  # the walker rssm's decoder input: h (512) + z (128)
 
 
-def measure(chunk: int, steps: int) -> dict:
+def compile_setting(chunk: int, image_loss: str):
     images = jax.random.randint(jax.random.key(0), (IMAGES,) + IMAGE_SHAPE, 0, 256).astype(jnp.uint8)
     enc, dec = ConvEncoder(32, chunk=chunk), ConvDecoder(32, chunk=chunk)
     params = (enc.init(jax.random.key(1), images[:2]), dec.init(jax.random.key(2), jnp.zeros((2, FEATURES))))
 
     def loss(p):
-        embed = enc.apply(p[0], images)
-        return jnp.sum((dec.apply(p[1], embed[:, :FEATURES]) - 0.5) ** 2)
+        embed = enc.apply(p[0], images)[:, :FEATURES]
+        if image_loss == "fused":
+            return jnp.sum(dec.apply(p[1], embed, images))
+        return jnp.sum((dec.apply(p[1], embed) - images.astype(jnp.float32) / 255.0) ** 2)
 
     grad = jax.jit(jax.grad(loss))
     t0 = time.perf_counter()
     jax.block_until_ready(grad(params))
-    first = time.perf_counter() - t0
-    times, others = bench._time_calls(lambda: grad(params), steps)
-    return {"chunk": chunk, "compile_and_first_s": round(first, 2), "s": [round(t, 3) for t in times],
-            "s_median": round(float(np.median(times)), 3), "other_processes_cpu_share": round(others, 3),
-            "load_avg_after": bench._load()}
+    return (lambda: grad(params)), time.perf_counter() - t0
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--chunks", default="-1,25,50,100,250")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--losses", default="fused", help="comma-separated: decoded, fused")
+    p.add_argument("--steps", type=int, default=3, help="timed calls per setting and round")
+    p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file to write (default: print only)")
     args = p.parse_args()
-    results = []
-    for chunk in (int(c) for c in args.chunks.split(",")):
-        results.append(measure(chunk, args.steps))
-        print(results[-1], flush=True)
+    settings = [(int(c), l) for c in args.chunks.split(",") for l in args.losses.split(",")]
+    if any(l not in ("decoded", "fused") for _, l in settings):
+        p.error(f"--losses takes decoded and/or fused, got {args.losses!r}")
+    calls, results = {}, {}
+    for chunk, image_loss in settings:
+        calls[chunk, image_loss], first = compile_setting(chunk, image_loss)
+        results[chunk, image_loss] = {"chunk": chunk, "image_loss": image_loss, "compile_and_first_s": round(first, 2), "s": [], "other_processes_cpu_share": []}
+    for _ in range(args.rounds):
+        for key, call in calls.items():
+            times, others = bench._time_calls(call, args.steps)
+            results[key]["s"] += [round(t, 3) for t in times]
+            results[key]["other_processes_cpu_share"].append(round(others, 3))
+    for r in results.values():
+        r["s_median"] = round(float(np.median(r["s"])), 3)
+        r["s_min"] = min(r["s"])
+        print({k: v for k, v in r.items() if k != "s"}, flush=True)
     out = {
         "command": "python benchmarks/cnn_chunk.py " + " ".join(f"--{k}={v}" for k, v in vars(args).items() if v is not None),
         "device": bench.device_info(),
         "images": IMAGES,
-        "results": results,
+        "load_avg_after": bench._load(),
+        "results": list(results.values()),
     }
     if args.out:
         write_json(args.out, out)

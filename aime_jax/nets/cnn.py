@@ -135,11 +135,13 @@ class ConvDecoder(nn.Module):
 
         def convs(mdl, x, *target):
             for i, (channels, kernel) in enumerate(layers[1:], 1):
-                # With the loss fused, the image layer stays in its channel-major layout: in NHWC,
+                # With the loss fused, the image layer stays in its channel-major layout (in NHWC,
                 # XLA fused the planar col2im with the transpose into one loop that took 0.3-0.4 s
-                # per Visual phase-1 step.
+                # per Visual phase-1 step), and its output is recomputed in the backward pass
+                # (one K=32 product and the col2im) rather than stacked per chunk: XLA fused the
+                # col2im into that stacking too, 0.35 s per step, and the stack held 123 MB.
                 fused = bool(target) and i == len(layers) - 1
-                x = conv.ConvTranspose(channels, kernel, 2, self.impl, self.dtype, channel_major_output=fused, name=f"ConvTranspose_{i}", parent=mdl)(x)
+                x = conv.ConvTranspose(channels, kernel, 2, self.impl, self.dtype, save_output=not fused, channel_major_output=fused, name=f"ConvTranspose_{i}", parent=mdl)(x)
                 x = nn.relu(x) if i < len(layers) - 1 else nn.sigmoid(x)
             if target:
                 # In the image layer's channel-major layout (3, N, 64, 64): the uint8 target is
