@@ -133,37 +133,37 @@ class ConvDecoder(nn.Module):
     def __call__(self, features: jax.Array, target: jax.Array | None = None) -> jax.Array:
         layers = ((4 * self.depth, 5), (2 * self.depth, 5), (self.depth, 6), (IMAGE_SHAPE[-1], 6))
 
-        def convs(mdl, x, *target):
+        def convs(mdl, x, target=None):
             for i, (channels, kernel) in enumerate(layers[1:], 1):
                 # With the loss fused, the image layer stays in its channel-major layout (in NHWC,
                 # XLA fused the planar col2im with the transpose into one loop that took 0.3-0.4 s
                 # per Visual phase-1 step), and its output is recomputed in the backward pass
                 # (one K=32 product and the col2im) rather than stacked per chunk: XLA fused the
                 # col2im into that stacking too, 0.35 s per step, and the stack held 123 MB.
-                fused = bool(target) and i == len(layers) - 1
+                fused = target is not None and i == len(layers) - 1
                 x = conv.ConvTranspose(channels, kernel, 2, self.impl, self.dtype, save_output=not fused, channel_major_output=fused, name=f"ConvTranspose_{i}", parent=mdl)(x)
                 x = nn.relu(x) if i < len(layers) - 1 else nn.sigmoid(x)
-            if target:
+            if target is not None:
                 # In the image layer's channel-major layout (3, N, 64, 64): the uint8 target is
                 # transposed to it, not the float prediction to NHWC.
-                image = image_to_float(jnp.transpose(target[0], (3, 0, 1, 2)))
+                image = image_to_float(jnp.transpose(target, (3, 0, 1, 2)))
                 return jnp.sum(jnp.square(x.astype(jnp.float32) - image), axis=(0, 2, 3))
             return x
 
         x, lead = _flatten_leading(features, 1)
-        targets = ()
-        if target is not None:
-            if target.shape != lead + IMAGE_SHAPE:
-                raise ValueError(
-                    f"decoder target shape {target.shape} does not match the features' leading "
-                    f"shape {lead} followed by the image shape {IMAGE_SHAPE}"
-                )
-            targets = (target.reshape((-1,) + IMAGE_SHAPE),)
+        if target is not None and target.shape != lead + IMAGE_SHAPE:
+            raise ValueError(
+                f"decoder target shape {target.shape} does not match the features' leading "
+                f"shape {lead} followed by the image shape {IMAGE_SHAPE}"
+            )
         # The first transposed convolution sees a 1x1 input: with Dense_0 it is a pair of dense
         # layers (F -> 1024 -> 5*5*128) with no im2col to keep in cache. Inside the chunk loop its
         # 13 MB kernel was re-laid-out and its gradient accumulated once per chunk (50 times per
         # step); on all images at once each is one large product.
         x = nn.Dense(32 * self.depth, dtype=self.dtype, name="Dense_0")(x).reshape((-1, 1, 1, 32 * self.depth))
         x = nn.relu(conv.ConvTranspose(*layers[0], 2, self.impl, self.dtype, name="ConvTranspose_0")(x))
-        x = _map_chunks(self, convs, (x,) + targets, resolve_chunk(self.chunk, self.impl))
-        return x.reshape(lead if targets else lead + IMAGE_SHAPE)
+        if target is None:
+            x = _map_chunks(self, convs, (x,), resolve_chunk(self.chunk, self.impl))
+            return x.reshape(lead + IMAGE_SHAPE)
+        target = target.reshape((-1,) + IMAGE_SHAPE)
+        return _map_chunks(self, convs, (x, target), resolve_chunk(self.chunk, self.impl)).reshape(lead)

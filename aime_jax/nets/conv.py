@@ -267,23 +267,26 @@ def conv_transpose_planar(x: jax.Array, kernel: jax.Array, stride: int, channel_
     return out if channel_major else jnp.transpose(out, (1, 2, 3, 0))
 
 
-def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int, channel_major: bool = False) -> jax.Array:
     """Transposed convolution as matrix products, in the formulation that moves the least memory
     (all are memory-bound on a CPU): for a few output channels (the image layer) the channel-major
     col2im; otherwise whichever materialises the smaller intermediate, col2im's (N, H, W, k*k*O)
     taps or the phase formulation's (N, Q, Q, J*J*C) columns. Measured at 2500 images, fwd+bwd:
     30x30x32 -> 64x64x3 planar 1.68 s, col2im 2.37-2.46 s, by phase 3.18 s; 13x13x64 -> 30x30x32
-    by phase 2.53 s, col2im 3.24 s, planar 10.9 s; col2im for the 1x1 and 5x5 inputs."""
+    by phase 2.53 s, col2im 3.24 s, planar 10.9 s; col2im for the 1x1 and 5x5 inputs.
+    NHWC output, or (O, N, H, W) with `channel_major` (the planar formulation's own layout)."""
     kh, kw, c, o = kernel.shape
     _, h, w, _ = x.shape
     if o <= 4:
-        return conv_transpose_planar(x, kernel, stride)
+        return conv_transpose_planar(x, kernel, stride, channel_major)
     jh, jw = -(-kh // stride), -(-kw // stride)
     taps = h * w * kh * kw * o
     phase_cols = (h + jh - 1) * (w + jw - 1) * jh * jw * c
     if taps <= phase_cols:
-        return conv_transpose_col2im(x, kernel, stride)
-    return conv_transpose_subpixel(x, kernel, stride)
+        y = conv_transpose_col2im(x, kernel, stride)
+    else:
+        y = conv_transpose_subpixel(x, kernel, stride)
+    return jnp.transpose(y, (3, 0, 1, 2)) if channel_major else y
 
 
 class _StridedConv(nn.Module):
@@ -307,20 +310,17 @@ class _StridedConv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         impl = resolve_impl(self.impl)
-        channel_major = False
-        if self.transpose:
-            if impl == "lax":
-                y = lax.conv_transpose(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
-            elif self.channel_major_output and self.features <= 4:
-                y, channel_major = conv_transpose_planar(x, kernel, self.stride, channel_major=True), True
-            else:
-                y = conv_transpose_gemm(x, kernel, self.stride)
-        elif impl == "lax":
-            y = lax.conv_general_dilated(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
+        if self.transpose and impl != "lax":
+            y = conv_transpose_gemm(x, kernel, self.stride, self.channel_major_output)
         else:
-            y = conv_im2col(x, kernel, self.stride)
-        if self.channel_major_output and not channel_major:
-            y = jnp.transpose(y, (3, 0, 1, 2))
+            if self.transpose:
+                y = lax.conv_transpose(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
+            elif impl == "lax":
+                y = lax.conv_general_dilated(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
+            else:
+                y = conv_im2col(x, kernel, self.stride)
+            if self.channel_major_output:
+                y = jnp.transpose(y, (3, 0, 1, 2))
         y = y + (bias[:, None, None, None] if self.channel_major_output else bias)
         return checkpoint_name(y, CONV_OUTPUT) if self.save_output else y
 

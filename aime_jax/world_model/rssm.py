@@ -145,13 +145,11 @@ class WorldModel(nn.Module):
         Image means are in [0, 1] with unit std."""
         dists = {}
         for key, decoder in self.decoders.items():
-            if key == IMAGE_KEY:
-                if vectors_only:
-                    continue
+            if key != IMAGE_KEY:
+                dists[key] = decoder(features)
+            elif not vectors_only:
                 mean = decoder(features)
                 dists[key] = (mean, jnp.ones_like(mean))
-            else:
-                dists[key] = decoder(features)
         return dists
 
     def image_squared_error(self, features: jax.Array, image: jax.Array) -> jax.Array:
@@ -412,7 +410,7 @@ def negative_elbo(
     chex.assert_equal_shape_prefix([states["h"], outs["post_mean"]], 2)
     batch, steps = states["h"].shape[:2]
     feats = features(states)
-    dists = model.apply({"params": params}, feats, True, method=WorldModel.decode)
+    dists = model.apply({"params": params}, feats, vectors_only=True, method=WorldModel.decode)
 
     metrics = {}
     recon_loss = jnp.zeros((batch, steps), jnp.float32)
@@ -421,8 +419,8 @@ def negative_elbo(
     num_dims = 0
     if IMAGE_KEY in model.config.obs_keys:
         # Unit std: the log-likelihood is -sse / 2 - const, its reweighting by the std is the
-        # identity, and the decoder computes the sse without materialising the prediction.
-        chex.assert_shape(obs[IMAGE_KEY], (batch, steps) + IMAGE_SHAPE)
+        # identity, and the decoder computes the sse without materialising the prediction (it
+        # also checks the images' shape).
         sse = model.apply(
             {"params": params}, feats, obs[IMAGE_KEY], method=WorldModel.image_squared_error
         )
