@@ -37,6 +37,13 @@ PAPER_CELLS: dict[tuple[str, str, str, str], dict[str, float]] = {
     ("walker", "mix", "walk", "visual"): {"aime": 89.7, "bco": 34.6},
     ("walker", "walk", "run", "lpomdp"): {"aime": 67.4, "bco": 23.6},
     ("walker", "random", "walk", "mdp"): {"aime": 17.6, "bco": 13.5},
+    # The walker MDP blocks of the stand and run task buffers (the table of issue 22).
+    ("walker", "stand", "stand", "mdp"): {"aime": 91.6, "bco": 94.1},
+    ("walker", "stand", "walk", "mdp"): {"aime": 86.9, "bco": 89.6},
+    ("walker", "stand", "run", "mdp"): {"aime": 57.7, "bco": 21.9},
+    ("walker", "run", "stand", "mdp"): {"aime": 92.6, "bco": 84.5},
+    ("walker", "run", "walk", "mdp"): {"aime": 89.1, "bco": 69.5},
+    ("walker", "run", "run", "mdp"): {"aime": 80.0, "bco": 84.1},
 }
 # The paper's headline averages over every embodiment dataset x task cell (PAPER.md):
 # (domain, modality) -> {method: score}.
@@ -319,3 +326,155 @@ def write_report(paths: Sequence[str], out: str, normaliser: str = "ours") -> di
     write_csv(rows, files["csv"])
     plot(rows, files["plot"])
     return files
+
+
+# ---- a reproduced block (aime_jax/reproduce.py) ---------------------------------------------------
+
+def paper_cell(domain: str, dataset: str | None, task: str, modality: str, method: str) -> float | None:
+    """The paper's normalised return of one method in one cell (100 demonstrations), or None."""
+    return PAPER_CELLS.get((domain, dataset, task, modality), {}).get(method)
+
+
+def _block_score(entry: dict | None) -> str:
+    if entry is None:
+        return ""
+    if not entry.get("complete") or entry.get("normalised") is None:
+        return "not run"
+    return f"{entry['normalised']:.1f} ± {entry['normalised_std']:.1f}"
+
+
+def _block_paper(entry: dict | None) -> str:
+    if entry is None:
+        return ""
+    return "unknown" if entry.get("paper") is None else f"{entry['paper']:.1f}"
+
+
+def _minutes(wall: dict | None, stages: Sequence[str]) -> str:
+    if not wall:
+        return ""
+    return " + ".join(f"{wall[s] / 60:.1f}" for s in stages if s in wall)
+
+
+def _short_commit(commit: str | None) -> str:
+    return "" if not commit else commit[:8] + ("+dirty" if commit.endswith("+dirty") else "")
+
+
+BLOCK_WALL = {"aime": ("phase2", "eval"), "bco": ("phase1", "phase2", "eval"), "bc": ("phase2", "eval")}
+
+
+def block_rows(record: dict) -> list[dict]:
+    """One row per (task, phase-1 steps): the three methods' cells side by side."""
+    by_task: dict[str, dict] = {}
+    for entry in record["cells"]:
+        by_task.setdefault(entry["task"], {}).setdefault(entry["method"], []).append(entry)
+    rows = []
+    for task, methods in by_task.items():
+        aime = methods.get("aime") or [None]
+        for entry in aime:
+            row = {"task": task.split("-", 1)[1], "phase1_steps": entry["phase1_steps"] if entry else None,
+                   "phase2_steps": entry["phase2_steps"] if entry else None,
+                   "aime": entry, "bco": (methods.get("bco") or [None])[0], "bc": (methods.get("bc") or [None])[0]}
+            rows.append(row)
+    return rows
+
+
+def block_markdown(record: dict) -> str:
+    """The block's table: per cell AIME, BCO(0) and BC as normalised return ± std over the
+    evaluation episodes, the paper's number beside it ('unknown' where PAPER_CELLS has none),
+    the wall time per stage and the commit."""
+    modality = MODALITY_NAMES.get(record["modality"], record["modality"])
+    data_wall = record.get("datasets_wall_s") or {}
+    wm = record.get("world_model") or {}
+    lines = [
+        f"# {record['block']} -> {{{', '.join(sorted({e['task'].split('-', 1)[1] for e in record['cells']}))}}}, "
+        f"{modality}, budget {record['budget']}",
+        "",
+        f"Phase 1: {', '.join(str(n) for n in record['phase1_steps'])} steps; phase 2: {record['phase2_steps']} "
+        f"steps; {record['num_demos']} demonstrations; seed {record['seed']} (one run per cell). Normalised "
+        "return: 100 x return / our expert's return (the demonstrations' mean), mean ± std over the "
+        "evaluation episodes; the paper's number (100 episodes, its own experts) beside it.",
+        "",
+        "| task | phase-1 steps | AIME | AIME (paper) | BCO(0) | BCO(0) (paper) | BC | "
+        "minutes AIME (phase 2 + eval) | minutes BCO(0) (IDM + BC + eval) | minutes BC (train + eval) | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in block_rows(record):
+        commits = sorted({_short_commit(row[m].get("commit")) for m in METHODS if row[m] and row[m].get("commit")})
+        lines.append(
+            f"| {row['task']} | {row['phase1_steps'] or ''} | {_block_score(row['aime'])} | {_block_paper(row['aime'])} | "
+            f"{_block_score(row['bco'])} | {_block_paper(row['bco'])} | {_block_score(row['bc'])} | "
+            f"{_minutes((row['aime'] or {}).get('wall_s'), BLOCK_WALL['aime'])} | "
+            f"{_minutes((row['bco'] or {}).get('wall_s'), BLOCK_WALL['bco'])} | "
+            f"{_minutes((row['bc'] or {}).get('wall_s'), BLOCK_WALL['bc'])} | {', '.join(commits)} |"
+        )
+    lines.append("")
+    if wm:
+        wall = (wm.get("wall_s") or {}).get("phase1")
+        lines.append(f"World model (shared by every task): phase 1 "
+                     f"{'%.1f minutes' % (wall / 60) if wall else 'not run'} to {max(wm['phase1_steps'])} steps.")
+    if data_wall:
+        lines.append("Datasets: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in data_wall.items()) + ".")
+    lines.append(f"Command: `{record['command']}`; report written at commit {_short_commit(record['commit'])}.")
+    return "\n".join(lines) + "\n"
+
+
+BLOCK_CSV_FIELDS = ["block", "modality", "budget", "task", "phase1_steps", "phase2_steps"] + [
+    f"{m}_{s}" for m in METHODS for s in ("mean", "std", "episodes", "paper", "minutes", "commit")]
+
+
+def block_csv(record: dict, path: str) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, BLOCK_CSV_FIELDS)
+        writer.writeheader()
+        for row in block_rows(record):
+            line = {"block": record["block"], "modality": record["modality"], "budget": record["budget"],
+                    "task": row["task"], "phase1_steps": row["phase1_steps"] or "",
+                    "phase2_steps": row["phase2_steps"] or ""}
+            for m in METHODS:
+                e = row[m] or {}
+                done = e.get("complete") and e.get("normalised") is not None
+                wall = e.get("wall_s") or {}
+                line.update({
+                    f"{m}_mean": e["normalised"] if done else "",
+                    f"{m}_std": e["normalised_std"] if done else "",
+                    f"{m}_episodes": e.get("episodes", "") if done else "",
+                    f"{m}_paper": ("unknown" if e.get("paper") is None else e["paper"]) if e else "",
+                    f"{m}_minutes": round(sum(wall.get(s, 0.0) for s in BLOCK_WALL[m]) / 60, 2) if wall else "",
+                    f"{m}_commit": e.get("commit") or "",
+                })
+            writer.writerow(line)
+
+
+def find_blocks(paths: Iterable[str]) -> list[str]:
+    """Every block report (`block-*.json`, written by experiments/reproduce.py) under `paths`."""
+    found = []
+    for path in paths:
+        if os.path.isfile(path):
+            found.append(path)
+        elif os.path.isdir(path):
+            for root, _, names in os.walk(path):
+                found.extend(os.path.join(root, n) for n in names if n.startswith("block-") and n.endswith(".json"))
+        else:
+            raise AimeError(f"{path!r} does not exist; pass block folders or block-*.json files")
+    if not found:
+        raise AimeError(f"no block-*.json under {', '.join(map(repr, paths))}; run experiments/reproduce.py first")
+    return sorted(set(found))
+
+
+def write_block_tables(paths: Sequence[str], out: str) -> list[str]:
+    """A markdown and a CSV table per block report under `paths`, written to `out`."""
+    os.makedirs(out, exist_ok=True)
+    written = []
+    for path in find_blocks(paths):
+        try:
+            with open(path) as f:
+                record = json.load(f)
+            base = os.path.join(out, f"{record['block']}-{record['modality']}-seed{record['seed']}-"
+                                     + os.path.basename(path)[: -len(".json")])
+            with open(base + ".md", "w") as f:
+                f.write(block_markdown(record))
+            block_csv(record, base + ".csv")
+        except (OSError, ValueError, KeyError) as e:
+            raise AimeError(f"{path}: not a block report written by experiments/reproduce.py ({e})") from None
+        written += [base + ".md", base + ".csv"]
+    return written
