@@ -148,6 +148,11 @@ def test_phase2_infers_the_demonstrators_actions_and_imitates_it(tmp_path):
     config.data.update(num_demos=10, demos_dir=str(tmp_path / "demos"))
     config.eval.seed = 7
     learner.train_world_model(config, str(tmp_path / "run" / "phase1"), str(tmp_path / "random"))
+    # The model has learnt how actions move the walker: the demonstrator's true actions explain its
+    # observations better than zero actions or the actions of other windows.
+    evidence = learner.action_evidence(str(tmp_path / "run"), str(tmp_path / "demos"), 10)
+    print(evidence)
+    assert evidence["zero_minus_true"] > 1.0 and evidence["shuffled_minus_true"] > 1.0, evidence
 
     returns = []
 
