@@ -37,6 +37,7 @@ import threading
 import time
 from typing import Iterable, Sequence
 
+import jax
 import ml_collections
 import numpy as np
 
@@ -229,7 +230,8 @@ class WallClock:
 
     def _write(self, name: str, base: float, start: float) -> None:
         self.seconds[name] = base + time.time() - start
-        write_json(self.path, self.seconds)
+        if jax.process_index() == 0:
+            write_json(self.path, self.seconds)
 
     def stage(self, name: str):
         clock = self

@@ -11,6 +11,7 @@ block-<budget>.md, .csv and .json). Rerunning the same command skips finished ce
 the others. --cells runs some cells only (separate processes: datasets, then world_model, then
 the task cells side by side). `--config.a.b=value` overrides any setting, as in main.py.
 """
+import os
 import sys
 
 from absl import app, flags, logging
@@ -39,6 +40,12 @@ def main(argv):
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    from aime_jax import parallel
+
+    # A multi-process launch (launch/: a TPU pod, SLURM) connects first; one process is left alone.
+    parallel.initialize_distributed()
+    import jax
+
     from aime_jax import config as config_lib
     from aime_jax import reproduce
     from aime_jax.errors import AimeError
@@ -48,18 +55,18 @@ def main(argv):
     if not FLAGS.block:
         sys.exit("error: --block is required, e.g. --block=walker-stand-buffer")
     try:
-        import jax
-
-        from aime_jax import parallel
-
-        config = config_lib.resolve(FLAGS.config)
         steps = [int(n) for n in FLAGS.phase1_steps] if FLAGS.phase1_steps else None
+    except ValueError:
+        sys.exit(f"error: --phase1_steps={','.join(FLAGS.phase1_steps)}; give step counts, e.g. 2500,5000,10000")
+    try:
+        config = config_lib.resolve(FLAGS.config)
+        # Planned (and the code's commit read) before JAX starts its threads.
         block = reproduce.make_block(FLAGS.block, config, FLAGS.budget, FLAGS.out, FLAGS.tasks, FLAGS.methods,
                                      steps, FLAGS.data_seed)
+        if jax.process_index() != 0:
+            sys.stdout = open(os.devnull, "w")
         config_lib.validate(block.config, config.mesh.num_devices or jax.device_count(), jax.process_count())
         record = reproduce.run_block(block, FLAGS.cells, parallel.make_mesh(config.mesh.num_devices or None))
-    except ValueError as e:
-        sys.exit(f"error: bad --phase1_steps: {e}")
     except AimeError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -174,3 +174,18 @@ def test_tiny_block_end_to_end_killed_and_rerun_redoes_nothing_finished(tmp_path
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert tables.returncode == 0, tables.stderr
     assert "| stand | 20 |" in (tmp_path / "rep" / "walker-stand-buffer-mdp-seed0-block-config-stand.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (["--block=walker-stand-buffer"], "error: --config is required"),
+    (["--config=configs/walker_mdp.py"], "error: --block is required"),
+    (["--config=configs/walker_mdp.py", "--block=cheetah-random"], "is a cheetah dataset but the config is for walker"),
+    (["--config=configs/walker_mdp.py", "--block=walker-stand-buffer", "--phase1_steps=2k"], "give step counts"),
+    (["--config=configs/walker_mdp.py", "--block=walker-stand-buffer", "--cells=aime:walk", "--config.data.root={tmp}"],
+     "run the datasets cell first"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, args, message):
+    proc = _cli([a.replace("{tmp}", str(tmp_path)) for a in args])
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0 and message in out and "Traceback" not in out, out
