@@ -390,7 +390,10 @@ def block_markdown(record: dict) -> str:
         f"{modality}, budget {record['budget']}",
         "",
         f"Phase 1: {', '.join(str(n) for n in record['phase1_steps'])} steps; phase 2: {record['phase2_steps']} "
-        f"steps; {record['num_demos']} demonstrations; seed {record['seed']} (one run per cell). Normalised "
+        f"steps; {record['num_demos']} demonstrations; seed {record['seed']} (one run per cell); "
+        + (f"deviations from the paper's settings ({record.get('name')}): {', '.join(record['deviations'])}. "
+           if record.get("deviations") else "the paper's settings. ")
+        + "Normalised "
         "return: 100 x return / our expert's return (the demonstrations' mean), mean ± std over the "
         "evaluation episodes; the paper's number (100 episodes, its own experts) beside it.",
         "",

@@ -83,10 +83,15 @@ class Block:
     methods: tuple[str, ...]
     out: str
     data_seed: int = 0
+    # A deviation from the paper's settings is run under a name of its own (its own folder) and
+    # lists the changed settings, e.g. ("phase1.lr=0.001",).
+    name: str = ""
+    deviations: tuple[str, ...] = ()
 
     @property
     def folder(self) -> str:
-        return os.path.join(self.out, f"{self.dataset}-{self.config.modality}-seed{self.config.seed}")
+        suffix = f"-{self.name}" if self.name else ""
+        return os.path.join(self.out, f"{self.dataset}-{self.config.modality}-seed{self.config.seed}{suffix}")
 
     @property
     def root(self) -> str:
@@ -143,8 +148,13 @@ def make_block(
     methods: Sequence[str] | None = None,
     phase1_steps: Sequence[int] | None = None,
     data_seed: int = 0,
+    name: str = "",
+    deviations: Sequence[str] = (),
 ) -> Block:
-    """Checks the plan (names, budget, domain) before anything runs; raises ConfigError."""
+    """Checks the plan (names, budget, domain) before anything runs; raises ConfigError.
+
+    `deviations` (the settings changed from the paper's, as `key=value`) need a `name`: they are
+    recorded in the report, and the block gets a folder of its own."""
     from aime_jax.data.build import parse_name
 
     spec = parse_name(dataset)
@@ -172,6 +182,13 @@ def make_block(
     p2 = config.phase2.steps if steps is None else steps[1]
     if phase1_steps:
         p1 = tuple(sorted(set(int(n) for n in phase1_steps)))
+    if deviations and not name:
+        raise ConfigError(
+            f"{', '.join(deviations)} change(s) the paper's settings: name this deviation (--name=...), so "
+            "that it is reported as one and gets a block folder of its own"
+        )
+    if name and (os.sep in name or name.startswith(".")):
+        raise ConfigError(f"--name={name!r}; use a plain folder-name suffix, e.g. phase1_lr1e-3")
     if min(p1) < 1 or p2 < 1:
         raise ConfigError(f"training lengths must be >= 1 step, got phase 1 {p1}, phase 2 {p2}")
     code_commit()
@@ -179,7 +196,32 @@ def make_block(
     with config.unlocked():
         config.data.root = os.path.abspath(config.data.root)
     return Block(dataset, config, budget, p1, p2, tuple(dict.fromkeys(task_envs)),
-                 tuple(m for m in METHODS if m in methods), os.path.abspath(out), data_seed)
+                 tuple(m for m in METHODS if m in methods), os.path.abspath(out), data_seed, name, tuple(deviations))
+
+
+# Overrides that leave the experiment the paper's: where data lives, the seed, logging and
+# checkpointing cadence, devices, and settings that change only the speed of the same computation.
+NOT_DEVIATIONS = (
+    "data.root", "seed", "wandb.", "mesh.", "data.prefetch", "eval.num_envs", "eval.workers",
+    *(f"{stage}.{key}" for stage in ("phase1", "phase2") for key in ("log_every", "eval_every", "save_every", "keep")),
+)
+
+
+def deviations(config_file: str, args: Sequence[str]) -> list[str]:
+    """The paper's settings that a command line changes: a config argument (e.g. `:quick`) and
+    every `--config.key=value` override but those of NOT_DEVIATIONS and speed-only settings."""
+    from aime_jax.world_model.config import SPEED_ONLY
+
+    harmless = NOT_DEVIATIONS + tuple(f"world_model.{k}" for k in SPEED_ONLY)
+    out = []
+    if ":" in os.path.basename(config_file):
+        out.append(f"config {os.path.basename(config_file)}")
+    for arg in args:
+        if arg.startswith("--config."):
+            key = arg[len("--config."):].split("=", 1)[0]
+            if not key.startswith(harmless):
+                out.append(arg[len("--config."):])
+    return out
 
 
 def cell_config(block: Block, cell: Cell) -> ml_collections.ConfigDict:
@@ -503,6 +545,7 @@ def collect_report(block: Block) -> dict:
         "budget": block.budget, "phase1_steps": list(block.phase1_steps), "phase2_steps": block.phase2_steps,
         "seed": block.config.seed, "data_seed": block.data_seed, "num_demos": block.config.data.num_demos,
         "command": " ".join(sys.argv), "commit": code_commit(), "folder": block.folder,
+        "name": block.name, "deviations": list(block.deviations),
         "datasets_wall_s": _complete(os.path.join(block.folder, "datasets", "wall.json")),
         "data": data, "world_model": world_model, "cells": cells,
         "config": json.loads(block.config.to_json()),

@@ -33,6 +33,9 @@ flags.DEFINE_list("phase1_steps", None, "World-model training lengths to run AIM
 flags.DEFINE_list("cells", None, "Run only these cells: datasets, world_model, aime:<task>, bco:<task>, "
                   "bc:<task> (default: every cell, in that order).")
 flags.DEFINE_integer("data_seed", 0, "Seed of the datasets (shared by every training seed, config.seed).")
+flags.DEFINE_string("name", "", "Name of a deviation from the paper's settings (any --config.* override that is "
+                    "not a location, seed, logging or speed setting, or a config argument such as :quick): the "
+                    "block gets its own folder <block>-<modality>-seed<seed>-<name> and its report lists them.")
 FLAGS = flags.FLAGS
 
 
@@ -61,8 +64,9 @@ def main(argv):
     try:
         config = config_lib.resolve(FLAGS.config)
         # Planned (and the code's commit read) before JAX starts its threads.
+        deviations = reproduce.deviations(config_flags.get_config_filename(FLAGS["config"]), sys.argv[1:])
         block = reproduce.make_block(FLAGS.block, config, FLAGS.budget, FLAGS.out, FLAGS.tasks, FLAGS.methods,
-                                     steps, FLAGS.data_seed)
+                                     steps, FLAGS.data_seed, FLAGS.name, deviations)
         if jax.process_index() != 0:
             sys.stdout = open(os.devnull, "w")
         config_lib.validate(block.config, config.mesh.num_devices or jax.device_count(), jax.process_count())

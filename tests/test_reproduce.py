@@ -58,6 +58,18 @@ def test_bad_plans_are_refused_in_one_line(tmp_path, kwargs, message):
         reproduce.make_block(**{**args, **kwargs})
 
 
+def test_deviations_from_the_paper_need_a_name_and_are_recorded(tmp_path):
+    args = ["--config.data.root=/data", "--config.phase1.lr=0.001", "--config.seed=3", "--config.phase2.log_every=5",
+            "--config.world_model.scan_unroll=5", "--tasks=walk", "--config.data.num_demos=10"]
+    assert reproduce.deviations("configs/walker_mdp.py", args) == ["phase1.lr=0.001", "data.num_demos=10"]
+    assert reproduce.deviations("configs/walker_mdp.py:quick", []) == ["config walker_mdp.py:quick"]
+    with pytest.raises(ConfigError, match="name this deviation"):
+        reproduce.make_block("walker-stand-buffer", _config(), "tenth", str(tmp_path), deviations=["phase1.lr=0.001"])
+    block = reproduce.make_block("walker-stand-buffer", _config(), "tenth", str(tmp_path), name="lr1e-3",
+                                 deviations=["phase1.lr=0.001"])
+    assert block.folder.endswith("walker-stand-buffer-mdp-seed0-lr1e-3")
+
+
 def test_cells_run_alone_name_what_they_wait_for(tmp_path):
     config = _config()
     config.data.root = str(tmp_path / "data")
@@ -95,7 +107,7 @@ def test_block_table_marks_unknown_paper_numbers_and_missing_cells():
     assert rows["stand"][2:7] == ["80.5 ± 1.0", "unknown", "70.2 ± 1.0", "unknown", "not run"]
     assert rows["stand"][7] == "2.0 + 1.0" and rows["stand"][10] == "01234567"
     assert rows["run"][2:4] == ["67.0 ± 1.0", "67.4"]
-    assert "phase 1 60.0 minutes to 10000 steps" in table
+    assert "phase 1 60.0 minutes to 10000 steps" in table and "the paper's settings." in table
 
 
 def _cli(args, **popen):
@@ -129,9 +141,9 @@ def test_tiny_block_end_to_end_killed_and_rerun_redoes_nothing_finished(tmp_path
         "--config.phase2.log_every=5", "--config.phase2.eval_episodes=1", "--config.eval.episodes=2",
         "--config.eval.num_envs=2", "--config.bc.idm_steps=20", "--config.bc.idm_max_steps=40",
         "--config.bc.idm_eval_every=20", "--config.bc.min_epochs=1", "--config.bc.max_epochs=2",
-        "--config.bc.log_every=10",
+        "--config.bc.log_every=10", "--name=tiny",
     ]
-    block = out / "walker-stand-buffer-mdp-seed0"
+    block = out / "walker-stand-buffer-mdp-seed0-tiny"
     snapshot = block / "world_model" / "phase1-20"
     first = _cli(args)
     deadline = time.time() + 600
@@ -174,6 +186,8 @@ def test_tiny_block_end_to_end_killed_and_rerun_redoes_nothing_finished(tmp_path
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert tables.returncode == 0, tables.stderr
     assert "| stand | 20 |" in (tmp_path / "rep" / "walker-stand-buffer-mdp-seed0-block-config-stand.md").read_text()
+    assert record["name"] == "tiny" and "config walker_mdp.py:quick" in record["deviations"]
+    assert "phase1.steps=20" in record["deviations"] and not any("data.root" in d for d in record["deviations"])
 
 
 @pytest.mark.slow
