@@ -7,7 +7,6 @@ interrupted run stopped. A multi-process run (TPU pod, SLURM, launch/local.sh, o
 --coordinator_address/--num_processes/--process_id) connects its processes first; see launch/.
 """
 import os
-import re
 import sys
 
 from absl import app, flags, logging
@@ -126,17 +125,9 @@ def main(argv):
 
 
 def parse_flags(argv, flag_values: flags.FlagValues = FLAGS):
-    """absl's parser, with config errors (unknown key, wrong type) as one line."""
-    try:
-        return flag_values(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
-        message = str(e)
-        hint = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', message)
-        if hint:
-            message = f"unknown config key {hint.group(2)!r} (did you mean {hint.group(1)!r}?)"
-        elif isinstance(e, (AttributeError, KeyError)):
-            message = f"unknown config key {message}"
-        sys.exit(f"error: bad command line: {message}")
+    from aime_jax.config import parse_command_line
+
+    return parse_command_line(argv, flag_values)
 
 
 if __name__ == "__main__":

@@ -80,6 +80,12 @@ def main(argv):
     print(block_markdown(record))
 
 
+def parse_flags(argv):
+    from aime_jax.config import parse_command_line
+
+    return parse_command_line(argv, FLAGS)
+
+
 if __name__ == "__main__":
     reexec_with_huge_pages()
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -192,6 +192,12 @@ def test_unknown_keys_and_wrong_types_are_named(tmp_path, override, message):
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
 
 
+def test_a_config_files_own_refusal_is_one_line(tmp_path):
+    out = _main("--config=configs/walker_mdp.py:nosuchvariant", f"--workdir={tmp_path}")
+    assert out.returncode != 0 and "unknown config argument 'nosuchvariant'" in out.stderr
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
 def test_missing_config_file_is_named(tmp_path):
     out = _main("--config=configs/nope.py", f"--workdir={tmp_path}")
     assert out.returncode != 0 and "configs/nope.py" in out.stderr

@@ -194,6 +194,8 @@ def test_tiny_block_end_to_end_killed_and_rerun_redoes_nothing_finished(tmp_path
 @pytest.mark.parametrize("args, message", [
     (["--block=walker-stand-buffer"], "error: --config is required"),
     (["--config=configs/walker_mdp.py"], "error: --block is required"),
+    (["--config=configs/walker_mdp.py:nosuch", "--block=walker-stand-buffer"], "unknown config argument 'nosuch'"),
+    (["--config=configs/walker_mdp.py", "--block=walker-stand-buffer", "--config.phase1.lr=0.001"], "--name="),
     (["--config=configs/walker_mdp.py", "--block=cheetah-random"], "is a cheetah dataset but the config is for walker"),
     (["--config=configs/walker_mdp.py", "--block=walker-stand-buffer", "--phase1_steps=2k"], "give step counts"),
     (["--config=configs/walker_mdp.py", "--block=walker-stand-buffer", "--cells=aime:walk", "--config.data.root={tmp}"],
