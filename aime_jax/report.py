@@ -340,7 +340,8 @@ def _block_score(entry: dict | None) -> str:
         return ""
     if not entry.get("complete") or entry.get("normalised") is None:
         return "not run"
-    return f"{entry['normalised']:.1f} ± {entry['normalised_std']:.1f}"
+    paper = entry.get("normalised_paper")
+    return f"{entry['normalised']:.1f} ± {entry['normalised_std']:.1f}" + ("" if paper is None else f" [{paper:.1f}]")
 
 
 def _block_paper(entry: dict | None) -> str:
@@ -395,7 +396,8 @@ def block_markdown(record: dict) -> str:
            if record.get("deviations") else "the paper's settings. ")
         + "Normalised "
         "return: 100 x return / our expert's return (the demonstrations' mean), mean ± std over the "
-        "evaluation episodes; the paper's number (100 episodes, its own experts) beside it.",
+        "evaluation episodes; [in brackets: the mean against the paper's expert return]; the paper's "
+        "number (100 episodes, its own experts) beside it.",
         "",
         "| task | phase-1 steps | AIME | AIME (paper) | BCO(0) | BCO(0) (paper) | BC | "
         "minutes AIME (phase 2 + eval) | minutes BCO(0) (IDM + BC + eval) | minutes BC (train + eval) | commit |",
@@ -422,7 +424,7 @@ def block_markdown(record: dict) -> str:
 
 
 BLOCK_CSV_FIELDS = ["block", "modality", "budget", "task", "phase1_steps", "phase2_steps"] + [
-    f"{m}_{s}" for m in METHODS for s in ("mean", "std", "episodes", "paper", "minutes", "commit")]
+    f"{m}_{s}" for m in METHODS for s in ("mean", "std", "mean_paper_normaliser", "episodes", "paper", "minutes", "commit")]
 
 
 def block_csv(record: dict, path: str) -> None:
@@ -440,6 +442,7 @@ def block_csv(record: dict, path: str) -> None:
                 line.update({
                     f"{m}_mean": e["normalised"] if done else "",
                     f"{m}_std": e["normalised_std"] if done else "",
+                    f"{m}_mean_paper_normaliser": e.get("normalised_paper", "") if done else "",
                     f"{m}_episodes": e.get("episodes", "") if done else "",
                     f"{m}_paper": ("unknown" if e.get("paper") is None else e["paper"]) if e else "",
                     f"{m}_minutes": round(sum(wall.get(s, 0.0) for s in BLOCK_WALL[m]) / 60, 2) if wall else "",

@@ -95,7 +95,7 @@ def test_block_table_marks_unknown_paper_numbers_and_missing_cells():
         "datasets_wall_s": {"walker-walk-buffer": 600.0}, "world_model": {"phase1_steps": [10000],
                                                                         "wall_s": {"phase1": 3600.0}},
         "cells": [
-            _entry("aime", "stand", 80.5, None, phase1_steps=10000, phase2_steps=5000),
+            _entry("aime", "stand", 80.5, None, phase1_steps=10000, phase2_steps=5000, normalised_paper=79.0),
             _entry("bco", "stand", 70.25, None),
             _entry("bc", "stand"),
             _entry("aime", "run", 67.0, 67.4, phase1_steps=10000, phase2_steps=5000),
@@ -104,7 +104,7 @@ def test_block_table_marks_unknown_paper_numbers_and_missing_cells():
     table = block_markdown(record)
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
             for line in table.splitlines() if line.startswith("| stand") or line.startswith("| run")}
-    assert rows["stand"][2:7] == ["80.5 ± 1.0", "unknown", "70.2 ± 1.0", "unknown", "not run"]
+    assert rows["stand"][2:7] == ["80.5 ± 1.0 [79.0]", "unknown", "70.2 ± 1.0", "unknown", "not run"]
     assert rows["stand"][7] == "2.0 + 1.0" and rows["stand"][10] == "01234567"
     assert rows["run"][2:4] == ["67.0 ± 1.0", "67.4"]
     assert "phase 1 60.0 minutes to 10000 steps" in table and "the paper's settings." in table
