@@ -467,8 +467,48 @@ def find_blocks(paths: Iterable[str]) -> list[str]:
     return sorted(set(found))
 
 
+def plot_phase1_curve(record: dict, path: str) -> bool:
+    """AIME's normalised return against the world model's training length, a panel per task
+    with more than one length, BCO(0), BC and the paper's AIME as lines; False if none has."""
+    rows = [r for r in block_rows(record) if r["aime"] and r["aime"].get("complete")]
+    tasks = sorted({r["task"] for r in rows if sum(x["task"] == r["task"] for x in rows) > 1})
+    if not tasks:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes.flat, tasks):
+        points = sorted((r["phase1_steps"], r["aime"]) for r in rows if r["task"] == task)
+        ax.errorbar([p[0] for p in points], [p[1]["normalised"] for p in points],
+                    yerr=[p[1]["normalised_std"] for p in points], marker="o", capsize=3, label="AIME")
+        first = next(r for r in rows if r["task"] == task)
+        for m, color in (("bco", "tab:orange"), ("bc", "tab:green")):
+            if first[m] and first[m].get("complete"):
+                ax.axhline(first[m]["normalised"], color=color, linestyle="--", linewidth=1, label=METHOD_NAMES[m])
+        if first["aime"].get("paper") is not None:
+            ax.axhline(first["aime"]["paper"], color="tab:blue", linestyle=":", linewidth=1,
+                       label="AIME (paper, 100k steps)")
+        ax.set_xscale("log")
+        ax.set_xticks([p[0] for p in points], [f"{p[0] / 1000:g}k" for p in points])
+        ax.minorticks_off()
+        ax.set_xlabel("phase-1 steps")
+        ax.set_ylabel("normalised return")
+        ax.set_title(f"{record['block']} -> {task}, {MODALITY_NAMES.get(record['modality'], record['modality'])}, "
+                     f"phase 2 {record['phase2_steps']} steps", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write_block_tables(paths: Sequence[str], out: str) -> list[str]:
-    """A markdown and a CSV table per block report under `paths`, written to `out`."""
+    """A markdown and a CSV table per block report under `paths`, written to `out` (and a plot of
+    AIME against the phase-1 length where a report has several)."""
     os.makedirs(out, exist_ok=True)
     written = []
     for path in find_blocks(paths):
@@ -480,7 +520,8 @@ def write_block_tables(paths: Sequence[str], out: str) -> list[str]:
             with open(base + ".md", "w") as f:
                 f.write(block_markdown(record))
             block_csv(record, base + ".csv")
+            curve = plot_phase1_curve(record, base + "-phase1.png")
         except (OSError, ValueError, KeyError) as e:
             raise AimeError(f"{path}: not a block report written by experiments/reproduce.py ({e})") from None
-        written += [base + ".md", base + ".csv"]
+        written += [base + ".md", base + ".csv"] + ([base + "-phase1.png"] if curve else [])
     return written

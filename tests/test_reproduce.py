@@ -205,3 +205,15 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
     proc = _cli([a.replace("{tmp}", str(tmp_path)) for a in args])
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode != 0 and message in out and "Traceback" not in out, out
+
+
+def test_phase1_curve_is_plotted_only_where_a_task_has_several_lengths(tmp_path):
+    from aime_jax.report import plot_phase1_curve
+
+    cells = [_entry("aime", "walk", v, 89.1, phase1_steps=n, phase2_steps=5000)
+             for v, n in ((40.0, 2500), (60.0, 5000), (70.0, 10000))] + [_entry("bco", "walk", 55.0)]
+    record = {"block": "walker-run-buffer", "modality": "mdp", "phase2_steps": 5000, "cells": cells}
+    assert plot_phase1_curve(record, str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    record["cells"] = cells[2:]
+    assert not plot_phase1_curve(record, str(tmp_path / "none.png")) and not (tmp_path / "none.png").exists()
