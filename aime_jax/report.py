@@ -415,10 +415,19 @@ def block_markdown(record: dict) -> str:
     lines.append("")
     if wm:
         wall = (wm.get("wall_s") or {}).get("phase1")
-        lines.append(f"World model (shared by every task): phase 1 "
-                     f"{'%.1f minutes' % (wall / 60) if wall else 'not run'} to {max(wm['phase1_steps'])} steps.")
+        goal = max(wm["phase1_steps"])
+        done = all((wm.get("snapshots") or {}).get(str(n)) for n in wm["phase1_steps"])
+        if not wall:
+            lines.append("World model (shared by every task): not trained yet.")
+        elif done:
+            lines.append(f"World model (shared by every task): phase 1 {wall / 60:.1f} minutes to {goal} steps.")
+        else:
+            lines.append(f"World model (shared by every task): phase 1 running, {wall / 60:.1f} minutes so far, "
+                         f"{wm.get('trained_steps', 0)} of {goal} steps.")
     if data_wall:
         lines.append("Datasets: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in data_wall.items()) + ".")
+    else:
+        lines.append("Datasets: complete before this block ran (their build was not timed here).")
     lines.append(f"Command: `{record['command']}`; report written at commit {_short_commit(record['commit'])}.")
     return "\n".join(lines) + "\n"
 

@@ -511,6 +511,7 @@ def collect_report(block: Block) -> dict:
             "wall_s": _complete(os.path.join(block.world_model_dir(), "wall.json")),
             "snapshots": {str(n): _complete(os.path.join(block.world_model_dir(n), "cell.json"))
                           for n in block.phase1_steps},
+            "trained_steps": max([r["step"] for r in _metrics(wm_metrics, ("train/nelbo_per_step",))], default=0),
             "val": _metrics(wm_metrics, ("val/nelbo_per_step", "val/recon_per_step", "val/kl_per_step")),
             "train": _metrics(wm_metrics, ("train/nelbo_per_step",)),
         }
@@ -529,8 +530,9 @@ def collect_report(block: Block) -> dict:
             entry.update({k: results.get(k) for k in (
                 "return_mean", "return_std", "normalised", "normalised_std", "normalised_paper", "returns",
                 "expert_return", "paper_expert_return", "random", "episodes", "num_demos")})
-            entry["paper"] = paper_cell(block.config.domain, dataset_name(results),
-                                        cell.task.split("-", 1)[1], block.config.modality, cell.kind)
+        paper_dataset = dataset_name({"algo": cell.kind, "env": cell.task, "embodiment_name": block.dataset})
+        entry["paper"] = paper_cell(block.config.domain, paper_dataset, cell.task.split("-", 1)[1],
+                                    block.config.modality, cell.kind)
         entry["wall_s"] = _complete(os.path.join(folder, "wall.json"))
         record = _complete(os.path.join(folder, "cell.json"))
         entry["commit"] = record.get("commit") if record else None

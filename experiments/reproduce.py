@@ -32,6 +32,8 @@ flags.DEFINE_list("phase1_steps", None, "World-model training lengths to run AIM
                   "budget's), e.g. 2500,5000,10000: one world model, snapshotted at each.")
 flags.DEFINE_list("cells", None, "Run only these cells: datasets, world_model, aime:<task>, bco:<task>, "
                   "bc:<task> (default: every cell, in that order).")
+flags.DEFINE_bool("report_only", False, "Write the block's report from what is on disk (cells not yet complete "
+                  "are marked), running nothing; safe beside running cells.")
 flags.DEFINE_integer("data_seed", 0, "Seed of the datasets (shared by every training seed, config.seed).")
 flags.DEFINE_string("name", "", "Name of a deviation from the paper's settings (any --config.* override that is "
                     "not a location, seed, logging or speed setting, or a config argument such as :quick): the "
@@ -70,7 +72,10 @@ def main(argv):
         if jax.process_index() != 0:
             sys.stdout = open(os.devnull, "w")
         config_lib.validate(block.config, config.mesh.num_devices or jax.device_count(), jax.process_count())
-        record = reproduce.run_block(block, FLAGS.cells, parallel.make_mesh(config.mesh.num_devices or None))
+        if FLAGS.report_only:
+            record = reproduce.write_report(block)
+        else:
+            record = reproduce.run_block(block, FLAGS.cells, parallel.make_mesh(config.mesh.num_devices or None))
     except AimeError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -88,12 +88,24 @@ def _entry(method, task, normalised=None, paper=None, **kw):
             "commit": "0123456789abcdef" if done else None, **kw}
 
 
+def test_report_of_a_block_not_run_yet_marks_every_cell_and_knows_the_paper(tmp_path):
+    config = _config()
+    config.data.root = str(tmp_path / "data")
+    block = reproduce.make_block("walker-run-buffer", config, "tenth", str(tmp_path / "runs"), tasks=["walk"])
+    record = reproduce.write_report(block)
+    assert [(c["cell"], c["complete"], c["paper"]) for c in record["cells"]] == [
+        ("aime:walk", False, 89.1), ("bco:walk", False, 69.5), ("bc:walk", False, None)]
+    table = open(os.path.join(block.folder, "block-tenth-walk.md")).read()
+    assert "| walk | 10000 | not run | 89.1 | not run | 69.5 | not run |" in table
+    assert "World model (shared by every task): not trained yet." in table
+
+
 def test_block_table_marks_unknown_paper_numbers_and_missing_cells():
     record = {
         "block": "walker-walk-buffer", "modality": "mdp", "budget": "tenth", "phase1_steps": [10000],
         "phase2_steps": 5000, "num_demos": 100, "seed": 0, "command": "reproduce.py", "commit": "abc",
-        "datasets_wall_s": {"walker-walk-buffer": 600.0}, "world_model": {"phase1_steps": [10000],
-                                                                        "wall_s": {"phase1": 3600.0}},
+        "datasets_wall_s": {"walker-walk-buffer": 600.0},
+        "world_model": {"phase1_steps": [10000], "wall_s": {"phase1": 3600.0}, "snapshots": {"10000": {"phase1_steps": 10000}}},
         "cells": [
             _entry("aime", "stand", 80.5, None, phase1_steps=10000, phase2_steps=5000, normalised_paper=79.0),
             _entry("bco", "stand", 70.25, None),
