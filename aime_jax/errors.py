@@ -11,3 +11,7 @@ class DatasetError(AimeError):
 
 class ConfigError(AimeError):
     """A configuration value that is unknown, of the wrong type or inconsistent."""
+
+
+class Interrupted(AimeError):
+    """Ctrl-C during training: the run stops where it is, its checkpoints intact."""

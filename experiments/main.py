@@ -104,7 +104,7 @@ def main(argv):
 
     from aime_jax import config as config_lib
     from aime_jax import stages
-    from aime_jax.errors import AimeError
+    from aime_jax.errors import AimeError, Interrupted
 
     if jax.process_index() != 0:
         # One report per run: process 0 prints (and writes); the others keep only their errors.
@@ -119,8 +119,12 @@ def main(argv):
         for name in names:
             print(f"== stage {name} ({workdir})", flush=True)
             stages.stage_fn(config, name)(config, workdir, mesh)
+    except Interrupted as e:
+        sys.exit(f"interrupted: {e}")
     except AimeError as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: rerun the same command to continue")
     print(f"done: {', '.join(names)} in {workdir}")
 
 

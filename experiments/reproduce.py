@@ -53,7 +53,7 @@ def main(argv):
 
     from aime_jax import config as config_lib
     from aime_jax import reproduce
-    from aime_jax.errors import AimeError
+    from aime_jax.errors import AimeError, Interrupted
 
     if FLAGS.config is None:
         sys.exit("error: --config is required, e.g. --config=configs/walker_mdp.py")
@@ -76,6 +76,8 @@ def main(argv):
             record = reproduce.write_report(block)
         else:
             record = reproduce.run_block(block, FLAGS.cells, parallel.make_mesh(config.mesh.num_devices or None))
+    except Interrupted as e:
+        sys.exit(f"interrupted: {e}")
     except AimeError as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:

@@ -1,8 +1,10 @@
 """Phase 1: the sharded step, resuming, learning on real walker data, and config errors."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -196,6 +198,28 @@ def test_a_config_files_own_refusal_is_one_line(tmp_path):
     out = _main("--config=configs/walker_mdp.py:nosuchvariant", f"--workdir={tmp_path}")
     assert out.returncode != 0 and "unknown config argument 'nosuchvariant'" in out.stderr
     assert "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_training_in_one_line_naming_the_step(walker_random_dir, tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "experiments/main.py", "--config=configs/walker_mdp.py:quick", f"--workdir={tmp_path}",
+         "--config.stages=phase1", f"--config.data.embodiment_dir={walker_random_dir}", "--config.phase1.steps=100000",
+         "--config.phase1.save_every=20", "--config.data.window=16"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    checkpoints = tmp_path / "phase1" / "checkpoints"
+    deadline = time.time() + 600
+    while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    last = err.replace("\r", "\n").strip().splitlines()[-1]
+    assert proc.returncode != 0 and "Traceback" not in err, err[-3000:]
+    assert last.startswith("interrupted: phase 1 stopped at step ") and "rerun the same command to continue" in last
+    assert "its last checkpoint is step " in last
 
 
 def test_missing_config_file_is_named(tmp_path):

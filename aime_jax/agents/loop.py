@@ -17,7 +17,7 @@ import numpy as np
 
 from aime_jax import parallel
 from aime_jax.checkpoint import Checkpointer
-from aime_jax.errors import AimeError
+from aime_jax.errors import AimeError, Interrupted
 from aime_jax.logging import RunLogger
 
 
@@ -92,6 +92,7 @@ def train_loop(
             config.wandb.name or None, config.to_dict(),
         )
         last_good = ckpt.latest_step()
+        step = start
         try:
             if start == 0 and evaluate is not None:
                 state = _evaluated(evaluate(state, 0, logger), state)  # the untrained baseline
@@ -122,6 +123,11 @@ def train_loop(
                         last_good = step
                     if stopping:
                         break
+        except KeyboardInterrupt:
+            kept = f"its last checkpoint is step {last_good}" if last_good is not None else "it had no checkpoint yet"
+            raise Interrupted(
+                f"{name} stopped at step {step} ({workdir}; {kept}); rerun the same command to continue"
+            ) from None
         finally:
             logger.close()
     finally:
