@@ -1,7 +1,7 @@
 """A sampling planner on the true simulator (MPPI, Williams et al. 2017) that records episodes.
 
 Its use: demonstrations for SAC where SAC alone does not find the behaviour. On the flip tasks
-SAC settles on rocking back and forth (README, "Experts"); this planner, which may reset the
+SAC settles on rocking back and forth (docs/experts.md); this planner, which may reset the
 simulator to any state, finds continuous rotation, and a few of its episodes in SAC's
 `demo_dir` lead SAC there. The experts stay SAC policies; the planner is never an expert itself.
 
