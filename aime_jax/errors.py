@@ -1,4 +1,6 @@
 """Errors caused by user input: the command-line entry points print their message, no traceback."""
+import contextlib
+import sys
 
 
 class AimeError(Exception):
@@ -15,3 +17,16 @@ class ConfigError(AimeError):
 
 class Interrupted(AimeError):
     """Ctrl-C during training: the run stops where it is, its checkpoints intact."""
+
+
+@contextlib.contextmanager
+def one_line(interrupted: str = "rerun the same command to continue"):
+    """For the entry points: bad input and Ctrl-C end the program with one line, not a traceback."""
+    try:
+        yield
+    except Interrupted as e:
+        sys.exit(f"interrupted: {e}")
+    except AimeError as e:
+        sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted: {interrupted}")

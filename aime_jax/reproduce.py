@@ -25,6 +25,7 @@ processes (`cells=`): first `datasets`, then `world_model`, then the task cells 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -41,7 +42,6 @@ import jax
 import ml_collections
 import numpy as np
 
-from aime_jax import config as config_lib
 from aime_jax import envs, parallel, stages
 from aime_jax.atomic import write_json
 from aime_jax.errors import AimeError, ConfigError
@@ -275,27 +275,25 @@ class WallClock:
         if jax.process_index() == 0:
             write_json(self.path, self.seconds)
 
+    @contextlib.contextmanager
     def stage(self, name: str):
-        clock = self
+        """Times the `with` body as stage `name`, on top of its earlier attempts."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        base, start = self.seconds.get(name, 0.0), time.time()
+        done = threading.Event()
 
-        class _Running:
-            def __enter__(self):
-                os.makedirs(os.path.dirname(clock.path), exist_ok=True)
-                self.base, self.start = clock.seconds.get(name, 0.0), time.time()
-                self.done = threading.Event()
-                self.thread = threading.Thread(target=self._beat, daemon=True)
-                self.thread.start()
+        def beat() -> None:
+            while not done.wait(WALL_HEARTBEAT_S):
+                self._write(name, base, start)
 
-            def _beat(self):
-                while not self.done.wait(WALL_HEARTBEAT_S):
-                    clock._write(name, self.base, self.start)
-
-            def __exit__(self, *exc):
-                self.done.set()
-                self.thread.join()
-                clock._write(name, self.base, self.start)
-
-        return _Running()
+        thread = threading.Thread(target=beat, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+            self._write(name, base, start)
 
 
 def _complete(path: str) -> dict | None:
@@ -379,13 +377,6 @@ def _run_datasets(block: Block) -> None:
             )
 
 
-def _run_stages(config: ml_collections.ConfigDict, workdir: str, clock: WallClock, mesh) -> None:
-    parallel.on_main(lambda: stages.write_config(config, workdir), "writing config.json")
-    for name in config_lib.stages(config):
-        with clock.stage(name):
-            stages.stage_fn(config, name)(config, workdir, mesh)
-
-
 def _run_world_model(block: Block, cell: Cell, mesh) -> None:
     """Trains (or continues) the world model to `cell.phase1_steps` and snapshots that step."""
     from aime_jax.checkpoint import Checkpointer
@@ -403,7 +394,7 @@ def _run_world_model(block: Block, cell: Cell, mesh) -> None:
                 "--phase1_steps=a,b,c does), or use another --out"
             )
     config = cell_config(block, cell)
-    _run_stages(config, run_dir, WallClock(run_dir), mesh)
+    stages.run(config, run_dir, mesh, WallClock(run_dir).stage)
     def snapshot_step() -> None:
         tmp = snapshot + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -424,7 +415,7 @@ def _run_method(block: Block, cell: Cell, mesh) -> None:
     workdir = block.cell_dir(cell)
     config = cell_config(block, cell)
     clock = WallClock(workdir)
-    _run_stages(config, workdir, clock, mesh)
+    stages.run(config, workdir, mesh, clock.stage)
     record = {"cell": cell.name, "method": cell.kind, "task": cell.task, "commit": code_commit(),
               "command": " ".join(sys.argv)}
     if cell.kind == "aime":

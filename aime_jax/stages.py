@@ -2,8 +2,10 @@
 resumes when it is partial, so rerunning the same command continues an interrupted pipeline."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from typing import Callable, ContextManager
 
 import jax
 import ml_collections
@@ -318,3 +320,16 @@ def _diff(a, b, prefix=""):
             yield from _diff(a.get(k), b.get(k), f"{prefix}{k}.")
     elif a != b:
         yield prefix.rstrip(".")
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, mesh,
+        around: Callable[[str], ContextManager] | None = None) -> list[str]:
+    """Runs the config's stages in `workdir` (config.json first); `around(name)`, if given, wraps
+    each stage (e.g. a timer). Returns the stage names."""
+    names = config_lib.stages(config)
+    parallel.on_main(lambda: write_config(config, workdir), "writing config.json")
+    for name in names:
+        print(f"== stage {name} ({workdir})", flush=True)
+        with around(name) if around else contextlib.nullcontext():
+            stage_fn(config, name)(config, workdir, mesh)
+    return names

@@ -104,27 +104,16 @@ def main(argv):
 
     from aime_jax import config as config_lib
     from aime_jax import stages
-    from aime_jax.errors import AimeError, Interrupted
+    from aime_jax.errors import one_line
 
     if jax.process_index() != 0:
         # One report per run: process 0 prints (and writes); the others keep only their errors.
         sys.stdout = open(os.devnull, "w")
-    try:
+    with one_line():
         config, workdir = load_config(FLAGS)
         mesh_devices = config.mesh.num_devices or jax.device_count()
         config_lib.validate(config, mesh_devices, jax.process_count())
-        names = config_lib.stages(config)
-        parallel.on_main(lambda: stages.write_config(config, workdir), "writing config.json")
-        mesh = parallel.make_mesh(config.mesh.num_devices or None)
-        for name in names:
-            print(f"== stage {name} ({workdir})", flush=True)
-            stages.stage_fn(config, name)(config, workdir, mesh)
-    except Interrupted as e:
-        sys.exit(f"interrupted: {e}")
-    except AimeError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: rerun the same command to continue")
+        names = stages.run(config, workdir, parallel.make_mesh(config.mesh.num_devices or None))
     print(f"done: {', '.join(names)} in {workdir}")
 
 

@@ -53,7 +53,7 @@ def main(argv):
 
     from aime_jax import config as config_lib
     from aime_jax import reproduce
-    from aime_jax.errors import AimeError, Interrupted
+    from aime_jax.errors import one_line
 
     if FLAGS.config is None:
         sys.exit("error: --config is required, e.g. --config=configs/walker_mdp.py")
@@ -63,7 +63,7 @@ def main(argv):
         steps = [int(n) for n in FLAGS.phase1_steps] if FLAGS.phase1_steps else None
     except ValueError:
         sys.exit(f"error: --phase1_steps={','.join(FLAGS.phase1_steps)}; give step counts, e.g. 2500,5000,10000")
-    try:
+    with one_line("rerun the same command to continue the block"):
         config = config_lib.resolve(FLAGS.config)
         # Planned (and the code's commit read) before JAX starts its threads.
         deviations = reproduce.deviations(config_flags.get_config_filename(FLAGS["config"]), sys.argv[1:])
@@ -76,12 +76,6 @@ def main(argv):
             record = reproduce.write_report(block)
         else:
             record = reproduce.run_block(block, FLAGS.cells, parallel.make_mesh(config.mesh.num_devices or None))
-    except Interrupted as e:
-        sys.exit(f"interrupted: {e}")
-    except AimeError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: rerun the same command to continue the block")
     from aime_jax.report import block_markdown
 
     print(block_markdown(record))
