@@ -1,0 +1,201 @@
+"""Measurements behind docs/reproduction.md's findings for cells that fall short; JSON out.
+
+  # Does the embodiment buffer cover the demonstrations' states (forward speed, torso height)?
+  python benchmarks/repro_diagnostics.py coverage --buffer=data/walker-run-buffer \
+      --demos data/walker-walk-expert data/walker-run-expert --out=coverage.json
+  # How much random action error does the expert itself tolerate?
+  python benchmarks/repro_diagnostics.py noise --expert=data/experts/walker-run/policy-200000 \
+      --env=walker-run --sigmas=0,0.1,0.24,0.35,0.5 --out=noise.json
+  # Where does a phase-2 policy go wrong: on the demonstrations, or in its own rollouts?
+  python benchmarks/repro_diagnostics.py acting --run=runs/repro/.../run/aime-p1_10000-p2_5000 \
+      --world_model=runs/repro/.../world_model/phase1-10000 --demos=data/walker-run-expert \
+      --expert=data/experts/walker-run/policy-200000 --env=walker-run --out=acting.json
+
+`acting` reports the policy's action error by time bucket (steps 0-10, 10-50, ..., to the
+episode's end) in three settings: on the demonstrations filtered over WHOLE episodes with their
+true actions (phase 2 trains on 50-step windows that start from the zero state), filtered with
+the policy's own inferred actions as in phase 2, and in closed loop in the simulator, where the
+error is measured against the expert's action on the state the agent actually reached; beside it
+the reward per step in closed loop and on the demonstrations.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+
+import numpy as np
+
+from aime_jax.atomic import write_json
+
+BUCKETS = [(0, 10), (10, 50), (50, 100), (100, 200), (200, 300), (300, 400), (400, 500)]
+# walker's `velocity` observation is qvel: (rootz, rootx, rooty, six joints); rootx is the forward speed.
+FORWARD_SPEED = 1
+
+
+def _episodes(folder: str) -> list[str]:
+    files = sorted(glob.glob(os.path.join(folder, "*.npz")))
+    if not files:
+        raise SystemExit(f"error: {folder!r} holds no episodes (*.npz); build it with experiments/datasets.py")
+    return files
+
+
+def _speed_height(folder: str) -> tuple[np.ndarray, np.ndarray]:
+    speed, height = [], []
+    for f in _episodes(folder):
+        with np.load(f) as ep:
+            speed.append(ep["velocity"][1:, FORWARD_SPEED])
+            height.append(ep["height"][1:, 0])
+    return np.concatenate(speed), np.concatenate(height)
+
+
+def coverage(args) -> dict:
+    edges = [-np.inf, -0.5, 0.5, 1.5, 3.0, 5.0, np.inf]
+    bs, bh = _speed_height(args.buffer)
+    out = {"buffer": {
+        "folder": args.buffer, "steps": int(bs.size),
+        "speed_q10_q50_q90": np.quantile(bs, [0.1, 0.5, 0.9]).tolist(),
+        "height_q10_q50_q90": np.quantile(bh, [0.1, 0.5, 0.9]).tolist(),
+        "speed_bins_m_per_s": ["< -0.5", "-0.5..0.5", "0.5..1.5", "1.5..3", "3..5", ">= 5"],
+        "speed_bin_share": (np.histogram(bs, edges)[0] / bs.size).tolist(),
+    }, "demos": {}}
+    for folder in args.demos:
+        ds, dh = _speed_height(folder)
+        lo, hi = np.quantile(ds, [0.1, 0.9])
+        out["demos"][folder] = {
+            "speed_q10_q50_q90": np.quantile(ds, [0.1, 0.5, 0.9]).tolist(),
+            "height_q10_q50_q90": np.quantile(dh, [0.1, 0.5, 0.9]).tolist(),
+            # The share of the buffer's steps at the demonstrations' speeds (their 10-90 % band).
+            "buffer_share_in_demo_speed_band": float(np.mean((bs >= lo) & (bs <= hi))),
+        }
+    return out
+
+
+def noise(args) -> dict:
+    from aime_jax.agents.sac import load_expert_policy
+    from aime_jax.evaluate import evaluate
+
+    expert = load_expert_policy(args.expert)
+
+    class Noisy:
+        def __init__(self, sigma: float):
+            self.sigma = sigma
+
+        def initial_carry(self, seeds):
+            return [np.random.default_rng([7, int(s)]) for s in seeds]
+
+        def act(self, carry, observation, prev_action, is_first):
+            _, action = expert.act(None, observation, prev_action, is_first)
+            eps = np.stack([rng.normal(0.0, self.sigma, action.shape[1]) for rng in carry])
+            return carry, np.clip(action + eps, -1.0, 1.0).astype(np.float32)
+
+    rows = []
+    for sigma in args.sigmas:
+        r = evaluate(args.env, "mdp", Noisy(sigma), episodes=args.episodes, num_envs=args.episodes, seed=123)
+        rows.append({"sigma": sigma, "return_mean": r.mean, "return_std": r.std})
+        print(f"sigma {sigma}: {r.mean:.1f} +- {r.std:.1f}", flush=True)
+    return {"expert": args.expert, "env": args.env, "episodes": args.episodes, "rows": rows}
+
+
+def acting(args) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+
+    from aime_jax.agents import aime
+    from aime_jax.agents.sac import load_expert_policy
+    from aime_jax.data import EpisodeStore
+    from aime_jax.data.collect import episode_seed
+    from aime_jax.envs.vector import VectorEnv
+    from aime_jax.nets.policy import tanh_gaussian_mode
+    from aime_jax.world_model import rssm
+
+    with open(os.path.join(args.run, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    agent = aime.load_agent(config, os.path.join(args.run, "phase2"), args.world_model)
+    model, wm_params, policy, policy_params = agent.model, agent.wm_params, agent.policy, agent.policy_params
+    expert = load_expert_policy(args.expert)
+    keys = tuple(model.config.obs_keys)
+    store = EpisodeStore(args.demos, progress=False)
+    eps = [store.episode(i, keys + ("pre_action", "reward")) for i in range(min(args.demos_count, store.num_episodes))]
+    obs = {k: jnp.asarray(np.stack([e[k] for e in eps]), jnp.float32) for k in keys}
+    true = jnp.asarray(np.stack([e["pre_action"] for e in eps]), jnp.float32)  # true[:, t] = a_{t-1}
+
+    @jax.jit
+    def on_demos(obs, true, rng):
+        embeds = model.apply({"params": wm_params}, obs, method=rssm.WorldModel.embed)
+        states, _ = rssm.observe(model, wm_params, embeds, true, rng)
+        mean, _ = policy.apply({"params": policy_params}, rssm.features(states))
+        given_true = tanh_gaussian_mode(mean)[:, :-1]  # the policy at s_t: a_t, i.e. true[:, t + 1]
+        _, _, _, inferred = aime.infer_actions(model, wm_params, policy, policy_params, embeds, rng)
+        return given_true, inferred[:, 1:]  # inferred[:, t] is a_{t-1}
+
+    given_true, inferred = on_demos(obs, true, jax.random.PRNGKey(0))
+    err_true = np.asarray(jnp.mean(jnp.square(given_true - true[:, 1:]), axis=(0, 2)))
+    err_inferred = np.asarray(jnp.mean(jnp.square(inferred - true[:, 1:]), axis=(0, 2)))
+
+    n = args.episodes
+    seeds = [episode_seed(args.seed, i) for i in range(n)]
+    err_closed, reward_closed, expert_abs = [], [], []
+    with VectorEnv(args.env, config.modality, n, 1, 2, 64) as env:  # action repeat 2, as in evaluate
+        step = env.reset(seeds)
+        carry = agent.initial_carry(seeds)
+        prev = np.zeros((n, env.action_dim), np.float32)
+        while not step.is_last[0]:
+            carry, action = agent.act(carry, step.observation, prev, step.is_first)
+            _, expert_action = expert.act(None, step.observation, prev, step.is_first)
+            action = np.clip(action, -1.0, 1.0)
+            err_closed.append(float(np.mean(np.square(action - expert_action))))
+            expert_abs.append(float(np.mean(np.square(expert_action))))
+            step = env.step(action)
+            reward_closed.append(float(np.mean(step.reward)))
+            prev = action
+    demo_reward = np.mean(np.stack([e["reward"][1:, 0] for e in eps]), axis=0)
+    rows = []
+    for lo, hi in BUCKETS:
+        rows.append({
+            "steps": f"{lo}-{hi}",
+            "mse_demos_true_actions": float(err_true[lo:hi].mean()),
+            "mse_demos_inferred_actions": float(err_inferred[lo:hi].mean()),
+            "mse_closed_loop_vs_expert": float(np.mean(err_closed[lo:hi])),
+            "expert_mean_square_closed_loop": float(np.mean(expert_abs[lo:hi])),
+            "reward_per_step_closed_loop": float(np.mean(reward_closed[lo:hi])),
+            "reward_per_step_demos": float(demo_reward[lo:hi].mean()),
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    return {"run": args.run, "world_model": args.world_model, "demos": args.demos, "demos_used": len(eps),
+            "expert": args.expert, "env": args.env, "closed_loop_episodes": n,
+            "closed_loop_return": float(np.sum(reward_closed)), "buckets": rows}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    p = sub.add_parser("coverage")
+    p.add_argument("--buffer", required=True)
+    p.add_argument("--demos", nargs="+", required=True)
+    p = sub.add_parser("noise")
+    p.add_argument("--expert", required=True, help="an expert run, its best/ or a builder's policy-<steps>/ snapshot")
+    p.add_argument("--env", required=True)
+    p.add_argument("--sigmas", type=lambda s: [float(x) for x in s.split(",")], default=[0.0, 0.1, 0.24, 0.35, 0.5])
+    p.add_argument("--episodes", type=int, default=10)
+    p = sub.add_parser("acting")
+    for name in ("run", "world_model", "demos", "expert", "env"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--demos_count", type=int, default=20)
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=99)
+    for p in sub.choices.values():
+        p.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    if getattr(args, "episodes", 1) < 1:
+        raise SystemExit(f"error: --episodes must be >= 1, got {args.episodes}")
+    result = {"what": args.what, "command": "python " + " ".join(sys.argv), **globals()[args.what](args)}
+    write_json(args.out, result)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
