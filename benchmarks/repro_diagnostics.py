@@ -16,7 +16,9 @@ episode's end) in three settings: on the demonstrations filtered over WHOLE epis
 true actions (phase 2 trains on 50-step windows that start from the zero state), filtered with
 the policy's own inferred actions as in phase 2, and in closed loop in the simulator, where the
 error is measured against the expert's action on the state the agent actually reached; beside it
-the reward per step in closed loop and on the demonstrations.
+the reward per step in closed loop and on the demonstrations. `--handover=0,50` repeats the
+closed loop with the expert acting for the first 50 steps while the agent filters (and then takes
+over): whether the agent fails from the start only, or wherever it is.
 """
 from __future__ import annotations
 
@@ -138,36 +140,49 @@ def acting(args) -> dict:
 
     n = args.episodes
     seeds = [episode_seed(args.seed, i) for i in range(n)]
-    err_closed, reward_closed, expert_abs = [], [], []
-    with VectorEnv(args.env, config.modality, n, 1, 2, 64) as env:  # action repeat 2, as in evaluate
-        step = env.reset(seeds)
-        carry = agent.initial_carry(seeds)
-        prev = np.zeros((n, env.action_dim), np.float32)
-        while not step.is_last[0]:
-            carry, action = agent.act(carry, step.observation, prev, step.is_first)
-            _, expert_action = expert.act(None, step.observation, prev, step.is_first)
-            action = np.clip(action, -1.0, 1.0)
-            err_closed.append(float(np.mean(np.square(action - expert_action))))
-            expert_abs.append(float(np.mean(np.square(expert_action))))
-            step = env.step(action)
-            reward_closed.append(float(np.mean(step.reward)))
-            prev = action
-    demo_reward = np.mean(np.stack([e["reward"][1:, 0] for e in eps]), axis=0)
+
+    def closed_loop(handover: int) -> dict[str, list[float]]:
+        """The agent filters from the first step, but the expert acts for the first `handover`
+        steps: if the agent then runs like the expert, what failed before was the start."""
+        err, reward, expert_sq = [], [], []
+        with VectorEnv(args.env, config.modality, n, 1, 2, 64) as env:  # action repeat 2, as in evaluate
+            step = env.reset(seeds)
+            carry = agent.initial_carry(seeds)
+            prev = np.zeros((n, env.action_dim), np.float32)
+            while not step.is_last[0]:
+                carry, action = agent.act(carry, step.observation, prev, step.is_first)
+                _, expert_action = expert.act(None, step.observation, prev, step.is_first)
+                action = np.clip(action, -1.0, 1.0)
+                err.append(float(np.mean(np.square(action - expert_action))))
+                expert_sq.append(float(np.mean(np.square(expert_action))))
+                if len(err) <= handover:
+                    action = np.asarray(expert_action, np.float32)
+                step = env.step(action)
+                reward.append(float(np.mean(step.reward)))
+                prev = action
+        return {"mse_vs_expert": err, "reward": reward, "expert_mean_square": expert_sq}
+
+    loops = {h: closed_loop(h) for h in args.handover}
+    demo_reward = np.mean(np.stack([np.reshape(e["reward"], -1)[1:] for e in eps]), axis=0)
     rows = []
     for lo, hi in BUCKETS:
-        rows.append({
+        row = {
             "steps": f"{lo}-{hi}",
             "mse_demos_true_actions": float(err_true[lo:hi].mean()),
             "mse_demos_inferred_actions": float(err_inferred[lo:hi].mean()),
-            "mse_closed_loop_vs_expert": float(np.mean(err_closed[lo:hi])),
-            "expert_mean_square_closed_loop": float(np.mean(expert_abs[lo:hi])),
-            "reward_per_step_closed_loop": float(np.mean(reward_closed[lo:hi])),
             "reward_per_step_demos": float(demo_reward[lo:hi].mean()),
-        })
-        print(json.dumps(rows[-1]), flush=True)
+        }
+        for h, loop in loops.items():
+            row[f"handover_{h}"] = {k: float(np.mean(v[lo:hi])) for k, v in loop.items()}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return {"run": args.run, "world_model": args.world_model, "demos": args.demos, "demos_used": len(eps),
             "expert": args.expert, "env": args.env, "closed_loop_episodes": n,
-            "closed_loop_return": float(np.sum(reward_closed)), "buckets": rows}
+            "closed_loop_return": {f"handover_{h}": float(np.sum(loop["reward"])) for h, loop in loops.items()},
+            # Step by step around the handover: does the error jump at once or grow?
+            "first_100_steps": {f"handover_{h}": {k: np.round(v[:100], 3).tolist() for k, v in loop.items()}
+                                for h, loop in loops.items()},
+            "buckets": rows}
 
 
 def main(argv=None) -> None:
@@ -187,6 +202,8 @@ def main(argv=None) -> None:
     p.add_argument("--demos_count", type=int, default=20)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=99)
+    p.add_argument("--handover", type=lambda s: [int(x) for x in s.split(",")], default=[0, 50],
+                   help="closed loops in which the expert acts for the first N steps (0: the agent from the start)")
     for p in sub.choices.values():
         p.add_argument("--out", required=True)
     args = parser.parse_args(argv)
