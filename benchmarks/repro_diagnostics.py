@@ -163,6 +163,18 @@ def acting(args) -> dict:
         return {"mse_vs_expert": err, "reward": reward, "expert_mean_square": expert_sq}
 
     loops = {h: closed_loop(h) for h in args.handover}
+    latent_bc = None
+    if args.latent_bc_steps:
+        # The control: the same policy network on the same filtered states, regressed on the true
+        # actions (BC in the world model's latent space). If it also collapses in closed loop, the
+        # latent state is a poor input for acting; if it runs, AIME's inferred actions are to blame.
+        latent_bc = train_latent_bc(model, wm_params, policy, store, keys, args.latent_bc_steps)
+        agent = aime.AimeAgent(model, wm_params, policy, latent_bc.pop("params"))
+        latent_bc["closed_loop"] = closed_loop(0)
+        latent_bc["closed_loop_return"] = float(np.sum(latent_bc["closed_loop"]["reward"]))
+        latent_bc["closed_loop"] = {k: [float(np.mean(v[lo:hi])) for lo, hi in BUCKETS]
+                                    for k, v in latent_bc["closed_loop"].items()}
+        print("latent BC:", json.dumps({k: v for k, v in latent_bc.items() if k != "closed_loop"}), flush=True)
     demo_reward = np.mean(np.stack([np.reshape(e["reward"], -1)[1:] for e in eps]), axis=0)
     rows = []
     for lo, hi in BUCKETS:
@@ -176,13 +188,61 @@ def acting(args) -> dict:
             row[f"handover_{h}"] = {k: float(np.mean(v[lo:hi])) for k, v in loop.items()}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    return {"run": args.run, "world_model": args.world_model, "demos": args.demos, "demos_used": len(eps),
+    checkpoints = os.path.join(args.run, "phase2", "checkpoints")
+    phase2_step = max((int(d) for d in os.listdir(checkpoints) if d.isdigit()), default=None)
+    return {"run": args.run, "phase2_step": phase2_step, "world_model": args.world_model, "demos": args.demos,
+            "demos_used": len(eps),
             "expert": args.expert, "env": args.env, "closed_loop_episodes": n,
             "closed_loop_return": {f"handover_{h}": float(np.sum(loop["reward"])) for h, loop in loops.items()},
             # Step by step around the handover: does the error jump at once or grow?
             "first_100_steps": {f"handover_{h}": {k: np.round(v[:100], 3).tolist() for k, v in loop.items()}
                                 for h, loop in loops.items()},
-            "buckets": rows}
+            "buckets": rows, "latent_bc": latent_bc}
+
+
+def train_latent_bc(model, wm_params, policy, store, keys, steps: int, holdout: int = 10) -> dict:
+    """Regresses the policy's mode on the true actions at the world model's posterior states of
+    every demonstration but the last `holdout` (filtered over whole episodes with the true
+    actions), Adam 3e-4, 2500 states per step (phase 2's 50 x 50)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from aime_jax.nets.policy import tanh_gaussian_mode
+    from aime_jax.world_model import rssm
+
+    feats, acts = [], []
+    observe = jax.jit(lambda o, a, r: rssm.observe(
+        model, wm_params, model.apply({"params": wm_params}, o, method=rssm.WorldModel.embed), a, r)[0])
+    for i in range(store.num_episodes):
+        ep = store.episode(i, keys + ("pre_action",))
+        obs = {k: jnp.asarray(ep[k][None], jnp.float32) for k in keys}
+        pre = jnp.asarray(ep["pre_action"][None], jnp.float32)
+        states = observe(obs, pre, jax.random.PRNGKey(i))
+        feats.append(np.asarray(rssm.features(states)[0, :-1]))  # s_t ...
+        acts.append(np.asarray(pre[0, 1:]))  # ... and the action taken there, a_t
+    train_x, train_y = np.concatenate(feats[:-holdout]), np.concatenate(acts[:-holdout])
+    test_x, test_y = np.concatenate(feats[-holdout:]), np.concatenate(acts[-holdout:])
+    params = policy.init(jax.random.PRNGKey(1), jnp.zeros((1, train_x.shape[1])))["params"]
+    opt = optax.adam(3e-4)
+    opt_state = opt.init(params)
+
+    def mse(params, x, y):
+        mean, _ = policy.apply({"params": params}, x)
+        return jnp.mean(jnp.square(tanh_gaussian_mode(mean) - y))
+
+    @jax.jit
+    def update(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(mse)(params, x, y)
+        updates, opt_state = opt.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        idx = rng.integers(0, len(train_x), 2500)
+        params, opt_state, loss = update(params, opt_state, train_x[idx], train_y[idx])
+    return {"params": params, "steps": steps, "train_mse": float(loss),
+            "heldout_mse": float(mse(params, test_x, test_y)), "heldout_episodes": holdout}
 
 
 def main(argv=None) -> None:
@@ -202,6 +262,8 @@ def main(argv=None) -> None:
     p.add_argument("--demos_count", type=int, default=20)
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=99)
+    p.add_argument("--latent_bc_steps", type=int, default=0,
+                   help="also train and run BC on the world model's latent states for this many steps (0: no)")
     p.add_argument("--handover", type=lambda s: [int(x) for x in s.split(",")], default=[0, 50],
                    help="closed loops in which the expert acts for the first N steps (0: the agent from the start)")
     for p in sub.choices.values():
