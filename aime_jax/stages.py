@@ -133,7 +133,12 @@ def demonstrations(config: ml_collections.ConfigDict) -> str:
 
 def phase2(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     from aime_jax.agents.aime import train_aime
+    from aime_jax.agents.world_model import check_world_model_fits, world_model_meta
 
+    # Before the demonstrations are built (which may train an expert first): a reused world
+    # model that does not fit is refused at once.
+    if config.world_model_dir:
+        check_world_model_fits(config, world_model_meta(config.world_model_dir), config.world_model_dir)
     demos = demonstrations(config)
 
     score, _ = make_scorer(config)
