@@ -13,7 +13,7 @@ import numpy as np
 
 from aime_jax import config as config_lib
 from aime_jax import parallel
-from aime_jax.atomic import write_json
+from aime_jax.atomic import remove_stale_temporaries, writable_dir, write_json
 from aime_jax.errors import AimeError
 from aime_jax.world_model import config as wm_config
 
@@ -293,8 +293,11 @@ def stage_fn(config: ml_collections.ConfigDict, name: str):
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """config.json of the run directory; a rerun with other settings is refused, not mixed in."""
-    os.makedirs(workdir, exist_ok=True)
+    """config.json of the run directory, which must be a folder that can be written (checked
+    first, and cleared of the temporaries a killed run left); a rerun with other settings is
+    refused, not mixed in."""
+    writable_dir(workdir, "--workdir")
+    remove_stale_temporaries(workdir)
     path = os.path.join(workdir, "config.json")
     new = json.loads(config.to_json())
     if os.path.exists(path):

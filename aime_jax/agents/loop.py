@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from aime_jax import parallel
+from aime_jax.atomic import writable_dir
 from aime_jax.checkpoint import Checkpointer
 from aime_jax.errors import AimeError, Interrupted
 from aime_jax.logging import RunLogger
@@ -81,6 +82,7 @@ def train_loop(
     trained on and saved. `stop(state)`, asked after each evaluation, ends training early: that
     state is saved at once, and a rerun whose restored state says stop trains nothing more.
     """
+    writable_dir(workdir, "run directory")
     with Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=loop.keep, save_interval_steps=loop.save_every
     ) as ckpt:

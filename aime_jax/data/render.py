@@ -7,8 +7,9 @@ import os
 
 import numpy as np
 
+from aime_jax.atomic import remove_stale_temporaries, writable_dir
 from aime_jax.data.episodes import list_episodes, save_episode
-from aime_jax.errors import DatasetError
+from aime_jax.errors import AimeError, DatasetError
 
 _renderer = None
 
@@ -67,7 +68,14 @@ def render_folder(
     Files that already hold images of this size are skipped unless `force`, so an interrupted
     run continues where it stopped. Each file is rewritten atomically.
     """
+    if size < 1 or camera < 0 or (workers is not None and workers < 1):
+        raise AimeError(
+            f"rendering needs size >= 1, camera >= 0 and workers >= 1; got size={size}, camera={camera}, "
+            f"workers={workers}"
+        )
     files = list_episodes(folder)
+    writable_dir(folder, "dataset folder")
+    remove_stale_temporaries(folder)
     domain = domain or _domain_of_folder(folder, files[0])
     todo = [f for f in files if force or _needs_render(f, size)]
     if not todo:
