@@ -6,7 +6,7 @@ stream position) and `<directory>/<step>/meta` (JSON: config, step, dataset fing
 Saves are asynchronous (the device-to-host copy happens inside `save`, so the caller may
 donate the state right after) and atomic: Orbax writes to `<step>.orbax-checkpoint-tmp-*` and
 renames it when complete, so a killed run leaves its last complete checkpoint, and the
-half-written folder is ignored and cleaned up when the directory is opened again. A save that
+half-written folder is ignored and removed when the directory is opened again. A save that
 fails in the background (a full disk) is reported by the next `check`, `save`, `wait` or
 `close` as one `CheckpointError`; the checkpoints before it stay as they were. The directory
 itself is created by the first save, so a run that fails before it leaves no empty folder.
@@ -24,10 +24,12 @@ to every tool; typed keys (`jax.random.key`) round-trip as well.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
 import sys
+from types import TracebackType
 from typing import Any, Callable, TypeVar
 
 import jax
@@ -41,6 +43,8 @@ from aime_jax.errors import AimeError
 STATE = "state"
 META = "meta"
 DAMAGED = ".damaged"
+# Orbax writes step N to `N.orbax-checkpoint-tmp*` and renames it when the save is complete.
+UNFINISHED = ".orbax-checkpoint-tmp"
 
 T = TypeVar("T")
 
@@ -78,11 +82,11 @@ _STATUS = {"OUT_OF_RANGE": "file truncated", "NOT_FOUND": "file missing", "DATA_
 
 
 def _reason(error: BaseException) -> str:
-    """A failure of Orbax or TensorStore in a few words: the OS error, else the status and key."""
+    """A failure of Orbax or TensorStore in a few words: the OS error, else the status and array."""
     text = str(error)
-    os_code = re.search(r"os_error_code='(\d+)'", text)
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
+    os_code = re.search(r"os_error_code='(\d+)'", text)
     if os_code:
         return os.strerror(int(os_code.group(1)))
     status = re.match(r"([A-Z_]{4,}): .*?(?:Error reading|Metadata at) \"([^\"/]+)", text)
@@ -93,28 +97,11 @@ def _reason(error: BaseException) -> str:
     return first if len(first) <= 120 else first[:117] + "..."
 
 
-class _OrbaxLogs(logging.Filter):
-    """Orbax logs a traceback from its own threads for every failed background save, which the
-    Checkpointer raises as one line instead, and a warning for every read-only directory, which
-    is what the Checkpointer asked for."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if f"{os.sep}orbax{os.sep}" not in record.pathname:
-            return True
-        return record.levelno < logging.ERROR and not record.getMessage().startswith("Given directory is read only")
+def _from_orbax(filename: str) -> bool:
+    return f"{os.sep}orbax{os.sep}" in filename
 
 
-class _AbandonedReads(logging.Filter):
-    """A failed restore leaves Orbax's other reads of that step unawaited; asyncio reports them
-    when they are collected, after the Checkpointer has reported the damage."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
-            return True
-        return not any(f"{os.sep}orbax{os.sep}" in name for name in _files(record.exc_info[2]))
-
-
-def _files(tb) -> list[str]:
+def _files(tb: TracebackType | None) -> list[str]:
     names = []
     while tb is not None:
         names.append(tb.tb_frame.f_code.co_filename)
@@ -122,28 +109,55 @@ def _files(tb) -> list[str]:
     return names
 
 
-def _drop_closed_loop_callbacks(previous: Callable) -> Callable:
-    # TensorStore completes those abandoned reads into an event loop Orbax has already closed.
-    def hook(unraisable) -> None:
+class _OrbaxLogs(logging.Filter):
+    """Orbax logs a traceback from its own threads for every failed background save, which the
+    Checkpointer raises as one line instead, and a warning for every read-only directory, which
+    is what the Checkpointer asked for.
+
+    Orbax may also swallow such a failure after logging it; `last_error` keeps it, so that the
+    one line can still say why."""
+
+    last_error: BaseException | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _from_orbax(record.pathname):
+            return True
+        if record.exc_info and record.exc_info[1] is not None:
+            _OrbaxLogs.last_error = record.exc_info[1]
+        return record.levelno < logging.ERROR and not record.getMessage().startswith("Given directory is read only")
+
+
+class _AbandonedReads(logging.Filter):
+    """A restore that fails leaves Orbax's other reads of that step unawaited; asyncio reports
+    them when they are collected, after the Checkpointer has reported the damage in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
+            return True
+        error, tb = record.exc_info[1], record.exc_info[2]
+        return not ("tensorstore" in str(error) or any(_from_orbax(name) for name in _files(tb)))
+
+
+def _drop_abandoned_reads(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    # The same abandoned reads: their coroutines are closed unfinished, and TensorStore completes
+    # them into an event loop that Orbax has already closed.
+    def hook(unraisable: Any) -> None:
         value = unraisable.exc_value
         if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is not None and _from_orbax(code.co_filename):
             return
         previous(unraisable)
 
     return hook
 
 
-_quiet = False
-
-
+@functools.cache
 def _quiet_orbax() -> None:
-    global _quiet
-    if _quiet:
-        return
-    _quiet = True
     logging.getLogger("absl").addFilter(_OrbaxLogs())
     logging.getLogger("asyncio").addFilter(_AbandonedReads())
-    sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+    sys.unraisablehook = _drop_abandoned_reads(sys.unraisablehook)
 
 
 def _say(line: str) -> None:
@@ -176,11 +190,12 @@ class Checkpointer:
                 "of a finished run"
             )
         _quiet_orbax()
+        if not read_only:
+            self._remove_unfinished_saves()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=None if read_only else max_to_keep,
             save_interval_steps=0 if read_only else save_interval_steps,
             create=False,
-            cleanup_tmp_directories=not read_only,
             read_only=read_only,
         )
         self._manager = ocp.CheckpointManager(
@@ -188,20 +203,31 @@ class Checkpointer:
         )
         self._in_flight: int | None = None
 
+    def _remove_unfinished_saves(self) -> None:
+        # What a killed or failed save left. Orbax's own cleanup would run in the background and
+        # could outlive this Checkpointer, deleting the same step's folder of the next one. The
+        # other processes need not wait: Orbax starts every save with a barrier.
+        if jax.process_index() == 0 and self.directory.is_dir():
+            for path in self.directory.iterdir():
+                if UNFINISHED in path.name:
+                    path.rmtree()
+
     def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
         """Starts saving `state` and `meta` at `step`; returns whether a save was started.
 
         Raises CheckpointError if this save, or the one before it, could not be written."""
-        self.check()
+        if self._in_flight is not None:
+            self._finish()  # Orbax would wait for it before starting this one anyway
         if step in self._manager.all_steps():
             return False
         args = ocp.args.Composite(
             **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
         )
+        _OrbaxLogs.last_error = None
         try:
             started = self._manager.save(step, args=args, force=force)
         except Exception as e:  # noqa: BLE001 - any failure to write is the same for the run
-            raise self._save_failed(step if self._in_flight is None else self._in_flight, e) from None
+            raise self._save_failed(step, e) from None
         if started:
             self._in_flight = step
         return started
@@ -218,7 +244,7 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001
             raise self._save_failed(step, e) from None
         if step not in self._manager.all_steps():
-            raise self._save_failed(step, None)
+            raise self._save_failed(step, _OrbaxLogs.last_error)
 
     def _save_failed(self, step: int, error: BaseException | None) -> CheckpointError:
         steps = [s for s in self._manager.all_steps(read=True) if s != step]

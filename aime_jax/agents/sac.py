@@ -36,11 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from aime_jax import envs
 from aime_jax.atomic import remove_stale_temporaries, writable_dir
-from aime_jax.checkpoint import META, STATE, CheckpointNotFoundError, Checkpointer, restore_params_tree
+from aime_jax.checkpoint import CheckpointNotFoundError, Checkpointer, restore_params_tree
 from aime_jax.data.collect import episode_seed
 from aime_jax.data.episodes import episode_from_steps, save_episode
 from aime_jax.envs.dmc import ACTION_DIM
@@ -940,15 +939,14 @@ def _read_meta(directory: str) -> tuple[dict, int]:
             f"no SAC expert at {directory}: the folder does not exist; train one with "
             "`python experiments/train_expert.py --env=... --workdir=...`"
         )
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(path, options=options, item_names=(STATE, META)) as manager:
-        step = manager.latest_step()
-        if step is None:
+    with Checkpointer(path, read_only=True) as ckpt:
+        if ckpt.latest_step() is None:
             raise CheckpointNotFoundError(f"no complete checkpoint in {path}; the expert has not saved yet")
-        meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+        meta = ckpt.restore_meta()
     if "progress" not in meta or "config" not in meta:
         raise AimeError(f"{path} does not hold a SAC expert checkpoint (its metadata has {sorted(meta)})")
-    return meta, step
+    # Checkpoints are saved at env steps (the newest intact one, if the newest is damaged).
+    return meta, int(meta["progress"]["env_steps"])
 
 
 def checkpoint_eval(directory: str) -> dict[str, Any]:
