@@ -4,12 +4,10 @@
 
 Rerunning the same command continues an interrupted collection.
 """
-import sys
-
 from absl import app, flags, logging
 
 from aime_jax.data.collect import collect
-from aime_jax.errors import AimeError, parse_command_line
+from aime_jax.errors import one_line, parse_command_line
 from aime_jax.hostmem import reexec_with_huge_pages
 
 flags.DEFINE_string("env", "walker-walk", "Environment, e.g. walker-walk or cheetah-run.")
@@ -29,13 +27,11 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # Orbax and dm_control log every detail at INFO; --verbosity=0 brings it back.
         logging.set_verbosity(logging.WARNING)
-    try:
+    with one_line("rerun the same command to continue the collection"):
         paths = collect(
             FLAGS.env, FLAGS.modality, FLAGS.out, FLAGS.episodes, FLAGS.policy, FLAGS.seed,
             FLAGS.action_repeat, FLAGS.image_size,
         )
-    except AimeError as e:
-        sys.exit(f"error: {e}")
     print(f"{len(paths)} episodes in {FLAGS.out}")
 
 

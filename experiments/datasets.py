@@ -12,7 +12,7 @@ import sys
 
 from absl import app, flags, logging
 
-from aime_jax.errors import parse_command_line
+from aime_jax.errors import one_line, parse_command_line
 from aime_jax.hostmem import reexec_with_huge_pages
 
 flags.DEFINE_string("name", None, "Dataset name, e.g. walker-random, walker-walk-expert, walker-mix.")
@@ -33,17 +33,12 @@ def main(argv):
         # Orbax and dm_control log every detail at INFO; --verbosity=0 brings it back.
         logging.set_verbosity(logging.WARNING)
     from aime_jax.data.build import build, dataset_names, read_card
-    from aime_jax.errors import AimeError
 
     if not FLAGS.name:
         sys.exit(f"error: --name is required; valid names: {', '.join(dataset_names())}")
-    try:
+    with one_line("rerun the same command to continue the build"):
         folder = build(FLAGS.name, FLAGS.modality, FLAGS.root, scale=FLAGS.scale, seed=FLAGS.seed,
                        expert_scale=FLAGS.expert_scale, episodes=FLAGS.episodes)
-    except AimeError as e:
-        sys.exit(f"error: {e}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: rerun the same command to continue the build")
     card = read_card(folder)
     line = (f"done: {FLAGS.name} in {folder}: {card['episodes']} episodes, {card['steps']} steps, return "
             f"{card['return_mean']:.1f} ± {card['return_std']:.1f}, {card['size_bytes'] / 2**20:.1f} MiB")

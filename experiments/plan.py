@@ -7,12 +7,11 @@
 Rerunning the same command continues an interrupted run (finished episodes are kept).
 """
 import dataclasses
-import sys
 
 from absl import app, flags, logging
 
 from aime_jax.agents.mppi import MPPIConfig, plan_episodes
-from aime_jax.errors import AimeError, parse_command_line
+from aime_jax.errors import one_line, parse_command_line
 from aime_jax.hostmem import reexec_with_huge_pages
 
 _D = MPPIConfig()
@@ -32,11 +31,9 @@ def main(argv):
     del argv
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
-    try:
+    with one_line("rerun the same command to continue (finished episodes are kept)"):
         config = MPPIConfig(FLAGS.samples, FLAGS.horizon, FLAGS.noise, FLAGS.temperature)
         results = plan_episodes(FLAGS.env, FLAGS.out, FLAGS.episodes, FLAGS.seed, config)
-    except AimeError as e:
-        sys.exit(f"error: {e}")
     done = ", ".join(f"{r['return']:.1f}" for r in results) or "none (all there already)"
     print(f"{FLAGS.episodes} planner episodes in {FLAGS.out}; returns of those planned now: {done}")
     print(f"settings: {dataclasses.asdict(config)}")

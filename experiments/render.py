@@ -4,12 +4,10 @@
 
 Rerunning continues an interrupted render (files that already have images of --size are skipped).
 """
-import sys
-
 from absl import app, flags, logging
 
 from aime_jax.data.render import render_folder
-from aime_jax.errors import AimeError, parse_command_line
+from aime_jax.errors import one_line, parse_command_line
 
 flags.DEFINE_string("data", None, "Folder of episodes.", required=True)
 flags.DEFINE_integer("size", 64, "Image height and width.", lower_bound=1)
@@ -25,10 +23,8 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # Orbax and dm_control log every detail at INFO; --verbosity=0 brings it back.
         logging.set_verbosity(logging.WARNING)
-    try:
+    with one_line("rerun the same command to continue rendering"):
         n = render_folder(FLAGS.data, FLAGS.size, FLAGS.workers, FLAGS.camera, FLAGS.domain, FLAGS.force)
-    except AimeError as e:
-        sys.exit(f"error: {e}")
     print(f"rendered {n} episodes in {FLAGS.data}")
 
 

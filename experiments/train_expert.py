@@ -15,7 +15,7 @@ import sys
 
 from absl import app, flags, logging
 
-from aime_jax.errors import parse_command_line
+from aime_jax.errors import one_line, parse_command_line
 from aime_jax.hostmem import reexec_with_huge_pages
 
 flags.DEFINE_string("env", "walker-stand", "Task, e.g. walker-stand, walker-walk, cheetah-run.")
@@ -47,17 +47,14 @@ def main(argv):
         # Orbax and dm_control log every detail at INFO; --verbosity=0 brings it back.
         logging.set_verbosity(logging.WARNING)
     from aime_jax.agents.sac import default_config, train_expert
-    from aime_jax.errors import AimeError
 
     try:
         overrides = _overrides(FLAGS.set)
     except ValueError as e:
         sys.exit(f"error: bad command line: {e}")
-    try:
+    with one_line("rerun the same command to continue from the last checkpoint"):
         config = default_config(FLAGS.env, **overrides)
         summary = train_expert(FLAGS.env, FLAGS.workdir, FLAGS.steps, FLAGS.seed, config, FLAGS.episode_dir)
-    except AimeError as e:
-        sys.exit(f"error: {e}")
     final = summary["eval_return"]
     shown = "n/a" if final is None else f"{final:.1f}"
     best = summary["best_eval"]

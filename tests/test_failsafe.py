@@ -8,7 +8,6 @@ adding rows to `CLI_CASES` (run as a subprocess) or `REFUSALS` (called in-proces
 """
 from __future__ import annotations
 
-import dataclasses
 import errno
 import glob
 import hashlib

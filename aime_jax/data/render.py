@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 
 import numpy as np
 
@@ -41,6 +42,9 @@ def _needs_render(path: str, size: int) -> bool:
 
 def _init_worker(domain: str, size: int, camera: int) -> None:
     global _renderer
+    # Ctrl-C reaches every process of the group: the parent reports it in one line and stops the
+    # pool; a worker's own traceback would only bury that line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from aime_jax.envs.dmc import StateRenderer
 
     _renderer = StateRenderer(domain, size, camera)
