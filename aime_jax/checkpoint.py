@@ -247,7 +247,8 @@ class Checkpointer:
             raise self._save_failed(step, _OrbaxLogs.last_error)
 
     def _save_failed(self, step: int, error: BaseException | None) -> CheckpointError:
-        steps = [s for s in self._manager.all_steps(read=True) if s != step]
+        self._manager.reload()
+        steps = [s for s in self._manager.all_steps() if s != step]
         kept = f"the last good checkpoint, step {max(steps)}, is intact" if steps else "no checkpoint was saved yet"
         why = f" ({_reason(error)})" if error is not None else ""
         return CheckpointError(
