@@ -53,17 +53,16 @@ def write_json(path: str | os.PathLike, obj: Any, **kwargs) -> None:
         json.dump(obj, f, indent=2, **kwargs)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
-    """Removes the temporaries that `atomic_open` writers killed mid-write left in `folder`;
-    returns their paths. Only for a folder no other writer is working in at the time."""
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Removes the temporaries that `atomic_open` writers killed mid-write left in `folder`.
+    Only for a folder no other writer is working in at the time."""
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
-        return []
-    stale = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if _TEMPORARY.fullmatch(n)]
-    for path in stale:
-        if os.path.isfile(path):
+        return
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if _TEMPORARY.fullmatch(name) and os.path.isfile(path):
             os.remove(path)
-    return stale
 
 
 def writable_dir(path: str | os.PathLike, what: str) -> None:

@@ -2,7 +2,10 @@
 import contextlib
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from absl import flags
 
 
 class AimeError(Exception):
@@ -34,7 +37,7 @@ def one_line(interrupted: str = "rerun the same command to continue"):
         sys.exit(f"interrupted: {interrupted}")
 
 
-def parse_command_line(argv: list[str], flag_values: Any) -> list[str]:
+def parse_command_line(argv: list[str], flag_values: "flags.FlagValues") -> list[str]:
     """absl's flag parser for the entry points (`app.run(main, flags_parser=...)`), with every
     bad flag (a value out of its bounds, an unknown config key, a wrong type, a config file's own
     refusal such as an unknown `:argument`) as one line and exit 1."""

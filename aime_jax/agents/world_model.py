@@ -263,17 +263,18 @@ def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
 
 def check_world_model_fits(config: ml_collections.ConfigDict, meta: Mapping, run_dir: str) -> None:
     """Refuses a world model saved for another domain, modality or architecture than `config`
-    describes (the settings that change only how fast it computes may differ)."""
+    describes. The settings that change only how fast it computes may differ, and so may those
+    its config predates (the model is rebuilt from its own config)."""
     saved = meta["config"]
     found = [(key, saved.get(key), config[key]) for key in ("domain", "modality") if saved.get(key) != config[key]]
     ours, theirs = _flat(config.world_model.to_dict()), _flat(saved["world_model"])
     found += [
-        (f"world_model.{key}", theirs.get(key), ours.get(key))
-        for key in sorted(set(ours) | set(theirs))
-        if key.split(".")[0] not in wm_config.SPEED_ONLY and theirs.get(key) != ours.get(key)
+        (f"world_model.{key}", theirs[key], ours[key])
+        for key in sorted(set(ours) & set(theirs))
+        if key.split(".")[0] not in wm_config.SPEED_ONLY and theirs[key] != ours[key]
     ]
     if found:
-        shown = ", ".join(f"{key} {theirs!r} (this run: {ours!r})" for key, theirs, ours in found[:3])
+        shown = ", ".join(f"{key} {saved_value!r} (this run: {run_value!r})" for key, saved_value, run_value in found[:3])
         more = f" and {len(found) - 3} more" if len(found) > 3 else ""
         raise ConfigError(
             f"the world model in {run_dir} does not fit this run: {shown}{more}; point world_model_dir at a "
