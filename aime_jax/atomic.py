@@ -8,8 +8,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from typing import IO, Any, Iterator
+
+from aime_jax.errors import AimeError
+
+# The names atomic_open gives its temporaries: "." + target name + "." + mkstemp's 8 characters + ".tmp".
+_TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
 
 
 def _current_umask() -> int:
@@ -45,3 +51,32 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 def write_json(path: str | os.PathLike, obj: Any, **kwargs) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, **kwargs)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> None:
+    """Removes the temporaries that `atomic_open` writers killed mid-write left in `folder`.
+    Only for a folder no other writer is working in at the time."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        return
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        if _TEMPORARY.fullmatch(name) and os.path.isfile(path):
+            os.remove(path)
+
+
+def writable_dir(path: str | os.PathLike, what: str) -> None:
+    """Creates the folder `path` if needed and proves that it can be written, by writing there,
+    so that a run refuses a file, a read-only disk or a missing permission before it starts."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise AimeError(f"{what} {path} is a file, not a folder; choose another {what}")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=path)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise AimeError(
+            f"{what} {path} cannot be written ({e.strerror or e}); choose a folder you can write to"
+        ) from None

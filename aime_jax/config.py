@@ -8,13 +8,11 @@ config errors before anything is compiled.
 from __future__ import annotations
 
 import os
-import re
-import sys
 
 import ml_collections
 
 from aime_jax import envs
-from aime_jax.errors import AimeError, ConfigError
+from aime_jax.errors import ConfigError
 from aime_jax.world_model.config import get_config as world_model_config
 
 SCALES = ("", "quick")
@@ -312,20 +310,3 @@ def validate_bc(config: ml_collections.ConfigDict, num_devices: int, process_cou
             f"config.data.num_demos={config.data.num_demos}, but {config.algo} holds out "
             f"{bc.val_fraction:.0%} of the demonstrations for early stopping; use at least 2"
         )
-
-
-def parse_command_line(argv, flag_values):
-    """absl's flag parser for the entry points, with every config error (an unknown key, a wrong
-    type, a config file's own refusal such as an unknown `:argument`) as one line and exit 1."""
-    from absl import flags
-
-    try:
-        return flag_values(argv)
-    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, AimeError) as e:
-        message = str(e)
-        hint = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', message)
-        if hint:
-            message = f"unknown config key {hint.group(2)!r} (did you mean {hint.group(1)!r}?)"
-        elif isinstance(e, (AttributeError, KeyError)):
-            message = f"unknown config key {message}"
-        sys.exit(f"error: bad command line: {message}")

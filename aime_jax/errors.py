@@ -1,6 +1,11 @@
 """Errors caused by user input: the command-line entry points print their message, no traceback."""
 import contextlib
+import re
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from absl import flags
 
 
 class AimeError(Exception):
@@ -30,3 +35,21 @@ def one_line(interrupted: str = "rerun the same command to continue"):
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
         sys.exit(f"interrupted: {interrupted}")
+
+
+def parse_command_line(argv: list[str], flag_values: "flags.FlagValues") -> list[str]:
+    """absl's flag parser for the entry points (`app.run(main, flags_parser=...)`), with every
+    bad flag (a value out of its bounds, an unknown config key, a wrong type, a config file's own
+    refusal such as an unknown `:argument`) as one line and exit 1."""
+    from absl import flags
+
+    try:
+        return flag_values(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, AimeError) as e:
+        message = str(e)
+        hint = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', message)
+        if hint:
+            message = f"unknown config key {hint.group(2)!r} (did you mean {hint.group(1)!r}?)"
+        elif isinstance(e, (AttributeError, KeyError)):
+            message = f"unknown config key {message}"
+        sys.exit(f"error: bad command line: {message}")

@@ -193,11 +193,30 @@ def _run_batch(
 
 def normalised(returns_mean: float, expert_return: float) -> float:
     """The paper's score: 100 * mean return / expert return."""
-    if expert_return <= 0:
-        raise AimeError(f"expert_return must be positive, got {expert_return}")
+    if not (np.isfinite(expert_return) and expert_return > 0):
+        raise AimeError(f"expert_return must be a positive number, got {expert_return}")
     return 100.0 * returns_mean / expert_return
 
 
+def _non_finite(value: Any, name: str = "") -> list[str]:
+    if isinstance(value, float) and not np.isfinite(value):
+        return [name]
+    if isinstance(value, dict):
+        return [bad for k, v in value.items() for bad in _non_finite(v, f"{name}.{k}" if name else k)]
+    if isinstance(value, (list, tuple)):
+        return [bad for i, v in enumerate(value) for bad in _non_finite(v, f"{name}[{i}]")]
+    return []
+
+
 def write_results(path: str, result: dict) -> None:
-    """Writes `result` as JSON atomically: readers see the old file or the new one, never half."""
-    write_json(path, result, sort_keys=True)
+    """Writes `result` as JSON atomically: readers see the old file or the new one, never half.
+
+    JSON has no NaN: a result holding one is refused, naming where, instead of writing a file
+    that strict readers cannot parse."""
+    bad = _non_finite(result)
+    if bad:
+        raise AimeError(
+            f"the results for {path} hold non-finite values at {', '.join(bad[:5])}; nothing was written. "
+            "Check the inputs they come from (e.g. the demonstrations' rewards) and rerun"
+        )
+    write_json(path, result, sort_keys=True, allow_nan=False)

@@ -13,7 +13,7 @@ import numpy as np
 
 from aime_jax import config as config_lib
 from aime_jax import parallel
-from aime_jax.atomic import write_json
+from aime_jax.atomic import remove_stale_temporaries, writable_dir, write_json
 from aime_jax.errors import AimeError
 from aime_jax.world_model import config as wm_config
 
@@ -133,7 +133,12 @@ def demonstrations(config: ml_collections.ConfigDict) -> str:
 
 def phase2(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     from aime_jax.agents.aime import train_aime
+    from aime_jax.agents.world_model import check_world_model_fits, world_model_meta
 
+    # Before the demonstrations are built (which may train an expert first): a reused world
+    # model that does not fit is refused at once.
+    if config.world_model_dir:
+        check_world_model_fits(config, world_model_meta(config.world_model_dir), config.world_model_dir)
     demos = demonstrations(config)
 
     score, _ = make_scorer(config)
@@ -288,8 +293,11 @@ def stage_fn(config: ml_collections.ConfigDict, name: str):
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """config.json of the run directory; a rerun with other settings is refused, not mixed in."""
-    os.makedirs(workdir, exist_ok=True)
+    """config.json of the run directory, which must be a folder that can be written (checked
+    first, and cleared of the temporaries a killed run left); a rerun with other settings is
+    refused, not mixed in."""
+    writable_dir(workdir, "--workdir")
+    remove_stale_temporaries(workdir)
     path = os.path.join(workdir, "config.json")
     new = json.loads(config.to_json())
     if os.path.exists(path):

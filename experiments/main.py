@@ -27,8 +27,10 @@ def define_flags(flag_values: flags.FlagValues, argv: list[str] | None = None) -
         flag_values=flag_values,
     )
     flags.DEFINE_string("coordinator_address", None, "Multi-process runs: host:port of process 0.", flag_values=flag_values)
-    flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes.", flag_values=flag_values)
-    flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.", flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "Multi-process runs: number of processes.", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index.", lower_bound=0,
+                         flag_values=flag_values)
     flags.DEFINE_bool(
         "dry_run", False, "Check the command (config file, overrides, settings) and print the run directory "
         "and stages, without starting JAX's runtime or running anything.", flag_values=flag_values,
@@ -118,7 +120,7 @@ def main(argv):
 
 
 def parse_flags(argv, flag_values: flags.FlagValues = FLAGS):
-    from aime_jax.config import parse_command_line
+    from aime_jax.errors import parse_command_line
 
     return parse_command_line(argv, flag_values)
 

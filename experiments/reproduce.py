@@ -34,7 +34,8 @@ flags.DEFINE_list("cells", None, "Run only these cells: datasets, world_model, a
                   "bc:<task> (default: every cell, in that order).")
 flags.DEFINE_bool("report_only", False, "Write the block's report from what is on disk (cells not yet complete "
                   "are marked), running nothing; safe beside running cells.")
-flags.DEFINE_integer("data_seed", 0, "Seed of the datasets (shared by every training seed, config.seed).")
+flags.DEFINE_integer("data_seed", 0, "Seed of the datasets (shared by every training seed, config.seed).",
+                     lower_bound=0)
 flags.DEFINE_string("name", "", "Name of a deviation from the paper's settings (any --config.* override that is "
                     "not a location, seed, logging or speed setting, or a config argument such as :quick): the "
                     "block gets its own folder <block>-<modality>-seed<seed>-<name> and its report lists them.")
@@ -82,7 +83,7 @@ def main(argv):
 
 
 def parse_flags(argv):
-    from aime_jax.config import parse_command_line
+    from aime_jax.errors import parse_command_line
 
     return parse_command_line(argv, FLAGS)
 

@@ -15,12 +15,14 @@ import sys
 
 from absl import app, flags, logging
 
+from aime_jax.errors import one_line, parse_command_line
 from aime_jax.hostmem import reexec_with_huge_pages
 
 flags.DEFINE_string("env", "walker-stand", "Task, e.g. walker-stand, walker-walk, cheetah-run.")
 flags.DEFINE_string("workdir", None, "Run directory (checkpoints, replay buffer, metrics).", required=True)
-flags.DEFINE_integer("steps", 100_000, "Agent steps to train for (action repeat 2), rounded up to whole episodes.")
-flags.DEFINE_integer("seed", 0, "Seed; training episode i starts from episode_seed(seed, i).")
+flags.DEFINE_integer("steps", 100_000, "Agent steps to train for (action repeat 2), rounded up to whole episodes.",
+                     lower_bound=1)
+flags.DEFINE_integer("seed", 0, "Seed; training episode i starts from episode_seed(seed, i).", lower_bound=0)
 flags.DEFINE_string("episode_dir", None, "Also save every training episode here (<i>.npz).")
 flags.DEFINE_multi_string("set", [], "SAC setting override key=value (value as JSON, else a string).")
 FLAGS = flags.FLAGS
@@ -45,19 +47,14 @@ def main(argv):
         # Orbax and dm_control log every detail at INFO; --verbosity=0 brings it back.
         logging.set_verbosity(logging.WARNING)
     from aime_jax.agents.sac import default_config, train_expert
-    from aime_jax.errors import AimeError
 
     try:
         overrides = _overrides(FLAGS.set)
     except ValueError as e:
         sys.exit(f"error: bad command line: {e}")
-    try:
+    with one_line("rerun the same command to continue from the last checkpoint"):
         config = default_config(FLAGS.env, **overrides)
         summary = train_expert(FLAGS.env, FLAGS.workdir, FLAGS.steps, FLAGS.seed, config, FLAGS.episode_dir)
-    except AimeError as e:
-        sys.exit(f"error: {e}")
-    except TypeError as e:  # a --set value of the wrong kind, e.g. hidden_sizes=abc
-        sys.exit(f"error: bad --set value: {e}")
     final = summary["eval_return"]
     shown = "n/a" if final is None else f"{final:.1f}"
     best = summary["best_eval"]
@@ -67,4 +64,4 @@ def main(argv):
 
 if __name__ == "__main__":
     reexec_with_huge_pages()
-    app.run(main)
+    app.run(main, flags_parser=lambda argv: parse_command_line(argv, FLAGS))

@@ -23,7 +23,7 @@ from aime_jax import parallel
 from aime_jax.agents.loop import LoopConfig, train_loop
 from aime_jax.agents.world_model import ACTION_KEY
 from aime_jax.data import EpisodeStore, WindowSampler
-from aime_jax.errors import ConfigError
+from aime_jax.errors import ConfigError, DatasetError
 from aime_jax.nets.policy import TanhGaussianPolicy, tanh_gaussian_mode, tanh_gaussian_sample
 from aime_jax.world_model import rssm
 
@@ -123,10 +123,19 @@ def create_policy_state(policy, features_size: int, optimizer, seed: int) -> Pol
     return PolicyState(jnp.zeros((), jnp.int32), params, optimizer.init(params), train_rng)
 
 
-def demos_store(demos_dir: str, num_demos: int, obs_keys) -> EpisodeStore:
-    """The first `num_demos` demonstrations (in file order) of a folder."""
+def demos_store(demos_dir: str, num_demos: int, obs_spec: Mapping[str, tuple[int, ...]]) -> EpisodeStore:
+    """The first `num_demos` demonstrations (in file order) of a folder, refused unless every
+    observation the world model reads has the shape it was trained on."""
     store = EpisodeStore(demos_dir)
-    store.check_keys(obs_keys)
+    store.check_keys(obs_spec)
+    wrong = {k: tuple(store.arrays[k].shape[1:]) for k, shape in obs_spec.items()
+             if tuple(store.arrays[k].shape[1:]) != tuple(shape)}
+    if wrong:
+        expected = {k: tuple(obs_spec[k]) for k in wrong}
+        raise DatasetError(
+            f"demonstrations {demos_dir!r} have observations of shape {wrong}, but the world model was "
+            f"trained on {expected}; use demonstrations of this domain and modality (images of the same size)"
+        )
     if num_demos < 1:
         raise ConfigError(f"config.data.num_demos must be >= 1, got {num_demos}")
     if num_demos > store.num_episodes:
@@ -205,7 +214,7 @@ def load_agent(config: ml_collections.ConfigDict, workdir: str, world_model_dir:
     from aime_jax.agents.world_model import load_world_model
     from aime_jax.checkpoint import Checkpointer
 
-    model, wm_params, _ = load_world_model(world_model_dir, mesh)
+    model, wm_params, _ = load_world_model(world_model_dir, mesh, config)
     policy = make_policy(config.phase2.policy, model.action_dim)
     optimizer = optax.chain(optax.clip_by_global_norm(config.phase2.grad_clip), optax.adam(config.phase2.lr))
     features_size = model.config.deter_size + model.config.stoch_size
@@ -231,9 +240,9 @@ def train_aime(
     from aime_jax.agents.world_model import load_world_model
 
     mesh = mesh or parallel.make_mesh(config.mesh.num_devices or None)
-    model, wm_params, _ = load_world_model(world_model_dir, mesh)
+    model, wm_params, _ = load_world_model(world_model_dir, mesh, config)
     obs_keys = tuple(model.config.obs_keys)
-    store = demos_store(demos_dir, config.data.num_demos, obs_keys)
+    store = demos_store(demos_dir, config.data.num_demos, {k: dict(model.obs_spec)[k] for k in obs_keys})
     keys = obs_keys + ((ACTION_KEY,) if ACTION_KEY in store.keys else ())
     sampler = WindowSampler(
         store, config.data.window, config.data.batch_size, config.seed + 2, keys,

@@ -53,7 +53,7 @@ from aime_jax.agents.sac import (
     observation_vector,
     SIMULATOR_STEPS_PER_EPISODE,
 )
-from aime_jax.atomic import write_json
+from aime_jax.atomic import remove_stale_temporaries, writable_dir, write_json
 from aime_jax.checkpoint import Checkpointer
 from aime_jax.data.collect import episode_seed
 from aime_jax.data.episodes import episode_from_steps, save_episode
@@ -295,12 +295,13 @@ def train_explorer(
     total = math.ceil(total_env_steps / episode_steps) * episode_steps
     if episode_dir is not None:
         _episode_dir_meta(episode_dir, env_name, seed, sac_cfg.action_repeat, policy="explore-training")
+        remove_stale_temporaries(episode_dir)
 
     explorer = Explorer(config, obs_dim)
     state = explorer.init(seed)
     buffer = ReplayBuffer(min(sac_cfg.buffer_size, total), obs_dim)
     prog = _Progress()
-    os.makedirs(workdir, exist_ok=True)
+    writable_dir(workdir, "--workdir")
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, save_interval_steps=1)
     try:
         latest = ckpt.latest_step()

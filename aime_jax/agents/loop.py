@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from aime_jax import parallel
+from aime_jax.atomic import writable_dir
 from aime_jax.checkpoint import Checkpointer
 from aime_jax.errors import AimeError, Interrupted
 from aime_jax.logging import RunLogger
@@ -81,8 +82,10 @@ def train_loop(
     trained on and saved. `stop(state)`, asked after each evaluation, ends training early: that
     state is saved at once, and a rerun whose restored state says stop trains nothing more.
     """
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=loop.keep, save_interval_steps=loop.save_every)
-    try:
+    writable_dir(workdir, "run directory")
+    with Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=loop.keep, save_interval_steps=loop.save_every
+    ) as ckpt:
         state = restore_or_keep(ckpt, state, meta["data_fingerprint"], workdir, data_dir)
         start = int(jax.device_get(state.step))
         if start >= loop.steps or (stop is not None and start > 0 and stop(state)):
@@ -99,6 +102,7 @@ def train_loop(
             with parallel.Prefetcher(batches(start), mesh, loop.prefetch) as stream:
                 for step in range(start + 1, loop.steps + 1):
                     state, metrics = train_step(state, next(stream))
+                    ckpt.check()  # a save that failed in the background stops the run here
                     logger.advance()
                     logging_now = step % loop.log_every == 0 or step == loop.steps
                     saving_now = step % loop.save_every == 0 or step == loop.steps
@@ -108,9 +112,8 @@ def train_loop(
                         if not _finite(fetched):
                             bad = sorted(k for k, v in fetched.items() if not np.all(np.isfinite(v)))
                             raise AimeError(
-                                f"{name} stopped: non-finite {bad} at step {step}. The last good "
-                                f"checkpoint (step {last_good}) in {workdir} is intact; lower the "
-                                "learning rate or the gradient clip and rerun"
+                                f"{name} stopped: non-finite {bad} at step {step} ({workdir}; {_kept(last_good)}); "
+                                "lower the learning rate or the gradient clip and rerun"
                             )
                         if logging_now:
                             logger.log(step, fetched, summary=summary)
@@ -124,12 +127,13 @@ def train_loop(
                     if stopping:
                         break
         except KeyboardInterrupt:
-            kept = f"its last checkpoint is step {last_good}" if last_good is not None else "it had no checkpoint yet"
             raise Interrupted(
-                f"{name} stopped at step {step} ({workdir}; {kept}); rerun the same command to continue"
+                f"{name} stopped at step {step} ({workdir}; {_kept(last_good)}); rerun the same command to continue"
             ) from None
         finally:
             logger.close()
-    finally:
-        ckpt.close()
     return state
+
+
+def _kept(last_good: int | None) -> str:
+    return f"its last checkpoint is step {last_good}" if last_good is not None else "it had no checkpoint yet"

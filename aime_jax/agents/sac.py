@@ -36,10 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from aime_jax import envs
-from aime_jax.checkpoint import META, STATE, CheckpointNotFoundError, Checkpointer, restore_params_tree
+from aime_jax.atomic import remove_stale_temporaries, writable_dir
+from aime_jax.checkpoint import CheckpointNotFoundError, Checkpointer, restore_params_tree
 from aime_jax.data.collect import episode_seed
 from aime_jax.data.episodes import episode_from_steps, save_episode
 from aime_jax.envs.dmc import ACTION_DIM
@@ -61,16 +61,38 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 def settings_from_dict(cls, d: dict[str, Any], what: str, size_lists: Sequence[str] = ()):
     """A settings dataclass from a dict (e.g. JSON): unknown keys are refused with the known ones
-    listed, and the `size_lists` entries become tuples of ints."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - known)
+    listed, every value must have its default's type (ints count as floats), and the
+    `size_lists` entries become tuples of ints."""
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}")
+        raise ConfigError(f"unknown {what} setting(s) {unknown}; known: {sorted(fields)}")
     d = dict(d)
-    for key in size_lists:
-        if key in d:
-            d[key] = tuple(int(h) for h in d[key])
+    for key, value in d.items():
+        default = fields[key]
+        if key in size_lists:
+            if not isinstance(value, (list, tuple)) or not all(_is_int(h) for h in value):
+                raise ConfigError(f"{what} setting {key}={value!r}: give a list of layer widths, e.g. [128, 128]")
+            d[key] = tuple(value)
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{what} setting {key}={value!r}: give true or false")
+        elif isinstance(default, int) and not isinstance(default, bool) and not _is_int(value):
+            raise ConfigError(f"{what} setting {key}={value!r}: give a whole number")
+        elif isinstance(default, float) or (default is None and value is not None):
+            if not _is_number(value):
+                raise ConfigError(f"{what} setting {key}={value!r}: give a number")
+            d[key] = float(value)
+        elif isinstance(default, str) and not isinstance(value, str):
+            raise ConfigError(f"{what} setting {key}={value!r}: give a string")
     return cls(**d)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -622,7 +644,7 @@ def _episode_dir_meta(episode_dir: str, env_name: str, seed: int, action_repeat:
                 f"episode folder {episode_dir} holds episodes of another run {clash} (old, new); choose another folder"
             )
         return
-    os.makedirs(episode_dir, exist_ok=True)
+    writable_dir(episode_dir, "episode folder")
     write_results(path, meta)
 
 
@@ -683,11 +705,12 @@ def train_expert(
 
     if episode_dir is not None:
         _episode_dir_meta(episode_dir, env_name, seed, config.action_repeat)
+        remove_stale_temporaries(episode_dir)
     sac = SAC(config, obs_dim)
     state = sac.init(seed)
     buffer = ReplayBuffer(min(config.buffer_size, total), obs_dim)
     prog = _Progress()
-    os.makedirs(workdir, exist_ok=True)
+    writable_dir(workdir, "--workdir")
     ckpt = Checkpointer(_checkpoint_dir(workdir), max_to_keep=1, save_interval_steps=1)
     best = Checkpointer(_best_dir(workdir), max_to_keep=None, save_interval_steps=1)
     try:
@@ -916,15 +939,14 @@ def _read_meta(directory: str) -> tuple[dict, int]:
             f"no SAC expert at {directory}: the folder does not exist; train one with "
             "`python experiments/train_expert.py --env=... --workdir=...`"
         )
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    with ocp.CheckpointManager(path, options=options, item_names=(STATE, META)) as manager:
-        step = manager.latest_step()
-        if step is None:
+    with Checkpointer(path, read_only=True) as ckpt:
+        if ckpt.latest_step() is None:
             raise CheckpointNotFoundError(f"no complete checkpoint in {path}; the expert has not saved yet")
-        meta = manager.restore(step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()}))[META]
+        meta = ckpt.restore_meta()
     if "progress" not in meta or "config" not in meta:
         raise AimeError(f"{path} does not hold a SAC expert checkpoint (its metadata has {sorted(meta)})")
-    return meta, step
+    # Checkpoints are saved at env steps (the newest intact one, if the newest is damaged).
+    return meta, int(meta["progress"]["env_steps"])
 
 
 def checkpoint_eval(directory: str) -> dict[str, Any]:

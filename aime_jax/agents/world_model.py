@@ -19,10 +19,11 @@ import optax
 
 from aime_jax import parallel
 from aime_jax.agents.loop import LoopConfig, train_loop
-from aime_jax.checkpoint import Checkpointer
+from aime_jax.checkpoint import CheckpointNotFoundError, Checkpointer
 from aime_jax.data import EpisodeStore, WindowSampler
-from aime_jax.errors import DatasetError
+from aime_jax.errors import ConfigError, DatasetError
 from aime_jax.logging import RunLogger
+from aime_jax.world_model import config as wm_config
 from aime_jax.world_model import rssm
 
 ACTION_KEY = "pre_action"
@@ -238,25 +239,75 @@ def train_world_model(config: ml_collections.ConfigDict, workdir: str, data_dir:
     )
 
 
-def load_world_model(run_dir: str, mesh=None) -> tuple[rssm.WorldModel, Any, ml_collections.ConfigDict]:
+def _world_model_checkpoints(run_dir: str) -> Checkpointer:
+    """The phase-1 checkpoints of `run_dir`, opened read-only: a world model to reuse is an input."""
+    nested = os.path.join(run_dir, "phase1")
+    folder = os.path.join(nested if os.path.isdir(nested) else run_dir, "checkpoints")
+    if not os.path.isdir(folder):
+        raise CheckpointNotFoundError(
+            f"world model {run_dir!r} holds no phase-1 checkpoints (no phase1/checkpoints/ or checkpoints/ "
+            "folder); point world_model_dir at the run directory of a finished phase-1 run"
+        )
+    return Checkpointer(folder, read_only=True)
+
+
+def _flat(tree: Mapping, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def check_world_model_fits(config: ml_collections.ConfigDict, meta: Mapping, run_dir: str) -> None:
+    """Refuses a world model saved for another domain, modality or architecture than `config`
+    describes. The settings that change only how fast it computes may differ, and so may those
+    its config predates (the model is rebuilt from its own config)."""
+    saved = meta["config"]
+    found = [(key, saved.get(key), config[key]) for key in ("domain", "modality") if saved.get(key) != config[key]]
+    ours, theirs = _flat(config.world_model.to_dict()), _flat(saved["world_model"])
+    found += [
+        (f"world_model.{key}", theirs[key], ours[key])
+        for key in sorted(set(ours) & set(theirs))
+        if key.split(".")[0] not in wm_config.SPEED_ONLY and theirs[key] != ours[key]
+    ]
+    if found:
+        shown = ", ".join(f"{key} {saved_value!r} (this run: {run_value!r})" for key, saved_value, run_value in found[:3])
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise ConfigError(
+            f"the world model in {run_dir} does not fit this run: {shown}{more}; point world_model_dir at a "
+            "world model trained with this config, or run with the world model's settings"
+        )
+
+
+def world_model_meta(run_dir: str) -> dict:
+    """The metadata of a phase-1 run's newest intact checkpoint (its config, obs_spec, action_dim)."""
+    with _world_model_checkpoints(run_dir) as ckpt:
+        return ckpt.restore_meta()
+
+
+def load_world_model(
+    run_dir: str, mesh=None, config: ml_collections.ConfigDict | None = None
+) -> tuple[rssm.WorldModel, Any, ml_collections.ConfigDict]:
     """The trained world model of a phase-1 run: (model, params, phase-1 config).
 
     `run_dir` is a pipeline run directory (holding phase1/) or a phase-1 directory itself. Only
-    the Orbax checkpoint is read: its metadata holds the config and shapes, the model is rebuilt
-    from them and its parameters restored into an abstract target (no pickles).
+    the Orbax checkpoint is read, and nothing is written there: its metadata holds the config
+    and shapes, the model is rebuilt from them and its parameters restored into an abstract
+    target (no pickles). With `config`, a world model that does not fit that run is refused
+    before its parameters are read.
     """
-    nested = os.path.join(run_dir, "phase1")
-    phase1_dir = nested if os.path.isdir(nested) else run_dir
-    ckpt = Checkpointer(os.path.join(phase1_dir, "checkpoints"))
-    try:
+    with _world_model_checkpoints(run_dir) as ckpt:
         meta = ckpt.restore_meta()
-        config = ml_collections.ConfigDict(meta["config"])
+        if config is not None:
+            check_world_model_fits(config, meta, run_dir)
+        saved = ml_collections.ConfigDict(meta["config"])
         spec = {k: tuple(v) for k, v in meta["obs_spec"].items()}
         action_dim = int(meta["action_dim"])
-        state, _ = ckpt.restore(abstract_train_state(config, spec, action_dim, mesh))
-    finally:
-        ckpt.close()
-    return rssm.build_world_model(config.world_model, spec, action_dim), state.params, config
+        state, _ = ckpt.restore(abstract_train_state(saved, spec, action_dim, mesh))
+    return rssm.build_world_model(saved.world_model, spec, action_dim), state.params, saved
 
 
 def action_evidence(

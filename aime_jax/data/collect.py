@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 
 from aime_jax import envs
-from aime_jax.atomic import write_json
+from aime_jax.atomic import remove_stale_temporaries, writable_dir, write_json
 from aime_jax.data.episodes import episode_from_steps, save_episode
 from aime_jax.errors import AimeError
 
@@ -90,7 +90,8 @@ def collect(
     env = envs.make(env_name, modality, seed=seed, action_repeat=action_repeat, image_size=image_size)
     act = load_policy(policy) if isinstance(policy, str) else policy
     policy_name = policy if isinstance(policy, str) else getattr(policy, "name", type(policy).__name__)
-    os.makedirs(out, exist_ok=True)
+    writable_dir(out, "--out")
+    remove_stale_temporaries(out)
     _write_meta(
         out,
         {

@@ -20,6 +20,9 @@ from aime_jax.atomic import atomic_open
 from aime_jax.errors import DatasetError
 
 REQUIRED_KEYS = ("pre_action", "reward", "is_first", "is_last", "is_terminal")
+# Walker and cheetah both have six actuators (aime_jax.envs.dmc.ACTION_DIM, which this layer
+# cannot import without loading the simulator).
+ACTION_WIDTH = 6
 SCALAR_KEYS = ("reward", "is_first", "is_last", "is_terminal", "discount")
 FLAG_KEYS = ("is_first", "is_last", "is_terminal")
 # Kept at full precision: re-rendering must reproduce the simulator exactly.
@@ -98,8 +101,35 @@ def _normalise(path: str, key: str, value: np.ndarray) -> np.ndarray:
     return value
 
 
+def check_length(path: str, length: int) -> None:
+    if length < 1:
+        raise DatasetError(f"{path}: the episode has no steps; remove the file or collect the episode again")
+
+
+def check_values(path: str, key: str, value: np.ndarray) -> None:
+    """Refuses, where an episode enters, what would otherwise surface far away as a non-finite
+    loss, a NaN score or a shape error inside JAX: a non-finite float (naming its step) and a
+    `pre_action` that is not one action per step."""
+    if key == "pre_action" and value.shape[1:] != (ACTION_WIDTH,):
+        raise DatasetError(
+            f"{path}: 'pre_action' has shape {value.shape}, not (T, {ACTION_WIDTH}) (one value per actuator "
+            "and step); collect the episode again"
+        )
+    if value.dtype.kind != "f" or not len(value):
+        return
+    finite = np.isfinite(value).reshape(len(value), -1).all(axis=1)
+    if not finite.all():
+        step = int(np.argmin(finite))
+        row = np.ravel(value[step])
+        raise DatasetError(
+            f"{path}: {key!r} is {row[~np.isfinite(row)][0]} at step {step} ({int((~finite).sum())} step(s) "
+            "non-finite); remove the file or collect the episode again"
+        )
+
+
 def load_episode(path: str | os.PathLike, keys: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-    """Reads and checks one episode file; `keys` limits what is decompressed."""
+    """Reads and checks one episode file (keys, shapes, finite values); `keys` limits what is
+    decompressed."""
     path = os.fspath(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -124,4 +154,8 @@ def load_episode(path: str | os.PathLike, keys: Iterable[str] | None = None) -> 
     lengths = {k: len(v) for k, v in episode.items()}
     if len(set(lengths.values())) > 1:
         raise DatasetError(f"{path}: keys disagree on the episode length: {lengths}")
+    if lengths:
+        check_length(path, min(lengths.values()))
+    for key, value in episode.items():
+        check_values(path, key, value)
     return episode

@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 
 import numpy as np
 
+from aime_jax.atomic import remove_stale_temporaries, writable_dir
 from aime_jax.data.episodes import list_episodes, save_episode
-from aime_jax.errors import DatasetError
+from aime_jax.errors import AimeError, DatasetError
 
 _renderer = None
 
@@ -40,6 +42,9 @@ def _needs_render(path: str, size: int) -> bool:
 
 def _init_worker(domain: str, size: int, camera: int) -> None:
     global _renderer
+    # Ctrl-C reaches every process of the group: the parent reports it in one line and stops the
+    # pool; a worker's own traceback would only bury that line.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from aime_jax.envs.dmc import StateRenderer
 
     _renderer = StateRenderer(domain, size, camera)
@@ -67,7 +72,14 @@ def render_folder(
     Files that already hold images of this size are skipped unless `force`, so an interrupted
     run continues where it stopped. Each file is rewritten atomically.
     """
+    if size < 1 or camera < 0 or (workers is not None and workers < 1):
+        raise AimeError(
+            f"rendering needs size >= 1, camera >= 0 and workers >= 1; got size={size}, camera={camera}, "
+            f"workers={workers}"
+        )
     files = list_episodes(folder)
+    writable_dir(folder, "dataset folder")
+    remove_stale_temporaries(folder)
     domain = domain or _domain_of_folder(folder, files[0])
     todo = [f for f in files if force or _needs_render(f, size)]
     if not todo:

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from aime_jax.data.episodes import REQUIRED_KEYS, list_episodes, load_episode
+from aime_jax.data.episodes import REQUIRED_KEYS, check_length, check_values, list_episodes, load_episode
 from aime_jax.errors import DatasetError
 
 PACK_DIR = ".aime_pack"
@@ -126,6 +126,8 @@ def _build_pack(folder: str, files: list[str], table: list[list], pack_dir: str,
             "fingerprint": _fingerprint(table),
             "lengths": [int(n) for n in lengths],
             "keys": {k: {"dtype": np.dtype(dt).str, "shape": list(shape)} for k, (dt, shape) in spec.items()},
+            # load_episode checked every value on the way in.
+            "checked": True,
         }
         with open(os.path.join(tmp, "manifest.json"), "w") as fh:
             json.dump(manifest, fh)
@@ -146,6 +148,18 @@ def _build_pack(folder: str, files: list[str], table: list[list], pack_dir: str,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _check_pack(folder: str, manifest: dict, arrays: dict[str, np.ndarray]) -> None:
+    """The checks of `load_episode`, on a pack built before the episodes were checked as they were
+    packed (it would otherwise be trusted until its files change)."""
+    offset = 0
+    for (name, _, _), n in zip(manifest["files"], manifest["lengths"]):
+        path = os.path.join(folder, name)
+        check_length(path, n)
+        for key, array in arrays.items():
+            check_values(path, key, array[offset : offset + n])
+        offset += n
 
 
 class EpisodeStore:
@@ -178,6 +192,8 @@ class EpisodeStore:
             self.arrays = {
                 k: np.load(os.path.join(self.pack_dir, f"{k}.npy"), mmap_mode="r") for k in manifest["keys"]
             }
+            if not manifest.get("checked"):
+                _check_pack(self.folder, manifest, self.arrays)
             self._all_lengths = np.asarray(manifest["lengths"], np.int64)
             self._all_offsets = np.concatenate([[0], np.cumsum(self._all_lengths)[:-1]]).astype(np.int64)
             self.episode_ids = np.arange(len(self._all_lengths))
