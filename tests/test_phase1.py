@@ -202,7 +202,8 @@ def test_a_config_files_own_refusal_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_training_in_one_line_naming_the_step(walker_random_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_and_stops_in_one_line_naming_the_step(walker_random_dir, tmp_path, sig):
     env = dict(os.environ, PYTHONPATH=REPO)
     proc = subprocess.Popen(
         [sys.executable, "experiments/main.py", "--config=configs/walker_mdp.py:quick", f"--workdir={tmp_path}",
@@ -215,12 +216,14 @@ def test_ctrl_c_stops_training_in_one_line_naming_the_step(walker_random_dir, tm
     while not (checkpoints.exists() and any(p.name.isdigit() for p in checkpoints.iterdir())):
         assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-3000:]
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     last = err.replace("\r", "\n").strip().splitlines()[-1]
     assert proc.returncode != 0 and "Traceback" not in err, err[-3000:]
     assert last.startswith("interrupted: phase 1 stopped at step ") and "rerun the same command to continue" in last
-    assert "its last checkpoint is step " in last
+    stopped = int(last.split("stopped at step ")[1].split()[0])
+    # The step it stopped at is saved: nothing trained is lost.
+    assert f"its last checkpoint is step {stopped})" in last and (checkpoints / str(stopped)).is_dir(), last
 
 
 def test_missing_config_file_is_named(tmp_path):

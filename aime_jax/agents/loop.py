@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
+import threading
 from typing import Any, Callable
 
 import jax
@@ -42,6 +44,32 @@ def _finite(metrics) -> bool:
 
 def _evaluated(result, state):
     return state if result is None else result
+
+
+class StopRequests:
+    """Ctrl-C (SIGINT) and SIGTERM (a cluster's preemption notice) only set a flag, which the
+    loop reads between steps: the interruption then never lands inside Orbax or a JAX callback,
+    where it would end in their tracebacks, and the loop can save the current step before it
+    stops. A second Ctrl-C stops at once. Outside the main thread, signals keep their handlers."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._request)
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc_info: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def restore_or_keep(ckpt: Checkpointer, state, fingerprint: str, workdir: str, data_dir: str):
@@ -97,9 +125,9 @@ def train_loop(
         last_good = ckpt.latest_step()
         step = start
         try:
-            if start == 0 and evaluate is not None:
-                state = _evaluated(evaluate(state, 0, logger), state)  # the untrained baseline
-            with parallel.Prefetcher(batches(start), mesh, loop.prefetch) as stream:
+            with StopRequests() as stops, parallel.Prefetcher(batches(start), mesh, loop.prefetch) as stream:
+                if start == 0 and evaluate is not None:
+                    state = _evaluated(evaluate(state, 0, logger), state)  # the untrained baseline
                 for step in range(start + 1, loop.steps + 1):
                     state, metrics = train_step(state, next(stream))
                     ckpt.check()  # a save that failed in the background stops the run here
@@ -126,6 +154,14 @@ def train_loop(
                         last_good = step
                     if stopping:
                         break
+                    if stops.signal is not None:
+                        ckpt.save(step, state, dict(meta, step=step), force=True)
+                        ckpt.wait()
+                        last_good = step
+                        raise Interrupted(
+                            f"{name} stopped at step {step} by {signal.Signals(stops.signal).name} ({workdir}; "
+                            f"{_kept(last_good)}); rerun the same command to continue"
+                        )
         except KeyboardInterrupt:
             raise Interrupted(
                 f"{name} stopped at step {step} ({workdir}; {_kept(last_good)}); rerun the same command to continue"
