@@ -16,7 +16,8 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.flatten_util import ravel_pytree
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from aime_jax.errors import AimeError, ConfigError
 
@@ -196,7 +197,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, replicated(mesh))
 
 
-def data_parallel(fn: Callable[[Any, Any], T], mesh: Mesh) -> Callable[[Any, Any], T]:
+def data_parallel(fn: Callable[[Any, Any], T], mesh: Mesh | AbstractMesh) -> Callable[[Any, Any], T]:
     """`fn(replicated, batch)` run on every device with its shard of `batch`; returns the mean
     over the devices of its outputs, in one all-reduce.
 
@@ -204,6 +205,7 @@ def data_parallel(fn: Callable[[Any, Any], T], mesh: Mesh) -> Callable[[Any, Any
     equal (`shard_batch` checks it), so the mean of the shards' means is the global batch's.
     `replicated` (parameters, keys) is whole on every device, `batch` is split on axis 0 over
     'data'. Use it inside `jax.jit`; `shard_rows` gives a shard the global indices of its rows.
+    A `mesh.abstract_mesh` lowers the same program without devices (e.g. to count FLOPs).
 
     Why not let XLA partition the step: with the parameters replicated and the batch split, its
     partitioner all-reduces the weight gradients where they arise, inside the backward scan over
@@ -212,7 +214,10 @@ def data_parallel(fn: Callable[[Any, Any], T], mesh: Mesh) -> Callable[[Any, Any
     """
 
     def local(replicated: Any, batch: Any) -> T:
-        return jax.lax.pmean(fn(replicated, batch), DATA_AXIS)
+        # One buffer: gloo (CPU processes) runs an all-reduce of many arrays as one collective
+        # per array, about 40 per step here.
+        flat, unravel = ravel_pytree(fn(replicated, batch))
+        return unravel(jax.lax.pmean(flat, DATA_AXIS))
 
     # check_vma=False: with it, JAX would sum a replicated parameter's gradient over the devices
     # where the parameter meets the split batch, inside the scans again; here every device keeps
