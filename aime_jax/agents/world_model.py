@@ -3,8 +3,8 @@
 `make_train_step` returns the pure step `(state, batch) -> (state, metrics)`; it is jitted with
 the train state replicated and donated and the batch split over the mesh's 'data' axis, so the
 same code runs on one CPU, several GPUs or a TPU pod: each device computes its shard's loss and
-gradients, averaged over the devices once per step (`parallel.data_parallel`). `train_world_model(config, workdir)` owns
-the loop: data stream, checkpoints, validation, logging.
+gradients, averaged over the devices once per step (`parallel.data_parallel`).
+`train_world_model(config, workdir)` owns the loop: data stream, checkpoints, validation, logging.
 """
 from __future__ import annotations
 
