@@ -214,9 +214,13 @@ def data_parallel(fn: Callable[[Any, Any], T], mesh: Mesh | AbstractMesh) -> Cal
     """
 
     def local(replicated: Any, batch: Any) -> T:
+        out = fn(replicated, batch)
+        if mesh.shape[DATA_AXIS] == 1:
+            # Compiled, a pmean over one device stays an all-reduce (a copy of the gradients).
+            return out
         # One buffer: gloo (CPU processes) runs an all-reduce of many arrays as one collective
         # per array (a phase-1 gradient tree has about 40).
-        flat, unravel = ravel_pytree(fn(replicated, batch))
+        flat, unravel = ravel_pytree(out)
         return unravel(jax.lax.pmean(flat, DATA_AXIS))
 
     # check_vma=False: with it, JAX would sum a replicated parameter's gradient over the devices

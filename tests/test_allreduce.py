@@ -120,6 +120,8 @@ _CHECK = textwrap.dedent(
         results = []
         for mesh in (parallel.make_mesh(1), mesh4):
             step, args = steps(mesh)[name]
+            if mesh.size == 1:
+                counts[name + "_one_device"] = all_reduce_counts(step.lower(*args()).compile().as_text())
             state, *rest = args()
             for _ in range(3):
                 state, metrics = step(state, *rest)
@@ -147,10 +149,13 @@ def test_train_steps_reduce_gradients_once_outside_every_loop():
     result = _run_check()
     counts = result["counts"]
     # BC's step stands for the IDM's too: both are `bc.fit`'s step.
-    for name, count in counts.items():
+    for name in ("phase1", "phase2", "bc"):
         # The gradient tree (and the metrics) cross devices in one all-reduce, after the scans.
-        assert count["in_loops"] == 0, (name, count)
-        assert count["total"] == 1, (name, count)
+        assert counts[name]["in_loops"] == 0, (name, counts[name])
+        assert counts[name]["total"] == 1, (name, counts[name])
+    # On one device there is nothing to reduce.
+    for name in ("phase1_one_device", "phase2_one_device"):
+        assert counts[name]["total"] == 0, (name, counts[name])
     # The scans are while loops: without them the check above would prove nothing.
     assert counts["phase1"]["loops"] >= 2 and counts["phase2"]["loops"] >= 2
     for name, diff in result["diffs"].items():
