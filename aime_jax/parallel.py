@@ -2,6 +2,8 @@
 
 The same code runs on 1 CPU, 8 GPUs or a TPU pod. In a multi-process run every process holds
 only its own slice of the global batch; `shard_batch` stitches the slices into global arrays.
+A train step computes each shard's loss and gradients on its own device and averages them over
+the devices once (`data_parallel`).
 """
 from __future__ import annotations
 
@@ -9,15 +11,19 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.flatten_util import ravel_pytree
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from aime_jax.errors import AimeError, ConfigError
 
 DATA_AXIS = "data"
+
+T = TypeVar("T")
 
 
 def _launched_multiprocess() -> bool:
@@ -189,6 +195,45 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     seed), as JAX does not check that they agree.
     """
     return jax.device_put(tree, replicated(mesh))
+
+
+def data_parallel(fn: Callable[[Any, Any], T], mesh: Mesh | AbstractMesh) -> Callable[[Any, Any], T]:
+    """`fn(replicated, batch)` run on every device with its shard of `batch`; returns the mean
+    over the devices of its outputs, in one all-reduce.
+
+    `fn` must return means over its shard's rows (a loss, its gradients, metrics): shards are
+    equal (`shard_batch` checks it), so the mean of the shards' means is the global batch's.
+    `replicated` (parameters, keys) is whole on every device, `batch` is split on axis 0 over
+    'data'. Use it inside `jax.jit`; `shard_rows` gives a shard the global indices of its rows.
+    A `mesh.abstract_mesh` lowers the same program without devices (e.g. to count FLOPs).
+
+    Why not let XLA partition the step: with the parameters replicated and the batch split, its
+    partitioner all-reduces the weight gradients where they arise, inside the backward scan over
+    time, once per time step. Here nothing inside `fn` talks to another device, and the gradient
+    tree crosses devices once, after the scans.
+    """
+
+    def local(replicated: Any, batch: Any) -> T:
+        out = fn(replicated, batch)
+        if mesh.shape[DATA_AXIS] == 1:
+            # Compiled, a pmean over one device stays an all-reduce (a copy of the gradients).
+            return out
+        # One buffer: gloo (CPU processes) runs an all-reduce of many arrays as one collective
+        # per array (a phase-1 gradient tree has about 40).
+        flat, unravel = ravel_pytree(out)
+        return unravel(jax.lax.pmean(flat, DATA_AXIS))
+
+    # check_vma=False: with it, JAX would sum a replicated parameter's gradient over the devices
+    # where the parameter meets the split batch, inside the scans again; here every device keeps
+    # its own gradients until the one pmean.
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(), check_vma=False)
+
+
+def shard_rows(rows: int) -> jax.Array:
+    """(rows,) int32: the global batch indices of this device's `rows` rows; only inside
+    `data_parallel`. Shard i holds the rows [i * rows, (i + 1) * rows) of the global batch, in
+    multi-process runs too (the mesh orders devices by process, as `shard_batch` stitches them)."""
+    return jax.lax.axis_index(DATA_AXIS) * rows + jnp.arange(rows, dtype=jnp.int32)
 
 
 class _End:

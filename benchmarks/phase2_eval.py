@@ -15,7 +15,7 @@ import time
 import jax
 import numpy as np
 
-from aime_jax import config as config_lib
+from aime_jax import config as config_lib, parallel
 from aime_jax.agents import aime
 from aime_jax.atomic import write_json
 from aime_jax.evaluate import evaluate
@@ -45,8 +45,8 @@ def phase2_step(domain: str, modality: str, steps: int) -> dict:
     }
     optimizer = optax.chain(optax.clip_by_global_norm(100.0), optax.adam(3e-4))
     state = aime.create_policy_state(policy, config.world_model.deter_size + config.world_model.stoch_size, optimizer, 0)
-    step = jax.jit(aime.make_train_step(model, policy, aime.phase2_loss_config(model.config, config.phase2), optimizer),
-                   donate_argnums=0)
+    step = aime.jit_train_step(model, policy, aime.phase2_loss_config(model.config, config.phase2), optimizer,
+                               parallel.make_mesh(1))
     t0 = time.perf_counter()
     compiled = step.lower(state, wm_params, batch).compile()
     compile_s = time.perf_counter() - t0

@@ -65,10 +65,8 @@ def main():
     domain, modality, dtype, *overrides = bench.CONFIGS[args.config]
     config, model, state, optimizer, host_batch = bench.build(domain, modality, dtype, *overrides)
     mesh = parallel.make_mesh(1)
-    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     state, batch = parallel.replicate(state, mesh), parallel.shard_batch(host_batch, mesh)
-    step = jax.jit(wm_agent.make_train_step(model, config.world_model, optimizer),
-                   in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+    step = wm_agent.jit_train_step(model, config.world_model, optimizer, mesh)
     compiled = step.lower(state, batch).compile()
     index = hlo_index(compiled.as_text())
     for _ in range(2):

@@ -1,19 +1,25 @@
 """Data-parallel scaling of the phase-1 train step: processes x devices against steps/s; JSON out.
 
   python benchmarks/scaling.py --out=benchmarks/results/scaling_cpu.json
+  # two processes against one at the same per-device batch, in turn, 3 rounds:
+  python benchmarks/scaling.py --layouts=1x1,2x1,1x2,2x2 --per_device_batch=8 --rounds=3
 
-Every layout (1 process x 1, 2, 4 devices; 2 processes x 1, 2 devices, through
-launch/local.sh) runs the same global batch of the same world model (the walker MDP `:quick`
-sizes unless --batch/--window say otherwise), jitted exactly as the learner jits it, fed
-synthetic process-local batches through `parallel.shard_batch` (the host-to-device copy
-included). On a CPU the "devices" are XLA's fake host devices sharing the machine's cores, so
-the numbers show the overhead of splitting the batch and of cross-process collectives (gloo),
-not a speedup; on GPUs or TPUs each device adds its own compute.
+Every layout (by default 1 process x 1, 2, 4 devices; 2 processes x 1, 2 devices, through
+launch/local.sh) runs the same world model (the walker MDP `:quick` sizes unless --window says
+otherwise), jitted exactly as the learner jits it (`world_model.jit_train_step`: one gradient
+all-reduce per step), fed synthetic process-local batches through `parallel.shard_batch` (the
+host-to-device copy included). The global batch is --batch for every layout, or
+--per_device_batch times the layout's devices. With --rounds R the layouts run R times in turn,
+so that every layout meets the same machine load; each reports its median. On a CPU the
+"devices" are XLA's fake host devices sharing the machine's cores, so the numbers show the
+overhead of splitting the batch and of cross-process collectives (gloo), not a speedup; on GPUs
+or TPUs each device adds its own compute.
 """
 import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -44,9 +50,7 @@ def worker(batch: int, window: int, steps: int, warmup: int, out: str) -> None:
     optimizer = wm_agent.make_optimizer(config.phase1.lr, config.phase1.grad_clip)
     model, state = wm_agent.create_train_state(wm, spec, 6, optimizer, 0)
     state = parallel.replicate(state, mesh)
-    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    step = jax.jit(wm_agent.make_train_step(model, wm, optimizer), in_shardings=(repl, data),
-                   out_shardings=(repl, repl), donate_argnums=0)
+    step = wm_agent.jit_train_step(model, wm, optimizer, mesh)
     local = batch // jax.process_count()
     rng = np.random.default_rng(jax.process_index())
     host = {k: rng.normal(size=(local, window, *shape)).astype(np.float32) for k, shape in spec.items()}
@@ -72,12 +76,24 @@ def worker(batch: int, window: int, steps: int, warmup: int, out: str) -> None:
                        "env_steps_per_s": round(steps * batch * window / elapsed, 1)}, f)
 
 
+def parse_layouts(text: str) -> list[tuple[int, int]]:
+    """'1x1,2x2' -> [(1, 1), (2, 2)]: processes x devices per process."""
+    try:
+        layouts = [tuple(int(n) for n in item.split("x")) for item in text.split(",")]
+    except ValueError:
+        layouts = []
+    if not layouts or any(len(l) != 2 or min(l) < 1 for l in layouts):
+        raise SystemExit(f"--layouts={text!r}: give PROCESSESxDEVICES pairs, e.g. 1x1,2x1")
+    return layouts
+
+
 def run_layout(processes: int, devices: int, args) -> dict:
+    batch = args.per_device_batch * processes * devices if args.per_device_batch else args.batch
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "result.json")
         env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
         env.pop("XLA_FLAGS", None)
-        command = [sys.executable, os.path.abspath(__file__), "--worker", f"--batch={args.batch}",
+        command = [sys.executable, os.path.abspath(__file__), "--worker", f"--batch={batch}",
                    f"--window={args.window}", f"--steps={args.steps}", f"--warmup={args.warmup}", f"--result={out}"]
         if processes > 1:
             env["AIME_LOCAL_DEVICES"] = str(devices)
@@ -95,7 +111,12 @@ def run_layout(processes: int, devices: int, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=os.path.join(REPO, "benchmarks", "results", "scaling_cpu.json"))
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=16, help="global batch of every layout")
+    parser.add_argument("--per_device_batch", type=int, default=0,
+                        help="if set, the global batch is this times the layout's devices")
+    parser.add_argument("--layouts", default=",".join(f"{p}x{d}" for p, d in LAYOUTS),
+                        help="PROCESSESxDEVICES per process, comma separated")
+    parser.add_argument("--rounds", type=int, default=1, help="times every layout runs, in turn")
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
@@ -105,14 +126,27 @@ def main() -> None:
     if args.worker:
         worker(args.batch, args.window, args.steps, args.warmup, args.result)
         return
+    layouts = parse_layouts(args.layouts)
+    runs: dict[tuple[int, int], list[dict]] = {layout: [] for layout in layouts}
+    for _ in range(max(1, args.rounds)):
+        for processes, devices in layouts:
+            result = run_layout(processes, devices, args)
+            print(json.dumps(result), flush=True)
+            runs[(processes, devices)].append(result)
     results = []
-    for processes, devices in LAYOUTS:
-        result = run_layout(processes, devices, args)
-        print(json.dumps(result), flush=True)
+    for rounds in runs.values():
+        median = statistics.median(r["steps_per_s"] for r in rounds)
+        result = dict(rounds[0])
+        result.update(
+            s_per_step=round(1.0 / median, 5), steps_per_s=round(median, 3),
+            env_steps_per_s=round(median * result["global_batch"] * result["window"], 1),
+            first_step_s=[r["first_step_s"] for r in rounds], load_before=[r["load_before"] for r in rounds],
+            rounds_steps_per_s=[r["steps_per_s"] for r in rounds],
+        )
         results.append(result)
-    base = results[0]["steps_per_s"]
+    first = f"{layouts[0][0]}x{layouts[0][1]}"
     for r in results:
-        r["relative_to_1x1"] = round(r["steps_per_s"] / base, 3)
+        r[f"relative_to_{first}"] = round(r["steps_per_s"] / results[0]["steps_per_s"], 3)
     report = {
         "command": "python " + " ".join(sys.argv),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},

@@ -91,15 +91,13 @@ batch["pre_action"] = rng.uniform(-1, 1, (8, 10, 6)).astype(np.float32)
 opt = learner.make_optimizer(3e-4, 100.0)
 results = []
 # The last run also defers the scan's weight gradients (config.world_model.defer_weight_grads):
-# its per-layer products then reduce over the batch across devices.
+# each device's per-layer products then cover its own shard, averaged over the devices after.
 for n, defer in ((1, False), (4, False), (4, True)):
     config.world_model.defer_weight_grads = defer
     mesh = parallel.make_mesh(n)
     model, state = learner.create_train_state(config.world_model, spec, 6, opt, 0)
     state = parallel.replicate(state, mesh)
-    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    step = jax.jit(learner.make_train_step(model, config.world_model, opt),
-                   in_shardings=(repl, data), out_shardings=(repl, repl), donate_argnums=0)
+    step = learner.jit_train_step(model, config.world_model, opt, mesh)
     for _ in range(3):
         state, metrics = step(state, parallel.shard_batch(batch, mesh))
     assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == n

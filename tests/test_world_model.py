@@ -22,6 +22,7 @@ from aime_jax.world_model import (
     negative_elbo,
     observe,
 )
+from aime_jax.world_model.rssm import row_keys, time_keys
 
 ACTION_DIM = 6
 WALKER_SPEC = {"orientations": (14,), "height": (1,), "velocity": (9,), "image": (64, 64, 3)}
@@ -101,12 +102,34 @@ def test_observe_scan_equals_unrolled_steps(variant, unroll):
 
     step = jax.jit(functools.partial(model.apply, method=WorldModel.step))
     state = initial_state(config, 2)
-    for t, key in enumerate(jax.random.split(rng, 5)):
-        state, out = step({"params": params}, state, batch["pre_action"][:, t], embeds[:, t], key)
+    # Step t of the scan draws each window's noise from that window's t-th key.
+    for t, keys in enumerate(time_keys(rng, 2, 5)):
+        state, out = step({"params": params}, state, batch["pre_action"][:, t], embeds[:, t], keys)
         for name in ("h", "z"):
             np.testing.assert_allclose(states[name][:, t], state[name], rtol=1e-5, atol=1e-5)
         for name in ("prior_mean", "prior_std", "post_mean", "post_std"):
             np.testing.assert_allclose(outs[name][:, t], out[name], rtol=1e-5, atol=1e-5)
+
+
+def test_a_window_draws_the_same_noise_in_any_batch():
+    """Each window's noise comes from the key of its row in the global batch, so filtering a
+    shard of the batch with its rows' keys (as a data-parallel step does) gives that shard's
+    rows of the whole batch's result."""
+    config = tiny_config("rssm", "mdp")
+    model, params = build(config)
+    batch = make_batch()
+    obs = {k: batch[k] for k in config.obs_keys}
+    embeds = model.apply({"params": params}, obs, method=WorldModel.embed)
+    rng = jax.random.PRNGKey(1)  # raw uint32, as train states keep it
+    run = jax.jit(functools.partial(observe, model))
+    whole, _ = run(params, embeds, batch["pre_action"], rng)
+    second, _ = run(params, embeds[1:], batch["pre_action"][1:], row_keys(rng, jnp.array([1])))
+    np.testing.assert_allclose(second["z"][0], whole["z"][1], rtol=1e-6, atol=1e-6)
+    first, _ = run(params, embeds[:1], batch["pre_action"][:1], rng)
+    np.testing.assert_allclose(first["z"][0], whole["z"][0], rtol=1e-6, atol=1e-6)
+    # Another row's key draws other noise.
+    other, _ = run(params, embeds[1:], batch["pre_action"][1:], row_keys(rng, jnp.array([0])))
+    assert not np.allclose(other["z"][0], whole["z"][1])
 
 
 def test_imagine_is_a_prior_rollout_of_the_same_step():
@@ -123,8 +146,8 @@ def test_imagine_is_a_prior_rollout_of_the_same_step():
     assert states["h"].shape == (2, 5, 16) and states["z"].shape == (2, 5, 4)
     step = jax.jit(functools.partial(model.apply, method=WorldModel.step))
     state = state0
-    for t, key in enumerate(jax.random.split(rng, 5)):
-        state, _ = step({"params": params}, state, actions[:, t], None, key)
+    for t, keys in enumerate(time_keys(rng, 2, 5)):
+        state, _ = step({"params": params}, state, actions[:, t], None, keys)
     np.testing.assert_allclose(states["z"][:, -1], state["z"], rtol=1e-5, atol=1e-5)
 
 

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from aime_jax import parallel
 from aime_jax.agents.loop import LoopConfig, train_loop
@@ -60,20 +61,22 @@ def phase2_loss_config(wm_config: ml_collections.ConfigDict, phase2: ml_collecti
 def infer_actions(model: rssm.WorldModel, wm_params, policy: TanhGaussianPolicy, policy_params, embeds, rng):
     """Filters embeds (B, T, E) with actions sampled from the policy at the previous state.
 
-    Returns states (B, T, ...), step statistics, and the sampled and mode actions (B, T, A);
-    action t is the one that led to observation t.
+    `rng`: one key, or (B,) keys, one per window (see `rssm.per_row_keys`). Returns states
+    (B, T, ...), step statistics, and the sampled and mode actions (B, T, A); action t is the one
+    that led to observation t.
     """
     batch = embeds.shape[0]
     state0 = rssm.initial_state(model.config, batch)
-    keys = jax.random.split(rng, embeds.shape[1])
+    keys = rssm.time_keys(rng, batch, embeds.shape[1])
 
     def body(state, x):
-        embed, key = x
-        act_key, step_key = jax.random.split(key)
+        embed, keys_t = x
+        act_keys, step_keys = jnp.moveaxis(jax.vmap(jax.random.split)(keys_t), 1, 0)
         mean, std = policy.apply({"params": policy_params}, rssm.features(state))
-        action = tanh_gaussian_sample(mean, std, act_key)
+        # Each window samples its action from its own key, as the world model's step does.
+        action = jax.vmap(tanh_gaussian_sample)(mean, std, act_keys)
         state, out = model.apply(
-            {"params": wm_params}, state, action, embed, step_key, method=rssm.WorldModel.step
+            {"params": wm_params}, state, action, embed, step_keys, method=rssm.WorldModel.step
         )
         return state, (state, out, action, tanh_gaussian_mode(mean))
 
@@ -82,13 +85,19 @@ def infer_actions(model: rssm.WorldModel, wm_params, policy: TanhGaussianPolicy,
 
 
 def phase2_loss(model, wm_params, policy, policy_params, batch: Mapping[str, jax.Array], rng, loss_config):
-    """Negative ELBO of the demonstration observations under policy-inferred actions."""
+    """Negative ELBO of the demonstration observations under policy-inferred actions.
+
+    Every metric is a mean over the batch's windows, so that a data-parallel step can average
+    them over its shards; the sampled actions' std comes as their first two moments (see
+    `with_action_std`).
+    """
     obs = {k: batch[k] for k in model.config.obs_keys}
     embeds = model.apply({"params": wm_params}, obs, method=rssm.WorldModel.embed)
     states, outs, actions, modes = infer_actions(model, wm_params, policy, policy_params, embeds, rng)
     loss, metrics = rssm.negative_elbo(model, wm_params, obs, states, outs, loss_config)
     metrics["loss"] = loss
-    metrics["action_std"] = jnp.std(actions)
+    metrics["action_mean"] = jnp.mean(actions)
+    metrics["action_mean_square"] = jnp.mean(jnp.square(actions))
     if ACTION_KEY in batch:
         # For analysis only (a real user's demonstrations carry no actions). Step 0 is skipped:
         # its action precedes the window and is guessed from the zero state.
@@ -99,22 +108,52 @@ def phase2_loss(model, wm_params, policy, policy_params, batch: Mapping[str, jax
     return loss, metrics
 
 
-def make_train_step(model, policy, loss_config, optimizer):
-    """(state, wm_params, batch) -> (state, metrics); only the policy is differentiated."""
+def with_action_std(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """`metrics` with the sampled actions' std in place of their first two moments: unlike the
+    std, the moments of the whole batch are the mean of its shards' moments."""
+    metrics = dict(metrics)
+    mean, mean_square = metrics.pop("action_mean"), metrics.pop("action_mean_square")
+    metrics["action_std"] = jnp.sqrt(jnp.maximum(mean_square - jnp.square(mean), 0.0))
+    return metrics
+
+
+def make_train_step(model, policy, loss_config, optimizer, mesh: Mesh):
+    """(state, wm_params, batch) -> (state, metrics) over `mesh`; only the policy is
+    differentiated. Jit it with the batch split over 'data' (see `jit_train_step`)."""
+
+    def shard_grads(replicated, batch):
+        params, wm_params, rng = replicated
+        rows = next(iter(batch.values())).shape[0]
+        keys = rssm.row_keys(rng, parallel.shard_rows(rows))
+
+        def loss_fn(params):
+            return phase2_loss(model, wm_params, policy, params, batch, keys, loss_config)
+
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, metrics
+
+    mean_grads = parallel.data_parallel(shard_grads, mesh)
 
     def train_step(state: PolicyState, wm_params, batch):
         rng = jax.random.fold_in(state.rng, state.step)
-
-        def loss_fn(params):
-            return phase2_loss(model, wm_params, policy, params, batch, rng, loss_config)
-
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grads, metrics = mean_grads((state.params, wm_params, rng), batch)
+        metrics = with_action_std(metrics)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         metrics["grad_norm"] = optax.tree.norm(grads)
         params = optax.apply_updates(state.params, updates)
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def jit_train_step(model, policy, loss_config, optimizer, mesh: Mesh):
+    """The phase-2 step as training runs it: jitted over `mesh`, the policy state replicated and
+    donated, the world model's parameters replicated, the batch split over 'data'."""
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(
+        make_train_step(model, policy, loss_config, optimizer, mesh),
+        in_shardings=(repl, repl, data), out_shardings=(repl, repl), donate_argnums=0,
+    )
 
 
 def create_policy_state(policy, features_size: int, optimizer, seed: int) -> PolicyState:
@@ -168,8 +207,9 @@ class AimeAgent:
 
         def one(state, action, embed, key):
             add_batch = functools.partial(jax.tree.map, lambda x: x[None])
+            # The episode's key is its row's key: its noise is drawn from it directly.
             new, _ = self.model.apply(
-                {"params": wm_params}, add_batch(state), action[None], embed[None], key,
+                {"params": wm_params}, add_batch(state), action[None], embed[None], key[None],
                 method=rssm.WorldModel.step,
             )
             return jax.tree.map(lambda x: x[0], new)
@@ -253,11 +293,7 @@ def train_aime(
     optimizer = optax.chain(optax.clip_by_global_norm(p.grad_clip), optax.adam(p.lr))
     features_size = model.config.deter_size + model.config.stoch_size
     state = parallel.replicate(create_policy_state(policy, features_size, optimizer, config.seed), mesh)
-    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    step_fn = jax.jit(
-        make_train_step(model, policy, phase2_loss_config(model.config, p), optimizer),
-        in_shardings=(repl, repl, data), out_shardings=(repl, repl), donate_argnums=0,
-    )
+    step_fn = jit_train_step(model, policy, phase2_loss_config(model.config, p), optimizer, mesh)
 
     def train_step(state, batch):
         return step_fn(state, wm_params, batch)

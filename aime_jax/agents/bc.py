@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from aime_jax import parallel
 from aime_jax.agents.loop import LoopConfig, train_loop
@@ -226,21 +227,38 @@ def create_state(net: StackNet, spec: dict[str, tuple[int, ...]], frames: int, o
     )
 
 
-def make_train_step(net: StackNet, optimizer):
-    def train_step(state: FitState, batch):
+def make_train_step(net: StackNet, optimizer, mesh: Mesh):
+    """(state, batch) -> (state, metrics) over `mesh`: each device's shard's MSE and gradients,
+    averaged over the devices once (`parallel.data_parallel`); jit it with the batch split over
+    'data' (see `jit_train_step`)."""
+
+    def shard_grads(params, batch):
         inputs = {k: batch[k] for k in net.obs_keys}
 
         def loss_fn(params):
             pred = net.apply({"params": params}, inputs)
             return jnp.mean(jnp.square(pred - batch[TARGET]))
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return jax.value_and_grad(loss_fn)(params)
+
+    mean_grads = parallel.data_parallel(shard_grads, mesh)
+
+    def train_step(state: FitState, batch):
+        loss, grads = mean_grads(state.params, batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def jit_train_step(net: StackNet, optimizer, mesh: Mesh):
+    """The step as `fit` runs it: jitted over `mesh`, the state replicated and donated, the batch
+    split over 'data'."""
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(make_train_step(net, optimizer, mesh), in_shardings=(repl, data),
+                   out_shardings=(repl, repl), donate_argnums=0)
 
 
 def make_error_sums(net: StackNet):
@@ -310,8 +328,7 @@ def fit(
     optimizer = optax.adam(lr)
     state = parallel.replicate(create_state(net, spec, train.frames, optimizer, seed, init_params), mesh)
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    train_step = jax.jit(make_train_step(net, optimizer), in_shardings=(repl, data),
-                         out_shardings=(repl, repl), donate_argnums=0)
+    train_step = jit_train_step(net, optimizer, mesh)
     error_sums = jax.jit(make_error_sums(net), in_shardings=(repl, data), out_shardings=repl)
     keep_best = jax.jit(_keep_best, in_shardings=(repl, repl), out_shardings=repl, donate_argnums=0)
     sampler = EpochSampler(len(train), batch_size, seed, jax.process_index(), jax.process_count())

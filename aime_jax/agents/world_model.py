@@ -2,8 +2,9 @@
 
 `make_train_step` returns the pure step `(state, batch) -> (state, metrics)`; it is jitted with
 the train state replicated and donated and the batch split over the mesh's 'data' axis, so the
-same code runs on one CPU, several GPUs or a TPU pod. `train_world_model(config, workdir)` owns
-the loop: data stream, checkpoints, validation, logging.
+same code runs on one CPU, several GPUs or a TPU pod: each device computes its shard's loss and
+gradients, averaged over the devices once per step (`parallel.data_parallel`).
+`train_world_model(config, workdir)` owns the loop: data stream, checkpoints, validation, logging.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from aime_jax import parallel
 from aime_jax.agents.loop import LoopConfig, train_loop
@@ -84,15 +86,30 @@ def create_train_state(
 
 
 def make_train_step(
-    model: rssm.WorldModel, wm_config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation
+    model: rssm.WorldModel,
+    wm_config: ml_collections.ConfigDict,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
-    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
-        rng = jax.random.fold_in(state.rng, state.step)
+    """The phase-1 step over `mesh` (jit it with the batch split over 'data', see `jit_train_step`);
+    every window draws its noise from the step key folded with its row in the global batch, so
+    the result does not depend on the number of devices."""
+
+    def shard_grads(replicated, batch: Mapping[str, jax.Array]):
+        params, rng = replicated
+        keys = rssm.row_keys(rng, parallel.shard_rows(batch[ACTION_KEY].shape[0]))
 
         def loss_fn(params):
-            return rssm.elbo_loss(model, params, batch, rng, wm_config)
+            return rssm.elbo_loss(model, params, batch, keys, wm_config)
 
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, metrics
+
+    mean_grads = parallel.data_parallel(shard_grads, mesh)
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+        rng = jax.random.fold_in(state.rng, state.step)
+        grads, metrics = mean_grads((state.params, rng), batch)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         heads = _detached_heads(grads)
@@ -102,6 +119,20 @@ def make_train_step(
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
     return train_step
+
+
+def jit_train_step(
+    model: rssm.WorldModel, wm_config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation, mesh: Mesh
+):
+    """The phase-1 step as training runs it: jitted over `mesh`, the train state replicated and
+    donated, the batch split over 'data'."""
+    repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+    return jax.jit(
+        make_train_step(model, wm_config, optimizer, mesh),
+        in_shardings=(repl, data),
+        out_shardings=(repl, repl),
+        donate_argnums=0,
+    )
 
 
 def make_eval_step(model: rssm.WorldModel, wm_config: ml_collections.ConfigDict):
@@ -167,12 +198,7 @@ class _Phase1:
         self.val_batches = [val_sampler.batch(i) for i in range(config.phase1.val_batches)]
         self.val_device = [parallel.shard_batch(b, mesh) for b in self.val_batches]
         repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-        self.train_step = jax.jit(
-            make_train_step(self.model, wm, self.optimizer),
-            in_shardings=(repl, data),
-            out_shardings=(repl, repl),
-            donate_argnums=0,
-        )
+        self.train_step = jit_train_step(self.model, wm, self.optimizer, mesh)
         self.eval_step = jax.jit(
             make_eval_step(self.model, wm), in_shardings=(repl, data, repl), out_shardings=repl
         )

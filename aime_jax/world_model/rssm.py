@@ -116,7 +116,8 @@ class WorldModel(nn.Module):
         """One transition: (s_{t-1}, a_{t-1}, e_t) -> s_t.
 
         state: {"h": (B, H), "z": (B, Z)}; action: (B, A), the action that led to o_t; embed:
-        (B, E) from `embed`, or None for a prior-only (imagination) step; rng: a PRNG key.
+        (B, E) from `embed`, or None for a prior-only (imagination) step; rng: (B,) keys, one per
+        row, or a single key (see `per_row_keys`).
         Returns the new state and float32 (B, Z) statistics "prior_mean", "prior_std" and, when
         `embed` is given, "post_mean", "post_std". z_t is drawn from the posterior when `embed`
         is given, else from the prior, with the reparameterisation trick so gradients flow
@@ -134,7 +135,8 @@ class WorldModel(nn.Module):
         if embed is not None:
             mean, std = self.posterior(jnp.concatenate([h, embed.astype(dtype)], axis=-1))
             out.update(post_mean=mean, post_std=std)
-        noise = jax.random.normal(rng, mean.shape, jnp.float32).astype(dtype)
+        keys = per_row_keys(rng, mean.shape[0])
+        noise = jax.vmap(lambda key: jax.random.normal(key, mean.shape[1:], jnp.float32))(keys).astype(dtype)
         z = (mean + std * noise).astype(dtype)
         return {"h": h.astype(dtype), "z": z}, {k: v.astype(jnp.float32) for k, v in out.items()}
 
@@ -193,6 +195,36 @@ def initial_state(config: ml_collections.ConfigDict, batch_size: int) -> State:
     }
 
 
+def row_keys(rng: chex.PRNGKey, rows: jax.Array) -> jax.Array:
+    """The keys of the batch rows `rows` (their indices in the global batch): fold_in(rng, i).
+
+    Every window draws its noise from its own key, so its samples do not depend on which other
+    windows share its batch or its device: a data-parallel step that hands each shard the keys
+    of its global rows matches a one-device run of the whole batch.
+    """
+    return jax.vmap(jax.random.fold_in, (None, 0))(_typed_key(rng), rows)
+
+
+def per_row_keys(rng: chex.PRNGKey, batch_size: int) -> jax.Array:
+    """(B,) keys: as given when `rng` holds one key per row, else `row_keys` of rows 0..B-1."""
+    keys = _typed_key(rng)
+    if keys.ndim == 0:
+        keys = row_keys(keys, jnp.arange(batch_size, dtype=jnp.int32))
+    chex.assert_shape(keys, (batch_size,))
+    return keys
+
+
+def time_keys(rng: chex.PRNGKey, batch_size: int, steps: int) -> jax.Array:
+    """(T, B) keys for a scan over T steps: row b's keys split from its `per_row_keys` key."""
+    keys = per_row_keys(rng, batch_size)
+    return jnp.swapaxes(jax.vmap(lambda key: jax.random.split(key, steps))(keys), 0, 1)
+
+
+def _typed_key(rng: chex.PRNGKey) -> jax.Array:
+    """Raw uint32 keys (..., 2), as train states store them, as typed keys (...)."""
+    return rng if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(rng)
+
+
 def scan_unroll(config: ml_collections.ConfigDict) -> int:
     """Time steps per iteration of the filtering scans (`config.scan_unroll`, default 1)."""
     return int(config.get("scan_unroll", 1))
@@ -215,7 +247,7 @@ def _scan_steps(
     embeds: Optional[jax.Array],
     rng: chex.PRNGKey,
 ) -> tuple[State, dict[str, jax.Array]]:
-    rngs = jax.random.split(rng, actions.shape[1])
+    rngs = time_keys(rng, actions.shape[0], actions.shape[1])
     xs = (_time_major(actions), None if embeds is None else _time_major(embeds), rngs)
     if model.config.get("defer_weight_grads", False):
         states, outs = _deferred_scan(model, params, state0, xs)
@@ -351,8 +383,9 @@ def observe(
 ) -> tuple[State, dict[str, jax.Array]]:
     """Filters a window: embeds (B, T, E), actions (B, T, A) with actions[:, t] = a_{t-1}.
 
-    Starts from `state0` (default all zeros). Returns the posterior states {"h": (B, T, H),
-    "z": (B, T, Z)} and the (B, T, Z) prior and posterior statistics of every step.
+    Starts from `state0` (default all zeros). `rng`: one key, or (B,) keys, one per window (see
+    `per_row_keys`). Returns the posterior states {"h": (B, T, H), "z": (B, T, Z)} and the
+    (B, T, Z) prior and posterior statistics of every step.
     """
     chex.assert_rank([embeds, actions], 3)
     chex.assert_equal_shape_prefix([embeds, actions], 2)
@@ -369,7 +402,7 @@ def imagine(
     rng: chex.PRNGKey,
 ) -> tuple[State, dict[str, jax.Array]]:
     """Rolls the prior forward from `state0` under open-loop actions (B, T, A): returns states
-    (B, T, ...) and prior statistics."""
+    (B, T, ...) and prior statistics. `rng` as in `observe`."""
     chex.assert_rank(actions, 3)
     return _scan_steps(model, params, state0, actions, None, rng)
 
@@ -515,7 +548,8 @@ def elbo_loss(
     """Phase-1 loss of a batch of windows: negative ELBO + probe and inverse-dynamics losses.
 
     batch: every key of `config.obs_keys` and `config.probe_keys` as (B, T, ...), and
-    "pre_action" (B, T, A). config: the world-model config; only its `loss` section may differ
+    "pre_action" (B, T, A). rng: one key, or (B,) keys, one per window (see `per_row_keys`).
+    config: the world-model config; only its `loss` section may differ
     from the one the model was built with (e.g. for `kl_only` or `kl_scale` variants).
     Probes and the inverse-dynamics head read detached features, so their losses train only
     their own parameters.
