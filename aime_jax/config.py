@@ -252,10 +252,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ConfigError(
             f"config.world_model.scan_unroll={config.world_model.scan_unroll}; use a number of time steps >= 1"
         )
-    if not isinstance(config.world_model.defer_weight_grads, bool):
-        raise ConfigError(
-            f"config.world_model.defer_weight_grads={config.world_model.defer_weight_grads!r}; use True or False"
-        )
     if config.world_model.cnn_chunk < -1:
         raise ConfigError(
             f"config.world_model.cnn_chunk={config.world_model.cnn_chunk}; use a number of images per chunk, "

@@ -7,10 +7,9 @@
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default benchmarks/results)
 #        bash benchmarks/gpu.sh OUT_DIR variants
 # The second form times candidate speed settings instead (about 9 minutes): the filtering scans
-# unrolled 5 steps per iteration (config.world_model.scan_unroll), XLA running the scans'
-# while loops as CUDA graphs, and the scan's weight gradients deferred to after the loop
-# (config.world_model.defer_weight_grads), each on MDP and on the bfloat16 Visual model, then
-# all three together; then it profiles the float32 Visual step. A session's device time (15 min)
+# unrolled 5 steps per iteration (config.world_model.scan_unroll) and XLA running the scans'
+# while loops as CUDA graphs, each on MDP and on the bfloat16 Visual model, then both together;
+# then it profiles the float32 Visual step. A session's device time (15 min)
 # fits one of the two forms: run the variants first.
 set -u
 out=${1:-benchmarks/results}
@@ -28,12 +27,10 @@ if [ "${2:-}" = variants ]; then
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
     timeout 120 "$py" benchmarks/phase1.py --configs=$configs --steps=20 --visual_steps=10 \
     --out="$out/phase1_gpu_cmdbuf_while.json" > /dev/null || echo "phase1.py with while-loop command buffers failed or timed out ($?)"
-  timeout 120 "$py" benchmarks/phase1.py --configs=$configs --steps=20 --visual_steps=10 --set=defer_weight_grads=true \
-    --out="$out/phase1_gpu_defer.json" > /dev/null || echo "phase1.py --set=defer_weight_grads=true failed or timed out ($?)"
   XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL" \
-    timeout 120 "$py" benchmarks/phase1.py --configs=$configs --steps=20 --visual_steps=10 --set=scan_unroll=5,defer_weight_grads=true \
-    --out="$out/phase1_gpu_all_variants.json" > /dev/null \
-    || echo "phase1.py with all three variants failed or timed out ($?)"
+    timeout 120 "$py" benchmarks/phase1.py --configs=$configs --steps=20 --visual_steps=10 --set=scan_unroll=5 \
+    --out="$out/phase1_gpu_both_variants.json" > /dev/null \
+    || echo "phase1.py with both variants failed or timed out ($?)"
   # Where the float32 Visual step's image model (~19 ms of 31 ms in stop 14) spends its time
   # with the matrix-product convolutions (only the cuDNN one was profiled on a GPU so far).
   timeout 90 "$py" benchmarks/profile_phase1.py --config=cheetah_visual --top=40 \

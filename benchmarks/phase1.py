@@ -239,7 +239,6 @@ def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference
         "variant": wm.variant,
         "dtype": dtype,
         "scan_unroll": wm.scan_unroll,
-        "defer_weight_grads": wm.defer_weight_grads,
         "settings": settings or {},
         "obs_keys": list(wm.obs_keys),
         "probe_keys": list(wm.probe_keys),
@@ -409,7 +408,7 @@ def main():
                    help="output of benchmarks/torch_release_style.py on this machine: speedups against it "
                         "(needed on a GPU; on a CPU the default is the release's own CPU timings)")
     p.add_argument("--set", default="", help="world-model settings for every config, e.g. "
-                   "--set=scan_unroll=5,defer_weight_grads=true (keys of config.world_model, dotted below it)")
+                   "--set=scan_unroll=5,cnn_chunk=-1 (keys of config.world_model, dotted below it)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch_reference = None

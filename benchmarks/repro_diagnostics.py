@@ -19,6 +19,16 @@ error is measured against the expert's action on the state the agent actually re
 the reward per step in closed loop and on the demonstrations. `--handover=0,50` repeats the
 closed loop with the expert acting for the first 50 steps while the agent filters (and then takes
 over): whether the agent fails from the start only, or wherever it is.
+
+`latent` isolates the world model's latent state as an input for acting: it regresses a policy
+(the phase-2 network) on the demonstrations' TRUE actions at the model's filtered states (BC in
+latent space, no action inference at all) with each `--inputs` form of the state (`features`:
+[h, z sample] as AIME's policy sees it; `mean`: [h, posterior mean]; `h`: h alone; `obs`: the raw
+observation, the control), then reports its held-out error by time bucket and runs it in closed
+loop with each `--handover`:
+  python benchmarks/repro_diagnostics.py latent --world_model=runs/repro/.../world_model/phase1-2500 \
+      --demos=data/walker-run-expert --expert=data/experts/walker-run/policy-200000 --env=walker-run \
+      --inputs=features,mean,h,obs --handover=0,10,50 --out=latent.json
 """
 from __future__ import annotations
 
@@ -245,6 +255,119 @@ def train_latent_bc(model, wm_params, policy, store, keys, steps: int, holdout: 
             "heldout_mse": float(mse(params, test_x, test_y)), "heldout_episodes": holdout}
 
 
+def latent(args) -> dict:
+    """BC on the true actions at the world model's filtered states, per input form (see above)."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import optax
+
+    from aime_jax.agents import aime
+    from aime_jax.agents.sac import load_expert_policy
+    from aime_jax.agents.world_model import load_world_model
+    from aime_jax.data import EpisodeStore
+    from aime_jax.data.collect import episode_seed
+    from aime_jax.envs.vector import VectorEnv
+    from aime_jax.nets.policy import tanh_gaussian_mode
+    from aime_jax.world_model import rssm
+
+    with open(os.path.join(args.world_model, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    model, wm_params, _ = load_world_model(args.world_model, None, config)
+    keys = tuple(model.config.obs_keys)
+    expert = load_expert_policy(args.expert)
+    store = EpisodeStore(args.demos, progress=False)
+
+    def policy_input(form, obs, states, stats):
+        if form == "features":
+            return rssm.features(states)
+        if form == "mean":
+            return jnp.concatenate([states["h"], stats["post_mean"].astype(states["h"].dtype)], -1)
+        if form == "h":
+            return states["h"]
+        return jnp.concatenate([obs[k] for k in keys], -1)
+
+    @jax.jit
+    def observe(obs, pre, rng):
+        embeds = model.apply({"params": wm_params}, obs, method=rssm.WorldModel.embed)
+        return rssm.observe(model, wm_params, embeds, pre, rng)
+
+    episodes = []
+    for i in range(store.num_episodes):
+        ep = store.episode(i, keys + ("pre_action",))
+        obs = {k: jnp.asarray(ep[k][None], jnp.float32) for k in keys}
+        pre = jnp.asarray(ep["pre_action"][None], jnp.float32)
+        states, stats = observe(obs, pre, jax.random.PRNGKey(i))
+        episodes.append((obs, states, stats, np.asarray(pre[0, 1:])))  # a_t, taken at s_t
+    holdout = args.holdout
+    n = args.episodes
+    seeds = [episode_seed(args.seed, i) for i in range(n)]
+    results = {}
+    for form in args.inputs:
+        xs = [np.asarray(policy_input(form, o, s, st)[0, :-1]) for o, s, st, _ in episodes]
+        ys = [a for *_, a in episodes]
+        train_x, train_y = np.concatenate(xs[:-holdout]), np.concatenate(ys[:-holdout])
+        policy = aime.make_policy(config.phase2.policy, model.action_dim)
+        params = policy.init(jax.random.PRNGKey(1), jnp.zeros((1, train_x.shape[1])))["params"]
+        opt = optax.adam(3e-4)
+        opt_state = opt.init(params)
+
+        def mse(params, x, y):
+            mean, _ = policy.apply({"params": params}, x)
+            return jnp.mean(jnp.square(tanh_gaussian_mode(mean) - y), axis=-1)
+
+        @jax.jit
+        def update(params, opt_state, x, y):
+            loss, grads = jax.value_and_grad(lambda p: jnp.mean(mse(p, x, y)))(params)
+            updates, opt_state = opt.update(grads, opt_state)
+            return optax.apply_updates(params, updates), opt_state, loss
+
+        rng = np.random.default_rng(0)
+        for _ in range(args.steps):
+            idx = rng.integers(0, len(train_x), 2500)
+            params, opt_state, loss = update(params, opt_state, train_x[idx], train_y[idx])
+        held = np.stack([np.asarray(mse(params, x, y)) for x, y in zip(xs[-holdout:], ys[-holdout:])])  # (E, T)
+        row = {"train_mse": float(loss), "heldout_mse": float(held.mean()),
+               "heldout_mse_by_steps": {f"{lo}-{hi}": float(held[:, lo:hi].mean()) for lo, hi in BUCKETS}}
+
+        @jax.jit
+        def act(state, key, obs, prev):
+            embed = model.apply({"params": wm_params}, obs, method=rssm.WorldModel.embed)
+            key, sub = jax.random.split(key)
+            state, stats = model.apply({"params": wm_params}, state, prev, embed, sub, method=rssm.WorldModel.step)
+            mean, _ = policy.apply({"params": params}, policy_input(form, obs, state, stats))
+            return state, key, tanh_gaussian_mode(mean)
+
+        for h in args.handover:
+            err, reward = [], []
+            with VectorEnv(args.env, config.modality, n, 1, 2, 64) as env:  # action repeat 2, as in evaluate
+                step = env.reset(seeds)
+                state, key = rssm.initial_state(model.config, n), jax.random.PRNGKey(args.seed)
+                prev = np.zeros((n, env.action_dim), np.float32)
+                while not step.is_last[0]:
+                    obs = {k: jnp.asarray(step.observation[k], jnp.float32) for k in keys}
+                    state, key, action = act(state, key, obs, jnp.asarray(prev))
+                    action = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+                    _, expert_action = expert.act(None, step.observation, prev, step.is_first)
+                    err.append(float(np.mean(np.square(action - expert_action))))
+                    if len(err) <= h:
+                        action = np.asarray(expert_action, np.float32)
+                    step = env.step(action)
+                    reward.append(np.asarray(step.reward, np.float64))
+                    prev = action
+            returns = np.sum(np.stack(reward), axis=0)
+            row[f"handover_{h}"] = {
+                "return_mean": float(returns.mean()), "return_std": float(returns.std()),
+                "reward_after_handover": float(np.stack(reward)[h:].sum(axis=0).mean()),
+                "mse_vs_expert_by_steps": {f"{lo}-{hi}": float(np.mean(err[lo:hi])) for lo, hi in BUCKETS},
+            }
+        results[form] = row
+        print(form, json.dumps(row), flush=True)
+    return {"world_model": args.world_model, "demos": args.demos, "demos_total": store.num_episodes,
+            "heldout_episodes": holdout, "bc_steps": args.steps, "expert": args.expert, "env": args.env,
+            "closed_loop_episodes": n, "inputs": results}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -266,6 +389,15 @@ def main(argv=None) -> None:
                    help="also train and run BC on the world model's latent states for this many steps (0: no)")
     p.add_argument("--handover", type=lambda s: [int(x) for x in s.split(",")], default=[0, 50],
                    help="closed loops in which the expert acts for the first N steps (0: the agent from the start)")
+    p = sub.add_parser("latent")
+    for name in ("world_model", "demos", "expert", "env"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--inputs", type=lambda s: s.split(","), default=["features", "mean", "h", "obs"])
+    p.add_argument("--steps", type=int, default=5000, help="BC steps (2500 states each)")
+    p.add_argument("--holdout", type=int, default=10, help="demonstrations held out of BC")
+    p.add_argument("--episodes", type=int, default=10)
+    p.add_argument("--seed", type=int, default=99)
+    p.add_argument("--handover", type=lambda s: [int(x) for x in s.split(",")], default=[0, 10, 50])
     for p in sub.choices.values():
         p.add_argument("--out", required=True)
     args = parser.parse_args(argv)

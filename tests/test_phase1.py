@@ -90,10 +90,7 @@ batch = {{k: rng.normal(size=(8, 10) + s).astype(np.float32) for k, s in spec.it
 batch["pre_action"] = rng.uniform(-1, 1, (8, 10, 6)).astype(np.float32)
 opt = learner.make_optimizer(3e-4, 100.0)
 results = []
-# The last run also defers the scan's weight gradients (config.world_model.defer_weight_grads):
-# each device's per-layer products then cover its own shard, averaged over the devices after.
-for n, defer in ((1, False), (4, False), (4, True)):
-    config.world_model.defer_weight_grads = defer
+for n in (1, 4):
     mesh = parallel.make_mesh(n)
     model, state = learner.create_train_state(config.world_model, spec, 6, opt, 0)
     state = parallel.replicate(state, mesh)
@@ -238,7 +235,7 @@ def test_rerun_with_other_model_settings_is_refused_but_speed_settings_are_not(t
     config = make_config("walker", "mdp", "quick")
     stages.write_config(config, str(tmp_path))
     # Same model, computed another way, trained for longer: a resume.
-    config.world_model.update(scan_unroll=5, cnn_chunk=-1, cnn_impl="lax", defer_weight_grads=True)
+    config.world_model.update(scan_unroll=5, cnn_chunk=-1, cnn_impl="lax")
     config.phase1.steps += 10
     stages.write_config(config, str(tmp_path))
     config.world_model.deter_size += 1

@@ -151,41 +151,6 @@ def test_imagine_is_a_prior_rollout_of_the_same_step():
     np.testing.assert_allclose(states["z"][:, -1], state["z"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant,unroll", [("rssm", 1), ("rssmo", 2)])
-def test_deferred_weight_gradients_equal_the_in_loop_ones(variant, unroll):
-    """defer_weight_grads computes the scan's dense-layer weight gradients after the loop; every
-    parameter's gradient (dense, LayerNorm, encoder, decoder, probe, IDM) must stay the same,
-    also with two steps per scan iteration."""
-    model, params = build(tiny_config(variant, "lpomdp"))
-    batch = make_batch()
-    grads = {}
-    for defer in (False, True):
-        m, config = _with(model, defer_weight_grads=defer, scan_unroll=unroll)
-        grad_fn = jax.jit(jax.grad(lambda p: elbo_loss(m, p, batch, jax.random.key(1), config)[0]))
-        grads[defer] = grad_fn(params)
-    gru = grads[True]["gru"]
-    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(gru))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), grads[False], grads[True])
-
-
-def test_deferred_weight_gradients_through_imagination():
-    """The prior-only scan (no embeddings): gradients with respect to the parameters, the start
-    state and the actions, as phase-2 style uses take them."""
-    model, params = build(tiny_config("rssmo", "mdp"))
-    actions = make_batch()["pre_action"]
-    state0 = {"h": jax.random.normal(jax.random.key(2), (2, 16)), "z": jax.random.normal(jax.random.key(3), (2, 4))}
-    grads = {}
-    for defer in (False, True):
-        m, _ = _with(model, defer_weight_grads=defer)
-
-        def objective(p, s, a):
-            states, outs = imagine(m, p, s, a, jax.random.key(4))
-            return jnp.sum(features(states) ** 2) + jnp.sum(outs["prior_std"])
-
-        grads[defer] = jax.jit(jax.grad(objective, argnums=(0, 1, 2)))(params, state0, actions)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), grads[False], grads[True])
-
-
 @pytest.mark.parametrize("variant", ["rssm", "rssmo"])
 @pytest.mark.parametrize("modality", ["mdp", "lpomdp", "visual"])
 def test_every_variant_and_modality_gives_a_finite_loss(variant, modality):

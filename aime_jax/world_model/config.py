@@ -15,6 +15,7 @@ from aime_jax.errors import ConfigError
 VARIANTS = ("rssm", "rssmo")
 # Settings that change only how the same model is computed (kernels, chunking, loop unrolling),
 # never its parameters or results: a run may resume with other values of them.
+# `defer_weight_grads` is retired (it stays here so that configs saved with it still load).
 SPEED_ONLY = ("cnn_impl", "cnn_chunk", "scan_unroll", "defer_weight_grads")
 
 
@@ -61,13 +62,6 @@ def _base_config() -> ml_collections.ConfigDict:
     # Time steps per iteration of the filtering scans (`lax.scan`'s unroll; phase 1 and phase 2):
     # fewer loop iterations for XLA to run at the price of a larger program. Results do not change.
     c.scan_unroll = 1
-    # In the backward pass of the phase-1 filtering scan, compute the dense layers' weight
-    # gradients after the loop as one (in, T*B) x (T*B, out) product per input, instead of B-row
-    # products and accumulations in every time step (rssm._deferred_scan). Same gradients. Off by
-    # default: no consistent gain on CPUs (benchmarks/results/phase1_cpu_defer_*.json); a
-    # candidate for GPUs, where the backward scan is bound by its number of kernels
-    # (`bash benchmarks/gpu.sh OUT variants` times it).
-    c.defer_weight_grads = False
     # No hidden layers: the GRU reads [z, a] directly.
     c.pre_gru = _mlp((), "silu", False)
     # Prior p(z|h) and posterior q(z|h, e) heads share one description.

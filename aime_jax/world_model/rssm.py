@@ -249,10 +249,7 @@ def _scan_steps(
 ) -> tuple[State, dict[str, jax.Array]]:
     rngs = time_keys(rng, actions.shape[0], actions.shape[1])
     xs = (_time_major(actions), None if embeds is None else _time_major(embeds), rngs)
-    if model.config.get("defer_weight_grads", False):
-        states, outs = _deferred_scan(model, params, state0, xs)
-    else:
-        states, outs = _plain_scan(model, params, state0, xs)
+    states, outs = _plain_scan(model, params, state0, xs)
     return jax.tree.map(_time_major, (states, outs))
 
 
@@ -263,114 +260,6 @@ def _plain_scan(model: WorldModel, params: Params, state0: State, xs) -> tuple[S
 
     _, ys = jax.lax.scan(body, state0, xs, unroll=scan_unroll(model.config))
     return ys
-
-
-# Deferred weight gradients (config.defer_weight_grads). In the backward pass of a scan, every
-# dense layer of the step computes its kernel gradient x_t^T g_t from B rows and adds it to an
-# accumulator, once per time step: T skinny matrix products and T read-modify-writes of every
-# kernel. Here the scan sees the dense layers' parameters as constants (flax's method
-# interception finds the layers, so the modules stay as they are); each layer records its input
-# x_t and gets a zero "tap" added to its output, whose cotangent is g_t. After the backward scan,
-# each distinct input's kernels get their gradients from one (in, T*B) x (T*B, out) product and
-# each bias from a sum. A custom_vjp keeps this inside the scan: its forward pass saves the tapped
-# scan's vjp function and inputs, its backward pass adds the deferred products. The values and
-# gradients are those of the plain scan (tests/test_world_model.py).
-
-
-def _is_dense_call(context) -> bool:
-    return isinstance(context.module, nn.Dense) and context.method_name == "__call__"
-
-
-def _dense_layers(model: WorldModel, params: Params, state0: State, xs):
-    """The nn.Dense layers one step calls: ({module path: output shape}, groups of paths that
-    read the same input, e.g. a GRU's three input-gate layers)."""
-    found, groups = {}, {}
-
-    def record(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if _is_dense_call(context):
-            found[context.module.path] = jax.ShapeDtypeStruct(out.shape, out.dtype)
-            # Keyed by the input's identity; the input is kept so that its id stays unique.
-            groups.setdefault(id(args[0]), (args[0], []))[1].append(context.module.path)
-        return out
-
-    def one_step(params, state, x):
-        with nn.intercept_methods(record):
-            return model.apply({"params": params}, state, *x, method=WorldModel.step)
-
-    jax.eval_shape(one_step, params, state0, jax.tree.map(lambda a: a[0], xs))
-    return found, [tuple(paths) for _, paths in groups.values()]
-
-
-def _map_dense(params: Params, layers, fn) -> Params:
-    """params with fn(path, leaf_name, leaf) applied to the kernel and bias of each layer in
-    `layers` (module paths); every other leaf as it is."""
-
-    def visit(keys, leaf):
-        path, name = tuple(k.key for k in keys[:-1]), keys[-1].key
-        return fn(path, name, leaf) if path in layers else leaf
-
-    return jax.tree_util.tree_map_with_path(visit, params)
-
-
-def _deferred_scan(model: WorldModel, params: Params, state0: State, xs) -> tuple[State, dict[str, jax.Array]]:
-    layers, groups = _dense_layers(model, params, state0, xs)
-    # Each layer's input is recorded once per group, under the group's first path.
-    first = {path: group[0] for group in groups for path in group}
-    steps = xs[0].shape[0]
-    unroll = scan_unroll(model.config)
-
-    def tapped(params, state0, xs, taps):
-        frozen = _map_dense(params, layers, lambda path, name, leaf: jax.lax.stop_gradient(leaf))
-
-        def body(state, x):
-            step_x, tap = x
-            inputs = {}
-
-            def intercept(next_fun, args, kwargs, context):
-                out = next_fun(*args, **kwargs)
-                if _is_dense_call(context):
-                    path = context.module.path
-                    inputs.setdefault(first[path], args[0])
-                    out = out + tap[path]
-                return out
-
-            with nn.intercept_methods(intercept):
-                state, out = model.apply({"params": frozen}, state, *step_x, method=WorldModel.step)
-            return state, ((state, out), inputs)
-
-        _, (ys, inputs) = jax.lax.scan(body, state0, (xs, taps), unroll=unroll)
-        return ys, inputs
-
-    @jax.custom_vjp
-    def filtered(params, state0, xs):
-        return _plain_scan(model, params, state0, xs)
-
-    def scan_fwd(params, state0, xs):
-        taps = {path: jnp.zeros((steps,) + s.shape, s.dtype) for path, s in layers.items()}
-        ys, vjp_fn, inputs = jax.vjp(tapped, params, state0, xs, taps, has_aux=True)
-        return ys, (vjp_fn, inputs)
-
-    def scan_bwd(res, g):
-        vjp_fn, inputs = res
-        g_params, g_state0, g_xs, g_taps = vjp_fn(g)
-        kernel_grads = {}
-        for group in groups:
-            x = inputs[group[0]].astype(jnp.float32)
-            gy = jnp.concatenate([g_taps[path].astype(jnp.float32) for path in group], axis=-1)
-            grads = jnp.einsum("tbi,tbo->io", x, gy)
-            sizes = np.cumsum([layers[path].shape[-1] for path in group])[:-1]
-            kernel_grads.update(zip(group, jnp.split(grads, sizes, axis=-1)))
-
-        def add(path, name, grad):
-            if name == "kernel":
-                return grad + kernel_grads[path].astype(grad.dtype)
-            return grad + jnp.sum(g_taps[path].astype(jnp.float32), axis=(0, 1)).astype(grad.dtype)
-
-        return _map_dense(g_params, layers, add), g_state0, g_xs
-
-    filtered.defvjp(scan_fwd, scan_bwd)
-    return filtered(params, state0, xs)
 
 
 def observe(
