@@ -37,6 +37,9 @@ def one_line(interrupted: str = "rerun the same command to continue"):
         sys.exit(f"interrupted: {interrupted}")
 
 
+_HELP = re.compile(r"--?(help|helpshort|helpfull|helpxml|h|\?)")
+
+
 def parse_command_line(argv: list[str], flag_values: "flags.FlagValues") -> list[str]:
     """absl's flag parser for the entry points (`app.run(main, flags_parser=...)`), with every
     bad flag (a value out of its bounds, an unknown config key, a wrong type, a config file's own
@@ -45,6 +48,12 @@ def parse_command_line(argv: list[str], flag_values: "flags.FlagValues") -> list
 
     try:
         return flag_values(argv)
+    except SystemExit as e:
+        # absl's --help, --helpshort and --helpfull print the usage and exit 1; asking for help
+        # is not an error.
+        if e.code == 1 and any(_HELP.fullmatch(a) for a in argv[1:]):
+            sys.exit(0)
+        raise
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError, AimeError) as e:
         message = str(e)
         hint = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', message)

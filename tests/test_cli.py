@@ -55,3 +55,11 @@ def test_cli_errors_are_one_line(tmp_path):
     assert "error: dataset folder" in out.stderr and "Traceback" not in out.stderr
     out = _run("experiments/collect.py", "--env=walker-walk", "--policy=expert.ckpt", f"--out={tmp_path}")
     assert "error: unknown policy 'expert.ckpt'" in out.stderr
+
+
+@pytest.mark.parametrize("script", ["main", "reproduce", "datasets", "collect", "render", "plan", "train_expert"])
+def test_help_exits_zero(script):
+    """Asking an absl entry point for help is not an error: usage on stdout, exit status 0."""
+    out = _run(f"experiments/{script}.py", "--help")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "--" in out.stdout and "Traceback" not in out.stderr

@@ -7,6 +7,7 @@ without simulating it again.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Mapping
 
 import numpy as np
@@ -35,9 +36,23 @@ class Step:
     image: np.ndarray | None = None
 
 
+class _SetTotalMassNotice(logging.Filter):
+    """dm_control's cheetah.xml sets `settotalmass`, which MuJoCo 3 still applies but announces as
+    deprecated on every model compile (each environment, each render worker): one line per
+    cheetah environment in a user's terminal about a file that is not ours to change. Only that
+    message is dropped; every other warning passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("compiler attribute 'settotalmass' is deprecated")
+
+
 def _load(domain: str, suite_task: str, seed: int | None):
+    from absl import logging as absl_logging
     from dm_control import suite
 
+    handler_logger = absl_logging.get_absl_logger()
+    if not any(isinstance(f, _SetTotalMassNotice) for f in handler_logger.filters):
+        handler_logger.addFilter(_SetTotalMassNotice())
     return suite.load(domain, suite_task, task_kwargs={"random": seed})
 
 
