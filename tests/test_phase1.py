@@ -241,3 +241,24 @@ def test_rerun_with_other_model_settings_is_refused_but_speed_settings_are_not(t
     config.world_model.deter_size += 1
     with pytest.raises(AimeError, match=r"other settings \(world_model.deter_size\)"):
         stages.write_config(config, str(tmp_path))
+
+
+def test_handoff_reads_the_parameters_alone(tmp_path):
+    """Phase 2 and evaluation take only the world model's parameters out of a phase-1
+    checkpoint: one saved with another optimiser (no Adam moments at all) loads, and gives
+    exactly the saved parameters."""
+    import optax
+
+    from aime_jax.checkpoint import Checkpointer
+
+    config = tiny_config()
+    spec = {"orientations": (14,), "height": (1,), "velocity": (9,)}
+    _, state = learner.create_train_state(config.world_model, spec, 6, optax.sgd(0.1), 3)
+    meta = {"stage": "phase1", "action_dim": 6, "obs_spec": {k: list(v) for k, v in spec.items()},
+            "config": config.to_dict()}
+    with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+        ckpt.save(7, state, meta, force=True)
+    model, params, saved = learner.load_world_model(str(tmp_path), config=config)
+    assert saved.world_model.deter_size == config.world_model.deter_size
+    for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)

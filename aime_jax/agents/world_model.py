@@ -227,11 +227,10 @@ class _Phase1:
         return np.concatenate([truth, pred], axis=2)
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, spec, action_dim: int, mesh=None):
-    """Shapes, dtypes and shardings of a phase-1 train state, without allocating it (for restore)."""
-    optimizer = make_optimizer(config.phase1.lr, config.phase1.grad_clip)
+def abstract_params(config: ml_collections.ConfigDict, spec, action_dim: int, mesh=None):
+    """Shapes, dtypes and shardings of a world model's parameters (no optimiser), for restore."""
     shapes = jax.eval_shape(
-        lambda: create_train_state(config.world_model, spec, action_dim, optimizer, config.seed)[1]
+        lambda: rssm.init_world_model(config.world_model, spec, action_dim, jax.random.PRNGKey(0))[1]
     )
     if mesh is None:
         return shapes
@@ -332,8 +331,9 @@ def load_world_model(
         saved = ml_collections.ConfigDict(meta["config"])
         spec = {k: tuple(v) for k, v in meta["obs_spec"].items()}
         action_dim = int(meta["action_dim"])
-        state, _ = ckpt.restore(abstract_train_state(saved, spec, action_dim, mesh))
-    return rssm.build_world_model(saved.world_model, spec, action_dim), state.params, saved
+        # The parameters alone: the optimiser's moments and the training key stay on disk.
+        params = ckpt.restore_subtree({"params": abstract_params(saved, spec, action_dim, mesh)})["params"]
+    return rssm.build_world_model(saved.world_model, spec, action_dim), params, saved
 
 
 def action_evidence(
