@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from aime_jax import envs
+from aime_jax import envs, locks
 from aime_jax.atomic import write_json
 from aime_jax.errors import AimeError, ConfigError, DatasetError
 
@@ -210,21 +210,60 @@ def build(
 
 def _build(ctx: _Build, spec: Spec, modality: str, episodes: int | None) -> str:
     folder = os.path.join(ctx.root, spec.name)
+    # Other processes (or hosts) may build the same dataset: one builds, the others wait and
+    # then find it complete.
+    with locks.hold(folder, f"the dataset {folder}"):
+        return _build_locked(ctx, spec, modality, episodes, folder)
+
+
+def wanted_generator(name: str, root: str = "data", scale: float = 1.0, seed: int = 0,
+                     expert_scale: float | None = None, episodes: int | None = None,
+                     expert_config: dict | None = None, explore_config: dict | None = None) -> tuple[str, dict]:
+    """(folder, generator) of `build` with these settings, computed without building anything:
+    what `check_built` compares and a sweep's dry run collects."""
+    spec = parse_name(name)
+    ctx = _Build(os.fspath(root), scale, seed, scale if expert_scale is None else expert_scale,
+                 dict(expert_config or {}), dict(explore_config or {}), False, None)
+    return os.path.join(ctx.root, spec.name), json.loads(json.dumps(_generator(ctx, spec, episodes)))
+
+
+def check_built(folder: str, wanted: dict) -> None:
+    """Refuses, as the build itself would, a complete dataset in `folder` built with settings other
+    than `wanted`; reads its card only."""
+    card = read_card(folder)
+    if card is not None:
+        _check_card(folder, card, wanted)
+
+
+def _holds_images(folder: str) -> bool:
+    from aime_jax.data.episodes import list_episodes
+
+    try:
+        first = list_episodes(folder)[0]
+    except DatasetError:  # no folder, or no episodes yet
+        return False
+    return _image_size(first) == IMAGE_SIZE
+
+
+def _build_locked(ctx: _Build, spec: Spec, modality: str, episodes: int | None, folder: str) -> str:
     # As JSON gives it back (tuples become lists), to compare with the card.
     wanted = json.loads(json.dumps(_generator(ctx, spec, episodes)))
     card = read_card(folder)
     if card is not None:
         _check_card(folder, card, wanted)
+    # A folder rendered for the visual modality stays uniform: episodes added for another
+    # modality are rendered too (the loader needs the same keys in every episode).
+    render = modality == "visual" or _holds_images(folder)
     if card is None or card["episodes"] < wanted["episodes"]:
         if card is not None:
             os.remove(os.path.join(folder, CARD))  # extending: incomplete until the new card
         _BUILDERS[spec.kind](ctx, spec, folder, wanted, modality)
         card = _write_card(folder, spec, wanted, extra=_card_extra(ctx, spec, folder))
-    if modality == "visual" and card.get("image_size") != IMAGE_SIZE:
+    if render and card.get("image_size") != IMAGE_SIZE:
         from aime_jax.data.render import render_folder
 
         if spec.kind == "mix":
-            _build_mix(ctx, spec, folder, wanted, modality)
+            _build_mix(ctx, spec, folder, wanted, "visual")
         render_folder(folder, size=IMAGE_SIZE, domain=spec.domain, progress=ctx.progress)
         extra = {k: card[k] for k in ("expert", "sources") if k in card}
         card = _write_card(folder, spec, card["generator"], extra=extra)
@@ -332,9 +371,15 @@ def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
     """Trains the task's SAC expert to its scaled length (resuming), snapshots its best-evaluated
     policy so far, then trains on until the run has `min_episodes` episodes; returns the snapshot
     folder."""
+    workdir = expert_workdir(ctx.root, env, ctx.seed)
+    # The task's -expert and -buffer datasets share this run, also when built at the same time.
+    with locks.hold(workdir, f"the expert run {workdir}"):
+        return _ensure_expert_locked(ctx, env, min_episodes, workdir)
+
+
+def _ensure_expert_locked(ctx: _Build, env: str, min_episodes: int, workdir: str) -> str:
     from aime_jax.agents import sac
 
-    workdir = expert_workdir(ctx.root, env, ctx.seed)
     seed = stream_seed(ctx.seed, f"sac:{env}")
     settings = _expert_settings(ctx, env)
     if env in EXPERT_DEMOS and "demo_dir" not in settings:
