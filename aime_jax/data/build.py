@@ -295,12 +295,17 @@ def _mix_counts(ctx: _Build, spec: Spec) -> list[tuple[str, int]]:
     return [(name, _generator(ctx, parse_name(name), None)["episodes"]) for name in spec.sources]
 
 
-def _check_card(folder: str, card: dict, wanted: dict) -> None:
-    have = card.get("generator", {})
+def generator_diff(have: dict, wanted: dict) -> dict:
+    """{setting: (have, wanted)} of two builds' generators that cannot share one folder."""
     diff = {k: (have.get(k), v) for k, v in wanted.items() if k != "episodes" and have.get(k) != v}
     # More episodes than asked for is fine (take the first N); fewer are added by extending.
     if wanted["kind"] == "mix" and have.get("episodes") != wanted["episodes"]:
         diff["episodes"] = (have.get("episodes"), wanted["episodes"])
+    return diff
+
+
+def _check_card(folder: str, card: dict, wanted: dict) -> None:
+    diff = generator_diff(card.get("generator", {}), wanted)
     if diff:
         raise DatasetError(
             f"{folder} is a complete dataset built with other settings {diff} (built, asked); use "
