@@ -145,6 +145,11 @@ def _create(path: str, what: str) -> str | None:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return None
+    except OSError as e:
+        raise AimeError(
+            f"cannot create the lock {path} ({e.strerror or e}) for {what}, which writes there; use a folder "
+            "that can be written"
+        ) from None
     token = secrets.token_hex(8)
     record = {"pid": os.getpid(), "host": _HOST, "created": time.time(),
               "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "token": token, "what": what}
@@ -198,8 +203,12 @@ def hold(
             with _held_guard:
                 _held[path] -= 1
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     stale_s = stale_after_s()
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as e:
+        raise AimeError(f"cannot create {os.path.dirname(path)} ({e.strerror or e}) for {what}; use a folder "
+                        "that can be written") from None
     start, told = time.monotonic(), None
     while True:
         token = _create(path, what)

@@ -55,7 +55,7 @@ def phase1(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     folder = config.world_model_dir
     if not folder:
         train_world_model(config, os.path.join(workdir, "phase1"), config_lib.embodiment_dir(config), mesh)
-    elif _plain_run(folder):
+    elif parallel.agreed(lambda: _plain_run(folder), f"looking at {folder}"):
         print(f"phase 1 skipped: reusing the world model of {folder}")
     else:
         shared_world_model(config, folder, mesh)
@@ -113,6 +113,11 @@ def _read_json(path: str) -> dict | None:
         return json.load(f)
 
 
+def _complete_world_model(folder: str) -> bool:
+    status = _read_json(os.path.join(folder, WORLD_MODEL_STATUS))
+    return status is not None and status["complete"]
+
+
 def check_shared_world_model(config: ml_collections.ConfigDict, folder: str) -> None:
     """Refuses a shared world model folder trained (or being trained) with other phase-1 settings."""
     saved = _read_json(os.path.join(folder, "config.json"))
@@ -153,6 +158,11 @@ def shared_world_model(config: ml_collections.ConfigDict, folder: str, mesh) -> 
     from aime_jax.agents.world_model import train_world_model
 
     status = os.path.join(folder, WORLD_MODEL_STATUS)
+    if parallel.agreed(lambda: _complete_world_model(folder), f"looking at {folder}"):
+        # Nothing to write (the folder may be read-only): no lock.
+        check_shared_world_model(config, folder)
+        print(f"phase 1 skipped: the shared world model in {folder} is complete; reusing it")
+        return
 
     def claim() -> None:
         check_shared_world_model(config, folder)
@@ -163,7 +173,7 @@ def shared_world_model(config: ml_collections.ConfigDict, folder: str, mesh) -> 
 
     with locked_on_main(folder, f"the world model {folder}"):
         parallel.on_main(claim, f"claiming {folder}")
-        if _read_json(status)["complete"]:
+        if parallel.agreed(lambda: _complete_world_model(folder), f"looking at {folder}"):
             print(f"phase 1 skipped: the shared world model in {folder} is complete; reusing it")
             return
         print(f"phase 1: training the shared world model in {folder} (runs with the same phase-1 settings "
@@ -177,11 +187,14 @@ def wait_for_world_model(config: ml_collections.ConfigDict) -> None:
     """Before a reused world model is read: a shared one that another run is training is waited
     for; one left unfinished is refused."""
     folder = config.world_model_dir
-    status = os.path.join(folder, WORLD_MODEL_STATUS) if folder else ""
-    if not folder or not os.path.exists(status) or _read_json(status)["complete"]:
+
+    def ready() -> bool:
+        return not os.path.exists(os.path.join(folder, WORLD_MODEL_STATUS)) or _complete_world_model(folder)
+
+    if not folder or parallel.agreed(ready, f"looking at {folder}"):
         return
     with locked_on_main(folder, f"the world model {folder}"):
-        if not _read_json(status)["complete"]:
+        if not parallel.agreed(ready, f"looking at {folder}"):
             raise AimeError(
                 f"the shared world model in {folder} is not finished (its training stopped); run this command "
                 "with the phase1 stage in config.stages to finish it there"

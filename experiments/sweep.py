@@ -17,6 +17,7 @@ world models on disk or planned by earlier runs of the sweep), without running o
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import itertools
 import os
@@ -126,7 +127,9 @@ def expand(
     return command
 
 
+@functools.lru_cache(maxsize=None)
 def _main_module():
+    """experiments/main.py, loaded once (it defines absl flags, which cannot be defined twice)."""
     spec = importlib.util.spec_from_file_location("aime_main", os.path.join(HERE, "main.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

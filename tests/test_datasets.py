@@ -161,6 +161,18 @@ def test_complete_datasets_are_skipped_extended_or_refused(root, tmp_path):
     assert digest(tmp_path / "walker-random" / "0.npz") == first
 
 
+def test_a_complete_dataset_is_used_without_its_lock(root, monkeypatch):
+    """Nothing is written to a complete dataset, so it needs no lock (a read-only shared disk)."""
+    from aime_jax import locks
+
+    def no_lock(target, what, **kw):
+        raise AssertionError(f"locked {what}")
+
+    monkeypatch.setattr(locks, "hold", no_lock)
+    assert tiny_build("walker-mix", root) == str(root / "walker-mix")
+    assert tiny_build("walker-stand-expert", root, episodes=1) == str(root / "walker-stand-expert")
+
+
 class Stop(Exception):
     pass
 

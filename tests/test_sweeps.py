@@ -122,3 +122,39 @@ def test_a_sweep_of_4_concurrent_runs_trains_each_seeds_world_model_once(walker_
         assert results["num_demos"] == demos and results["seed"] == seed
         assert results["embodiment"] == f"{runs}/world_model_seed{seed}" and not (run / "phase1").exists()
     assert not [n for n in os.listdir(runs) if n.endswith(".lock")]
+
+
+def test_a_sweep_worker_puts_off_a_run_that_another_process_is_running(tmp_path, monkeypatch, capsys):
+    """Workers of one sweep on a shared disk: a run whose directory is locked by a live process
+    goes to the end of the queue (once), so the worker takes the next run meanwhile."""
+    import yaml
+
+    from aime_jax import locks
+
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    try:
+        import sweep
+    finally:
+        sys.path.pop(0)
+    monkeypatch.chdir(REPO)
+    command = sweep.expand(yaml.safe_load(open(os.path.join(REPO, "launch", "sweeps", "num_demos.yaml"))),
+                           {"config.data.num_demos": 1, "config.seed": 0}, str(tmp_path))
+    main = sweep._main_module()
+    assert sweep._in_use(command, main) is None
+    with locks.hold(tmp_path / "demos1_seed0", "the run directory"):
+        busy = sweep._in_use(command, main)
+    assert busy.startswith(f"{tmp_path / 'demos1_seed0'} is in use by pid {os.getpid()} on ")
+    # The queue: run 1 is busy the first time it is looked at.
+    spec = {"program": "experiments/main.py", "method": "grid", "parameters": {"config.seed": {"values": [0, 1, 2]}}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    looked, ran = [], []
+
+    def seed(command):
+        return next(a for a in command if a.startswith("--config.seed="))
+
+    monkeypatch.setattr(sweep, "_in_use", lambda c, m: (looked.append(seed(c)), "busy" if len(looked) == 1 else None)[1])
+    monkeypatch.setattr(sweep.subprocess, "run", lambda c: (ran.append(seed(c)), subprocess.CompletedProcess(c, 0))[1])
+    assert sweep.main([str(path), f"--workdir_root={tmp_path}"]) == 0
+    assert ran == ["--config.seed=1", "--config.seed=2", "--config.seed=0"]
+    assert "[1/3] later: busy" in capsys.readouterr().out

@@ -210,10 +210,27 @@ def build(
 
 def _build(ctx: _Build, spec: Spec, modality: str, episodes: int | None) -> str:
     folder = os.path.join(ctx.root, spec.name)
+    if _complete(ctx, spec, modality, episodes, folder):
+        return folder  # nothing to write (it may be on a read-only disk): no lock
     # Other processes (or hosts) may build the same dataset: one builds, the others wait and
     # then find it complete.
     with locks.hold(folder, f"the dataset {folder}"):
         return _build_locked(ctx, spec, modality, episodes, folder)
+
+
+def _complete(ctx: _Build, spec: Spec, modality: str, episodes: int | None, folder: str) -> bool:
+    """Whether the folder holds this dataset, with enough episodes, in this modality (a complete
+    dataset built with other settings is refused here already)."""
+    card = read_card(folder)
+    if card is None:
+        return False
+    wanted = json.loads(json.dumps(_generator(ctx, spec, episodes)))
+    _check_card(folder, card, wanted)
+    if card["episodes"] < wanted["episodes"]:
+        return False
+    if card.get("image_size") == IMAGE_SIZE:
+        return True
+    return modality != "visual" and card.get("image_size") is None and not _holds_images(folder)
 
 
 def wanted_generator(name: str, root: str = "data", scale: float = 1.0, seed: int = 0,
