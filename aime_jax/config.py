@@ -37,7 +37,10 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     # phase2 the BC policy; see aime_jax/agents/bc.py.
     c.algo = "aime"
     c.stages = "datasets,phase1,phase2,eval"
-    # A finished phase-1 run directory to reuse instead of training one (skips the phase1 stage).
+    # The world model's folder, instead of <workdir>/phase1; it may name config values, e.g.
+    # runs/sweep/world_model_seed{seed}. A finished phase-1 run there is reused. Otherwise the
+    # phase1 stage trains it there, once: runs with the same phase-1 settings (everything phase 1
+    # reads) share it, one trains while the others wait (aime_jax/stages.py, shared_world_model).
     c.world_model_dir = ""
 
     c.data = ml_collections.ConfigDict()
@@ -50,6 +53,10 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     # training lengths of the agents they need (SAC experts, the exploration agent).
     c.data.scale = 1.0
     c.data.expert_scale = 1.0
+    # The seed of the datasets it builds (episodes, experts), independent of the training seed
+    # `seed`: runs of several seeds share one data root. Datasets of another data seed need
+    # another root (a folder holds one build, whose card records its seed).
+    c.data.seed = 0
     c.data.window = 50
     c.data.batch_size = 50
     c.data.val_fraction = 0.05
@@ -234,10 +241,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
                 raise ConfigError(f"config.{stage}.{name} must be >= 1, got {config[stage][name]}")
     if d.num_demos < 1:
         raise ConfigError(f"config.data.num_demos must be >= 1, got {d.num_demos}")
-    if config.world_model_dir and not os.path.isdir(config.world_model_dir):
+    if not isinstance(d.seed, int) or d.seed < 0:
+        raise ConfigError(f"config.data.seed must be a whole number >= 0, got {d.seed!r}")
+    trains_it = "phase1" in stage_names and config.algo == "aime"
+    if config.world_model_dir and not trains_it and not os.path.isdir(config.world_model_dir):
         raise ConfigError(
             f"config.world_model_dir={config.world_model_dir!r} does not exist; point it at the run "
-            "directory of a finished phase-1 run, or leave it empty to train one"
+            "directory of a finished phase-1 run, or add the phase1 stage to train it there"
         )
     if config.wandb.mode not in ("disabled", "online", "offline"):
         raise ConfigError(f"config.wandb.mode={config.wandb.mode!r}; use disabled, online or offline")
@@ -260,7 +270,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     if "datasets" in stage_names:
         return
     folder = embodiment_dir(config)
-    if "phase1" in stage_names and config.algo != "bc" and not config.world_model_dir and not os.path.isdir(folder):
+    reuses = config.algo == "aime" and config.world_model_dir and os.path.isdir(config.world_model_dir)
+    if "phase1" in stage_names and config.algo != "bc" and not reuses and not os.path.isdir(folder):
         raise ConfigError(
             f"embodiment dataset {folder!r} does not exist; add the 'datasets' stage to "
             "config.stages, set config.data.embodiment_dir, or collect it with experiments/collect.py"

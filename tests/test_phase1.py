@@ -59,6 +59,23 @@ def test_resume_refuses_another_dataset(walker_random_dir, tmp_path):
         _params(str(tmp_path / "run"), tiny_config(), str(other))
 
 
+@pytest.mark.slow
+def test_resume_accepts_the_dataset_after_another_modality_is_added_to_it(walker_random_dir, tmp_path):
+    """A visual run renders `image` into the shared folder: the MDP run on it still resumes."""
+    data = tmp_path / "data"
+    os.makedirs(data)
+    for i in range(3):
+        with np.load(os.path.join(walker_random_dir, f"{i}.npz")) as z:
+            save_episode(data / f"{i}.npz", {k: z[k] for k in z.files})
+    _params(str(tmp_path / "run"), tiny_config(steps=3), str(data))
+    for i in range(3):
+        with np.load(data / f"{i}.npz") as z:
+            episode = {k: z[k] for k in z.files}
+        save_episode(data / f"{i}.npz", {**episode, "image": np.zeros((len(episode["reward"]), 8, 8, 3), np.uint8)})
+    state = learner.train_world_model(tiny_config(), str(tmp_path / "run"), str(data))
+    assert int(state.step) == 6
+
+
 def test_non_finite_loss_stops_with_a_message(walker_random_dir, tmp_path):
     bad = tmp_path / "bad"
     for i in range(2):

@@ -182,7 +182,8 @@ class _Phase1:
         self.action_dim = spec.pop(ACTION_KEY)[-1]
         self.spec = spec
         self.train_store, self.val_store = split_episodes(store, config.data.val_fraction)
-        self.fingerprint = store.fingerprint
+        self.fingerprint = store.fingerprint_of(self.keys)
+        self.files_fingerprint = store.fingerprint
         self.optimizer = make_optimizer(config.phase1.lr, config.phase1.grad_clip)
         self.model, state = create_train_state(wm, spec, self.action_dim, self.optimizer, config.seed)
         self.state = parallel.replicate(state, mesh)
@@ -248,6 +249,7 @@ def train_world_model(config: ml_collections.ConfigDict, workdir: str, data_dir:
     mesh = mesh or parallel.make_mesh(config.mesh.num_devices or None)
     run = _Phase1(config, data_dir, mesh)
     meta = {"stage": "phase1", "data_dir": os.path.abspath(data_dir), "data_fingerprint": run.fingerprint,
+            "data_fingerprint_files": run.files_fingerprint,
             "action_dim": int(run.action_dim), "obs_spec": {k: list(v) for k, v in run.spec.items()},
             "config": config.to_dict()}
     probes = tuple(f"probe_mse/{k}" for k in config.world_model.probe_keys)
