@@ -7,6 +7,7 @@ config errors before anything is compiled.
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import ml_collections
@@ -119,6 +120,15 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     c.mesh = ml_collections.ConfigDict()
     c.mesh.num_devices = 0  # 0: every device
 
+    # Many AIME runs as one program (docs/many_runs.md): one run per number of demonstrations x
+    # seed, e.g. num_demos="1,2,5,10,20,50,100", seeds="0,1,2"; one world model per seed, every
+    # phase-2 run of the grid trained together. Empty: the single run of data.num_demos and seed.
+    c.runs = ml_collections.ConfigDict()
+    c.runs.num_demos = ""
+    c.runs.seeds = ""
+    # Devices that split each run's batch; the others hold different runs. 0: chosen.
+    c.runs.data_devices = 0
+
     c.wandb = ml_collections.ConfigDict()
     c.wandb.mode = "disabled"  # 'online' or 'offline' turns it on
     c.wandb.project = "aime-jax"
@@ -205,6 +215,57 @@ def demos_dir(config: ml_collections.ConfigDict) -> str:
     return config.data.demos_dir or os.path.join(config.data.root, config.data.demos or f"{config.env}-expert")
 
 
+def _whole_numbers(config: ml_collections.ConfigDict, name: str, minimum: int, example: str) -> list[int]:
+    text = config.runs[name]
+    values = []
+    for part in str(text).split(","):
+        try:
+            value = int(part.strip())
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise ConfigError(
+                f"config.runs.{name}={text!r}; give whole numbers >= {minimum} separated by commas, e.g. {example}"
+            )
+        values.append(value)
+    if len(set(values)) < len(values):
+        raise ConfigError(f"config.runs.{name}={text!r} names a value twice; give each once")
+    return values
+
+
+def many_runs(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config asks for many runs as one program (config.runs)."""
+    return bool(str(config.runs.num_demos).strip() or str(config.runs.seeds).strip())
+
+
+def run_grid(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+    """The (num_demos, seed) of every run of config.runs, seed by seed; one run when it is empty."""
+    demos = _whole_numbers(config, "num_demos", 1, "1,2,5,10") if str(config.runs.num_demos).strip() \
+        else [config.data.num_demos]
+    seeds = _whole_numbers(config, "seeds", 0, "0,1,2") if str(config.runs.seeds).strip() else [config.seed]
+    return [(n, s) for s in seeds for n in demos]
+
+
+def run_dirname(num_demos: int, seed: int) -> str:
+    """A run's folder in a program of runs (the name launch/sweeps/num_demos.yaml gives it too)."""
+    return f"demos{num_demos}_seed{seed}"
+
+
+def run_config(
+    config: ml_collections.ConfigDict, num_demos: int, seed: int, world_model_dir: str = ""
+) -> ml_collections.ConfigDict:
+    """The config of one run of a program of runs: that of the single run it stands for (the same
+    one `--config.data.num_demos=N --config.seed=S` would give, reusing `world_model_dir`)."""
+    c = copy.deepcopy(config)
+    c.data.num_demos = num_demos
+    c.seed = seed
+    c.world_model_dir = world_model_dir
+    c.runs.num_demos = ""
+    c.runs.seeds = ""
+    c.runs.data_devices = 0
+    return c
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Checks that need no compilation; raises ConfigError naming the value and the fix."""
     validate_names(config)
@@ -213,7 +274,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     for name in ("window", "batch_size"):
         if d[name] < 1:
             raise ConfigError(f"config.data.{name} must be >= 1, got {d[name]}")
-    if d.batch_size % num_devices:
+    if many_runs(config):
+        validate_runs(config, num_devices, process_count)
+    elif d.batch_size % num_devices:
         raise ConfigError(
             f"config.data.batch_size={d.batch_size} is not divisible by the {num_devices} devices; "
             f"use a multiple of {num_devices} or set config.mesh.num_devices"
@@ -270,6 +333,35 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ConfigError(
             f"demonstrations {demos!r} do not exist; add the 'datasets' stage to config.stages to "
             "build them, or set config.data.demos_dir to a folder of expert episodes (observations are enough)"
+        )
+
+
+def validate_runs(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+    """config.runs: the grid, the algorithm, and how the runs share the devices."""
+    from aime_jax.parallel import runs_layout
+
+    grid = run_grid(config)
+    if config.algo != "aime":
+        raise ConfigError(
+            f"config.runs trains many AIME runs as one program, not {config.algo}; run the baselines one by "
+            "one (e.g. experiments/sweep.py launch/sweeps/num_demos.yaml) or set config.algo=aime"
+        )
+    if process_count > 1:
+        raise ConfigError(
+            "config.runs (many runs as one program) needs a single-process run for now; leave it empty "
+            "in a multi-process run, or start one process per host, each with its own runs"
+        )
+    data_devices = config.runs.data_devices
+    if not isinstance(data_devices, int) or data_devices < 0 or (data_devices and num_devices % data_devices):
+        raise ConfigError(
+            f"config.runs.data_devices={data_devices} does not divide the {num_devices} devices; use a divisor "
+            f"of {num_devices}, or 0 to choose"
+        )
+    _, data = runs_layout(len(grid), num_devices, data_devices)
+    if config.data.batch_size % data:
+        raise ConfigError(
+            f"config.data.batch_size={config.data.batch_size} is not divisible by the {data} devices that "
+            f"split each run's batch; use a multiple of {data}, or set config.runs.data_devices"
         )
 
 
