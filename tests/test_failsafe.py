@@ -495,6 +495,13 @@ CLI_CASES = [
      "SAC setting hidden_sizes='abc'"),
     (7, ["experiments/main.py", "--config=configs/walker_mdp.py:nosuchvariant", "--workdir={data}"],
      "unknown config argument 'nosuchvariant'"),
+    # Many runs as one program (config.runs, issue 23).
+    (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}",
+         "--config.runs.num_demos=1,x"], "config.runs.num_demos='1,x'; give whole numbers >= 1"),
+    (4, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}", "--config.runs.seeds=0,1",
+         "--config.runs.data_devices=3"], "config.runs.data_devices=3 does not divide the 1 devices"),
+    (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}", "--config.algo=bc",
+         "--config.runs.seeds=0,1"], "config.runs trains many AIME runs as one program, not bc"),
 ]
 
 
