@@ -38,7 +38,10 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     # phase2 the BC policy; see aime_jax/agents/bc.py.
     c.algo = "aime"
     c.stages = "datasets,phase1,phase2,eval"
-    # A finished phase-1 run directory to reuse instead of training one (skips the phase1 stage).
+    # The world model's folder, instead of <workdir>/phase1; it may name config values, e.g.
+    # runs/sweep/world_model_seed{seed}. A finished phase-1 run there is reused. Otherwise the
+    # phase1 stage trains it there, once: runs with the same phase-1 settings (everything phase 1
+    # reads) share it, one trains while the others wait (aime_jax/stages.py, shared_world_model).
     c.world_model_dir = ""
 
     c.data = ml_collections.ConfigDict()
@@ -51,6 +54,10 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     # training lengths of the agents they need (SAC experts, the exploration agent).
     c.data.scale = 1.0
     c.data.expert_scale = 1.0
+    # The seed of the datasets it builds (episodes, experts), independent of the training seed
+    # `seed`: runs of several seeds share one data root. Datasets of another data seed need
+    # another root (a folder holds one build, whose card records its seed).
+    c.data.seed = 0
     c.data.window = 50
     c.data.batch_size = 50
     c.data.val_fraction = 0.05
@@ -266,6 +273,25 @@ def run_config(
     return c
 
 
+def seed_world_model_dir(config: ml_collections.ConfigDict, seed: int) -> str:
+    """The world model folder of seed `seed`'s runs in a program of runs: config.world_model_dir
+    with its {...} fields filled from that seed's run (e.g. runs/curve/world_model_seed{seed});
+    '' when it is unset."""
+    if not config.world_model_dir:
+        return ""
+    largest = max(n for n, _ in run_grid(config))
+    return config.world_model_dir.format_map(run_config(config, largest, seed))
+
+
+def world_model_dirs(config: ml_collections.ConfigDict) -> list[str]:
+    """The world model folders a run (or every seed of a program of runs) names; [] when unset."""
+    if not config.world_model_dir:
+        return []
+    if many_runs(config):
+        return list(dict.fromkeys(seed_world_model_dir(config, s) for s in dict.fromkeys(s for _, s in run_grid(config))))
+    return [config.world_model_dir]
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Checks that need no compilation; raises ConfigError naming the value and the fix."""
     validate_names(config)
@@ -297,10 +323,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
                 raise ConfigError(f"config.{stage}.{name} must be >= 1, got {config[stage][name]}")
     if d.num_demos < 1:
         raise ConfigError(f"config.data.num_demos must be >= 1, got {d.num_demos}")
-    if config.world_model_dir and not os.path.isdir(config.world_model_dir):
+    if not isinstance(d.seed, int) or d.seed < 0:
+        raise ConfigError(f"config.data.seed must be a whole number >= 0, got {d.seed!r}")
+    trains_it = "phase1" in stage_names and config.algo == "aime"
+    missing = [folder for folder in world_model_dirs(config) if not os.path.isdir(folder)]
+    if missing and not trains_it:
         raise ConfigError(
-            f"config.world_model_dir={config.world_model_dir!r} does not exist; point it at the run "
-            "directory of a finished phase-1 run, or leave it empty to train one"
+            f"config.world_model_dir={missing[0]!r} does not exist; point it at the run "
+            "directory of a finished phase-1 run, or add the phase1 stage to train it there"
         )
     if config.wandb.mode not in ("disabled", "online", "offline"):
         raise ConfigError(f"config.wandb.mode={config.wandb.mode!r}; use disabled, online or offline")
@@ -323,7 +353,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     if "datasets" in stage_names:
         return
     folder = embodiment_dir(config)
-    if "phase1" in stage_names and config.algo != "bc" and not config.world_model_dir and not os.path.isdir(folder):
+    reuses = config.algo == "aime" and config.world_model_dir and not missing
+    if "phase1" in stage_names and config.algo != "bc" and not reuses and not os.path.isdir(folder):
         raise ConfigError(
             f"embodiment dataset {folder!r} does not exist; add the 'datasets' stage to "
             "config.stages, set config.data.embodiment_dir, or collect it with experiments/collect.py"

@@ -120,6 +120,18 @@ def on_main(fn: Callable[[], Any], name: str) -> None:
         raise AimeError(f"{name} failed on process 0 (its output says why); fix that and rerun")
 
 
+def agreed(fn: Callable[[], bool], name: str) -> bool:
+    """`fn()` asked on process 0 alone, its answer given to every process: a decision about files
+    on a shared disk that another run may change while the processes look."""
+    if jax.process_count() == 1:
+        return bool(fn())
+    from jax.experimental import multihost_utils
+
+    answer = [False]
+    on_main(lambda: answer.__setitem__(0, bool(fn())), name)
+    return bool(int(multihost_utils.broadcast_one_to_all(np.int32(answer[0]))))
+
+
 def host_local(tree: Any) -> Any:
     """A copy of a replicated pytree on this process's first device, for work that each process
     does on its own (acting in the simulator), which must not launch computations over the

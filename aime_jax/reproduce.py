@@ -230,6 +230,7 @@ def cell_config(block: Block, cell: Cell) -> ml_collections.ConfigDict:
     with c.unlocked():
         c.data.embodiment = block.dataset
         c.data.embodiment_dir = os.path.join(block.root, block.dataset)
+        c.data.seed = block.data_seed
         if cell.task:
             c.env = cell.task
             c.data.demos_dir = block.demos_dir(cell.task)

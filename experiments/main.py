@@ -8,6 +8,7 @@ of runs as one program, one results.json per run (docs/many_runs.md). A multi-pr
 --coordinator_address/--num_processes/--process_id) connects its processes first; see launch/.
 """
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -58,22 +59,44 @@ def load_config(flag_values: flags.FlagValues):
     config_lib.resolve(config)
     # configs/walker_mdp.py:quick -> runs/walker_mdp_quick
     name = os.path.basename(config_flags.get_config_filename(flag_values["config"])).replace(".py", "").replace(":", "_")
-    pattern = flag_values.workdir or os.path.join("runs", name)
-    try:
-        workdir = pattern.format_map(config)
-    except (AttributeError, KeyError, IndexError, ValueError) as e:
-        raise ConfigError(
-            f"--workdir={pattern!r} names a config value that does not exist ({e}); use names such as "
-            "{data.num_demos} or {seed}, and {{ }} for literal braces"
-        ) from None
+    workdir = _fill(flag_values.workdir or os.path.join("runs", name), "--workdir", config)
+    # e.g. runs/sweep/world_model_seed{seed}: one world model per seed, shared by the runs that
+    # differ in what phase 1 does not read (config.world_model_dir in aime_jax/config.py).
+    filled = _fill(config.world_model_dir, "--config.world_model_dir", config)
+    if not config_lib.many_runs(config):
+        config.world_model_dir = filled
+    # A program of runs keeps the pattern: each seed fills it (config_lib.seed_world_model_dir).
     return config, workdir
 
 
-def check_command(argv: list[str], num_devices: int = 1, process_count: int = 1):
+def _fill(pattern: str, flag: str, config) -> str:
+    """`pattern` with its {...} fields filled from the config."""
+    from aime_jax.errors import ConfigError
+
+    try:
+        return pattern.format_map(config)
+    except (AttributeError, KeyError, IndexError, ValueError) as e:
+        detail = str(e)
+        if isinstance(e, (KeyError, AttributeError)) and e.args:
+            # ml_collections' error holds the name and, on a second line, its suggestion.
+            name, *hint = str(e.args[0]).split("\n")
+            suggestion = re.search(r'Did you mean "(\w+)"', " ".join(hint))
+            detail = repr(name.strip("'\"")) + (f"; did you mean {suggestion.group(1)!r}?" if suggestion else "")
+        raise ConfigError(
+            f"{flag}={pattern!r} names a config value that does not exist ({detail}); use names such as "
+            "{data.num_demos} or {seed}, and {{ }} for literal braces"
+        ) from None
+
+
+def check_command(argv: list[str], num_devices: int = 1, process_count: int = 1, plan: dict | None = None):
     """Parses a command line of this program (argv[0] is the program) with its own flags and
-    validates the config without running anything; returns (config, workdir, stage names).
+    makes the checks the run makes before it computes anything (the config, and what is on disk:
+    the run directory, the datasets it would build, a shared world model), without writing;
+    returns (config, workdir, stage names). `plan` collects what the commands checked so far
+    will write, so that a sweep's later run that clashes with an earlier one is refused too.
     Raises SystemExit with one line on a bad command (what `experiments/sweep.py --dry_run` uses)."""
     from aime_jax import config as config_lib
+    from aime_jax import stages
     from aime_jax.errors import AimeError
 
     flag_values = flags.FlagValues()
@@ -82,6 +105,7 @@ def check_command(argv: list[str], num_devices: int = 1, process_count: int = 1)
     try:
         config, workdir = load_config(flag_values)
         config_lib.validate(config, config.mesh.num_devices or num_devices, process_count)
+        stages.preflight(config, workdir, plan)
         return config, workdir, config_lib.stages(config)
     except AimeError as e:
         sys.exit(f"error: {e}")

@@ -7,12 +7,17 @@ The file is the one `wandb sweep` takes (`program`, `method: grid`, `parameters`
 or `value`, `command` with wandb's macros ${env}, ${interpreter}, ${program}, ${args} and
 ${args_no_hyphens}). Runs go one after another; each is an ordinary experiments/main.py command,
 so a finished run is skipped and an interrupted one resumes when the sweep is started again.
-Arguments after `--` are added to every run. `--dry_run` prints the commands and checks each one
-with main.py's own parser and config validation, without running anything.
+Several workers may run the same sweep on a shared disk: a run whose directory another process
+is working in is put off until the others are done. Arguments after `--` are added to every run;
+`--workdir_root` moves the run directories and the world models they share
+(`--config.world_model_dir`). `--dry_run` prints the commands and checks each one as main.py
+does before it computes anything (parser, config, and the run directories, datasets and shared
+world models on disk or planned by earlier runs of the sweep), without running or writing.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import itertools
 import os
@@ -110,9 +115,11 @@ def expand(
             command.append(mode)
     workdirs = [i for i, a in enumerate(command) if a.startswith("--workdir=")]
     if workdir_root is not None:
-        if workdirs:
-            for i in workdirs:
-                command[i] = "--workdir=" + os.path.join(workdir_root, os.path.basename(command[i].split("=", 1)[1]))
+        # The run directories and the world models they share move together.
+        for i, a in enumerate(command):
+            if a.startswith(("--workdir=", "--config.world_model_dir=")):
+                flag, path = a.split("=", 1)
+                command[i] = f"{flag}={os.path.join(workdir_root, os.path.basename(path))}"
     if not workdirs:
         name = "_".join(f"{k.split('.')[-1]}{_flag_value(v)}" for k, v in params.items())
         root = workdir_root or os.path.join("runs", "sweeps", os.path.splitext(os.path.basename(sweep.get("_path", "sweep")))[0])
@@ -120,18 +127,41 @@ def expand(
     return command
 
 
+@functools.lru_cache(maxsize=None)
 def _main_module():
+    """experiments/main.py, loaded once (it defines absl flags, which cannot be defined twice)."""
     spec = importlib.util.spec_from_file_location("aime_main", os.path.join(HERE, "main.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def check(command: list[str], main_module) -> tuple[str, list[str]]:
-    """(workdir, stages) of a run as experiments/main.py would see them; SystemExit if it refuses."""
+def check(command: list[str], main_module, plan: dict | None = None) -> tuple[str, list[str]]:
+    """(workdir, stages) of a run as experiments/main.py would see them; SystemExit if it refuses.
+    `plan` carries what the runs checked before will write (datasets, world models, run
+    directories), so a run that clashes with an earlier one of the sweep is refused too."""
     program = next(i for i, a in enumerate(command) if a.endswith("main.py"))
-    _, workdir, stages = main_module.check_command(command[program:])
+    _, workdir, stages = main_module.check_command(command[program:], plan=plan)
     return workdir, stages
+
+
+def _runs_main(command: list[str]) -> bool:
+    return any(a.endswith("main.py") for a in command)
+
+
+def _in_use(command: list[str], main_module) -> str | None:
+    """What another process is doing in this run's directory, or None (also when the command is
+    not a main.py run, or one main.py refuses: running it reports why)."""
+    from aime_jax import locks
+
+    if main_module is None or not _runs_main(command):
+        return None
+    try:
+        workdir, _ = check(command, main_module)
+    except SystemExit:
+        return None
+    info = locks.holder(workdir)
+    return None if info is None else f"{workdir} is in use by {locks.describe(info)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,19 +184,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if opts.dry_run:
         main_module = _main_module()
-        bad = 0
+        bad, plan = 0, {}
         for i, command in enumerate(runs, 1):
             print(f"[{i}/{len(runs)}] {shlex.join(command)}")
             try:
-                workdir, stages = check(command, main_module)
+                workdir, stages = check(command, main_module, plan)
                 print(f"    ok: stages {','.join(stages)} in {workdir}")
             except SystemExit as e:
                 bad += 1
                 print(f"    refused: {e.code}")
         print(f"{len(runs) - bad} of {len(runs)} runs valid")
         return 1 if bad else 0
-    failed = []
-    for i, command in enumerate(runs, 1):
+    failed, queue, deferred = [], list(enumerate(runs, 1)), set()
+    main_module = _main_module() if any(_runs_main(c) for c in runs) else None
+    while queue:
+        i, command = queue.pop(0)
+        busy = _in_use(command, main_module) if queue and i not in deferred else None
+        if busy:
+            # Several workers may run the same sweep: each takes the runs no other one is running.
+            print(f"[{i}/{len(runs)}] later: {busy}", flush=True)
+            deferred.add(i)
+            queue.append((i, command))
+            continue
         print(f"[{i}/{len(runs)}] {shlex.join(command)}", flush=True)
         if subprocess.run(command).returncode != 0:
             failed.append(i)

@@ -123,6 +123,37 @@ def test_pack_is_reused_and_rebuilt_when_episodes_change(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if "tmp" in n or "old" in n]
 
 
+MDP_KEYS = ("orientations", "height", "velocity", "pre_action")
+
+
+def test_a_runs_fingerprint_covers_only_the_keys_and_episodes_it_reads(tmp_path):
+    """Rendering images into the files (another modality's key) changes the folder's files but
+    not what an MDP run reads; more episodes beyond a selection leave the selection's identity."""
+    eps = _write_folder(tmp_path / "a", [10, 12, 11])
+    store = EpisodeStore(tmp_path / "a", progress=False)
+    mdp, first_two = store.fingerprint_of(MDP_KEYS), store.select(range(2)).fingerprint_of(MDP_KEYS)
+    files = store.fingerprint
+    assert store.fingerprint_of(("image", *MDP_KEYS)) != mdp
+    rng = np.random.default_rng(3)
+    for i, ep in enumerate(eps):  # what rendering does: the same arrays, plus `image`
+        save_episode(tmp_path / "a" / f"{i}.npz", {**ep, "image": rng.integers(0, 256, (len(ep["reward"]), 8, 8, 3),
+                                                                                 dtype=np.uint8)})
+    rendered = EpisodeStore(tmp_path / "a", progress=False)
+    assert rendered.fingerprint != files and rendered.fingerprint_of(MDP_KEYS) == mdp
+    # A copy without compression is the same data; one changed value is not.
+    for i, ep in enumerate(eps):
+        save_episode(tmp_path / "b" / f"{i}.npz", ep, compress=False)
+    assert EpisodeStore(tmp_path / "b", progress=False).fingerprint_of(MDP_KEYS) == mdp
+    eps[1]["velocity"][3, 0] += 1.0
+    save_episode(tmp_path / "b" / "1.npz", eps[1])
+    assert EpisodeStore(tmp_path / "b", progress=False).fingerprint_of(MDP_KEYS) != mdp
+    # Demonstrations extended beyond the first two: runs on the first two read the same data.
+    save_episode(tmp_path / "a" / "3.npz", {**eps[0], "image": np.zeros((10, 8, 8, 3), np.uint8)})
+    grown = EpisodeStore(tmp_path / "a", progress=False)
+    assert grown.select(range(2)).fingerprint_of(MDP_KEYS) == first_two
+    assert grown.fingerprint_of(MDP_KEYS) != mdp
+
+
 def test_select_gives_a_view(tmp_path):
     _write_folder(tmp_path, [10, 11, 12, 13])
     store = EpisodeStore(tmp_path, progress=False)

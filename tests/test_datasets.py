@@ -161,6 +161,18 @@ def test_complete_datasets_are_skipped_extended_or_refused(root, tmp_path):
     assert digest(tmp_path / "walker-random" / "0.npz") == first
 
 
+def test_a_complete_dataset_is_used_without_its_lock(root, monkeypatch):
+    """Nothing is written to a complete dataset, so it needs no lock (a read-only shared disk)."""
+    from aime_jax import locks
+
+    def no_lock(target, what, **kw):
+        raise AssertionError(f"locked {what}")
+
+    monkeypatch.setattr(locks, "hold", no_lock)
+    assert tiny_build("walker-mix", root) == str(root / "walker-mix")
+    assert tiny_build("walker-stand-expert", root, episodes=1) == str(root / "walker-stand-expert")
+
+
 class Stop(Exception):
     pass
 
@@ -214,6 +226,49 @@ def test_visual_build_of_a_state_dataset_only_renders(root, tmp_path):
     card = build_lib.read_card(folder)
     assert card["image_size"] == 64 and card["size_bytes"] > build_lib.read_card(str(root / "walker-stand-expert"))["size_bytes"]
     assert card["expert_return"] == build_lib.read_card(str(root / "walker-stand-expert"))["expert_return"]
+
+
+@pytest.mark.slow
+def test_episodes_added_to_a_rendered_folder_for_another_modality_are_rendered_too(tmp_path):
+    """A visual run rendered the demonstrations; an MDP run that needs more of them extends the
+    folder: the new episodes get images too, so the folder stays one the loader accepts."""
+    folder = build_lib.build("walker-random", "visual", str(tmp_path), scale=SCALE, episodes=1, progress=False)
+    mdp_keys = ("orientations", "height", "velocity", "pre_action")
+    before = EpisodeStore(folder, progress=False).fingerprint_of(mdp_keys)
+    build_lib.build("walker-random", "mdp", str(tmp_path), scale=SCALE, episodes=2, progress=False)
+    store = EpisodeStore(folder, progress=False)
+    assert store.num_episodes == 2 and "image" in store.keys and build_lib.read_card(folder)["image_size"] == 64
+    assert store.select([0]).fingerprint_of(mdp_keys) == before
+
+
+BUILDER = """
+import json, os, sys, time
+from aime_jax.data import build as build_lib
+root, log = sys.argv[1], sys.argv[2]
+def on_episode(name, i):
+    time.sleep(2)  # a build long enough for the other process to arrive while it runs
+    with open(log, "a") as f:
+        f.write(f"{os.getpid()} {name} {i}\\n")
+folder = build_lib.build("walker-random", "mdp", root, scale=0.003, progress=False, on_episode=on_episode)
+print("built", folder, json.dumps(build_lib.read_card(folder)["generator"]))
+"""
+
+
+def test_concurrent_builders_of_one_dataset_build_it_once_and_both_succeed(tmp_path):
+    env = dict(os.environ, PYTHONPATH=REPO)
+    log = tmp_path / "episodes.log"
+    procs = [subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path / "data"), str(log)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    # Every episode was written once, by one of them; the other waited and found it complete.
+    written = [line.split() for line in open(log)]
+    assert sorted(int(i) for _, _, i in written) == [0, 1, 2] and len({pid for pid, _, _ in written}) == 1
+    assert sum("waiting for the dataset" in out for out in outs) == 1, outs
+    results = [out.strip().splitlines()[-1] for out in outs]
+    assert results[0] == results[1] and results[0].startswith(f"built {tmp_path / 'data' / 'walker-random'}")
+    assert sorted(os.listdir(tmp_path / "data")) == ["walker-random"]  # no lock or temporary left
+    assert len(list_episodes(tmp_path / "data" / "walker-random")) == 3
 
 
 def test_pipeline_stage_builds_the_embodiment_data_and_the_demonstrations(tmp_path):

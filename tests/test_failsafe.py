@@ -357,6 +357,19 @@ def _sac_setting_not_a_number(tmp_path: Path, walker_random_dir: str):
     return lambda: default_config("walker-stand", batch_size="many"), tmp_path
 
 
+def _shared_world_model_of_another_seed(tmp_path: Path, walker_random_dir: str):
+    from aime_jax import stages
+
+    folder = tmp_path / "world_model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(stages.phase1_identity(tiny_config())))
+    (folder / stages.WORLD_MODEL_STATUS).write_text(json.dumps({"complete": True, "phase1_steps": 6}))
+    config = tiny_config()
+    config.seed = 1
+    config.world_model_dir = str(folder)
+    return lambda: stages.shared_world_model(config, str(folder), None), tmp_path
+
+
 def _fail_with(code: int):
     def fail(*args, **kwargs):
         raise OSError(code, os.strerror(code))
@@ -368,6 +381,9 @@ REFUSALS = [
     (4, "render-size-0", _render_size_zero, "size >= 1, camera >= 0 and workers >= 1; got size=0"),
     (5, "workdir-is-a-file", _workdir_is_a_file, "--workdir {tmp}/run is a file, not a folder"),
     (5, "workdir-read-only", _workdir_read_only, "--workdir {tmp}/run cannot be written (Read-only file system)"),
+    (2, "shared-world-model-other-seed", _shared_world_model_of_another_seed,
+     "world_model_dir={tmp}/world_model holds a world model with other phase-1 settings (seed 0 (this run: 1)); "
+     "name the values that differ in config.world_model_dir (e.g. {{seed}})"),
     (7, "sac-hidden-sizes-abc", _sac_setting_not_a_list, "SAC setting hidden_sizes='abc': give a list of layer widths"),
     (7, "sac-batch-size-word", _sac_setting_not_a_number, "SAC setting batch_size='many': give a whole number"),
 ]
@@ -495,6 +511,11 @@ CLI_CASES = [
      "SAC setting hidden_sizes='abc'"),
     (7, ["experiments/main.py", "--config=configs/walker_mdp.py:nosuchvariant", "--workdir={data}"],
      "unknown config argument 'nosuchvariant'"),
+    (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}/run",
+         "--config.data.seed=-1"], "config.data.seed must be a whole number >= 0, got -1"),
+    (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}/run",
+         "--config.world_model_dir={data}/world_model_{{sed}}"],
+     "names a config value that does not exist ('sed'; did you mean 'seed'?)"),
     # Many runs as one program (config.runs, issue 23).
     (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}",
          "--config.runs.num_demos=1,x"], "config.runs.num_demos='1,x'; give whole numbers >= 1"),
@@ -502,6 +523,8 @@ CLI_CASES = [
          "--config.runs.data_devices=3"], "config.runs.data_devices=3 does not divide the 1 devices"),
     (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}", "--config.algo=bc",
          "--config.runs.seeds=0,1"], "config.runs trains many AIME runs as one program, not bc"),
+    (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}/run", "--config.runs.seeds=0,1",
+         "--config.world_model_dir={data}/world_model"], "whose phase-1 settings differ (seed)"),
 ]
 
 

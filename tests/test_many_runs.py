@@ -178,6 +178,26 @@ def test_the_grid_names_every_run_seed_by_seed():
         config_lib.validate(bc, num_devices=1)
 
 
+def test_each_seed_fills_the_world_model_folder_pattern(tmp_path):
+    from aime_jax import stages
+
+    config = config_lib.resolve(_grid_config(num_demos="1,2", seeds="0,1"))
+    config.world_model_dir = str(tmp_path / "wm_seed{seed}")
+    assert config_lib.world_model_dirs(config) == [str(tmp_path / "wm_seed0"), str(tmp_path / "wm_seed1")]
+    runs = stages.program_runs(config, str(tmp_path / "curve"))
+    assert [(r.name, r.world_model_dir) for r in runs] == [
+        ("demos1_seed0", str(tmp_path / "wm_seed0")), ("demos2_seed0", str(tmp_path / "wm_seed0")),
+        ("demos1_seed1", str(tmp_path / "wm_seed1")), ("demos2_seed1", str(tmp_path / "wm_seed1"))]
+    assert all(r.config.world_model_dir == r.world_model_dir for r in runs)
+    # main.py keeps the pattern of a program of runs (a single run's is filled with its own seed).
+    out = subprocess.run(
+        [sys.executable, "experiments/main.py", "--config=configs/walker_mdp.py:quick", f"--workdir={tmp_path / 'curve'}",
+         "--config.runs.num_demos=1,2", "--config.runs.seeds=0,1", f"--config.world_model_dir={tmp_path}/wm_seed{{seed}}",
+         "--dry_run"], cwd=REPO, capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+    assert out.returncode == 0 and "for 4 runs as one program" in out.stdout, out.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "curve")
+
+
 # ------------------------------------------------------------------------------------------------
 # Whole programs: two world models trained on real walker data, runs of 1 to 3 demonstrations
 

@@ -59,6 +59,23 @@ def test_resume_refuses_another_dataset(walker_random_dir, tmp_path):
         _params(str(tmp_path / "run"), tiny_config(), str(other))
 
 
+@pytest.mark.slow
+def test_resume_accepts_the_dataset_after_another_modality_is_added_to_it(walker_random_dir, tmp_path):
+    """A visual run renders `image` into the shared folder: the MDP run on it still resumes."""
+    data = tmp_path / "data"
+    os.makedirs(data)
+    for i in range(3):
+        with np.load(os.path.join(walker_random_dir, f"{i}.npz")) as z:
+            save_episode(data / f"{i}.npz", {k: z[k] for k in z.files})
+    _params(str(tmp_path / "run"), tiny_config(steps=3), str(data))
+    for i in range(3):
+        with np.load(data / f"{i}.npz") as z:
+            episode = {k: z[k] for k in z.files}
+        save_episode(data / f"{i}.npz", {**episode, "image": np.zeros((len(episode["reward"]), 8, 8, 3), np.uint8)})
+    state = learner.train_world_model(tiny_config(), str(tmp_path / "run"), str(data))
+    assert int(state.step) == 6
+
+
 def test_non_finite_loss_stops_with_a_message(walker_random_dir, tmp_path):
     bad = tmp_path / "bad"
     for i in range(2):
@@ -241,3 +258,24 @@ def test_rerun_with_other_model_settings_is_refused_but_speed_settings_are_not(t
     config.world_model.deter_size += 1
     with pytest.raises(AimeError, match=r"other settings \(world_model.deter_size\)"):
         stages.write_config(config, str(tmp_path))
+
+
+def test_handoff_reads_the_parameters_alone(tmp_path):
+    """Phase 2 and evaluation take only the world model's parameters out of a phase-1
+    checkpoint: one saved with another optimiser (no Adam moments at all) loads, and gives
+    exactly the saved parameters."""
+    import optax
+
+    from aime_jax.checkpoint import Checkpointer
+
+    config = tiny_config()
+    spec = {"orientations": (14,), "height": (1,), "velocity": (9,)}
+    _, state = learner.create_train_state(config.world_model, spec, 6, optax.sgd(0.1), 3)
+    meta = {"stage": "phase1", "action_dim": 6, "obs_spec": {k: list(v) for k, v in spec.items()},
+            "config": config.to_dict()}
+    with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
+        ckpt.save(7, state, meta, force=True)
+    model, params, saved = learner.load_world_model(str(tmp_path), config=config)
+    assert saved.world_model.deter_size == config.world_model.deter_size
+    for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(a, b)

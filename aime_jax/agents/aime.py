@@ -324,7 +324,8 @@ def train_aime(
         logger.log(step, evaluate_agent(agent, p.eval_episodes), prefix="eval",
                    summary=("return_mean", "return_std", "normalised", "normalised_paper"))
 
-    meta = {"stage": "phase2", "demos_dir": os.path.abspath(demos_dir), "data_fingerprint": store.fingerprint,
+    meta = {"stage": "phase2", "demos_dir": os.path.abspath(demos_dir), "data_fingerprint": store.fingerprint_of(keys),
+            "data_fingerprint_files": store.fingerprint,
             "world_model_dir": os.path.abspath(world_model_dir), "config": config.to_dict()}
     state = train_loop(
         name="phase 2", workdir=workdir, state=state, train_step=train_step, batches=sampler.iterate,

@@ -254,11 +254,11 @@ def _fingerprint(runs: Sequence[Run], fingerprints: Sequence[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def run_meta(run: Run, fingerprint: str, program_dir: str, diverged_at: int = 0) -> dict:
+def run_meta(run: Run, fingerprint: str, files: str, program_dir: str, diverged_at: int = 0) -> dict:
     """A run's checkpoint metadata: that of a single phase-2 run, and where it was trained."""
     meta = {"stage": "phase2", "demos_dir": os.path.abspath(run.demos_dir), "data_fingerprint": fingerprint,
-            "world_model_dir": os.path.abspath(run.world_model_dir), "config": run.config.to_dict(),
-            "program_dir": os.path.abspath(program_dir)}
+            "data_fingerprint_files": files, "world_model_dir": os.path.abspath(run.world_model_dir),
+            "config": run.config.to_dict(), "program_dir": os.path.abspath(program_dir)}
     if diverged_at:
         meta["diverged_at_step"] = diverged_at
     return meta
@@ -324,7 +324,7 @@ def train_aime_runs(
         params = jax.tree.map(lambda x: x[: len(runs)], state.params)
         return RunsAgent(model, wms.stack, wms.index, policy, params)
 
-    fingerprints = [s.fingerprint for s in stores]
+    fingerprints = [s.fingerprint_of(keys) for s in stores]
     meta = {"stage": "phase2-runs", "runs": [
         {"name": run.name, "workdir": os.path.abspath(run.workdir), "num_demos": run.config.data.num_demos,
          "seed": run.config.seed, "world_model_dir": os.path.abspath(run.world_model_dir),
@@ -373,7 +373,7 @@ def train_aime_runs(
             evaluate=evaluate, data_dir=", ".join(dict.fromkeys(run.demos_dir for run in runs)),
             put=parallel.shard_runs_batch, report=report,
         )
-    save_runs(state, runs, fingerprints, workdir)
+    save_runs(state, runs, fingerprints, [s.fingerprint for s in stores], workdir)
     return agent_of(state), state
 
 
@@ -393,7 +393,8 @@ def _check_padding(workdir: str, padded: int) -> None:
         )
 
 
-def save_runs(state: RunsState, runs: Sequence[Run], fingerprints: Sequence[str], program_dir: str) -> None:
+def save_runs(state: RunsState, runs: Sequence[Run], fingerprints: Sequence[str], files: Sequence[str],
+              program_dir: str) -> None:
     """Each run's final state in its own phase2/checkpoints, as a single run saves it (skipped
     where that step is saved already)."""
     step = int(jax.device_get(state.step))
@@ -403,7 +404,8 @@ def save_runs(state: RunsState, runs: Sequence[Run], fingerprints: Sequence[str]
     for r, run in enumerate(runs):
         single = jax.device_put(host.run(r), local)
         with Checkpointer(os.path.join(run.phase2_dir, "checkpoints"), max_to_keep=run.config.phase2.keep) as ckpt:
-            ckpt.save(step, single, run_meta(run, fingerprints[r], program_dir, int(diverged[r])), force=True)
+            ckpt.save(step, single, run_meta(run, fingerprints[r], files[r], program_dir, int(diverged[r])),
+                      force=True)
 
 
 def load_runs_agent(config: ml_collections.ConfigDict, runs: Sequence[Run]) -> tuple[RunsAgent, list[dict]]:

@@ -425,9 +425,11 @@ def train_bc(config: ml_collections.ConfigDict, workdir: str, demos_dir: str, me
     action_dim = int(train.actions.shape[-1])
     net = make_net(bc, keys, action_dim)
     steps_per_epoch = EpochSampler(len(train), bc.batch_size, config.seed).steps_per_epoch
-    fingerprint = demos.fingerprint + (f"+{labels_id}" if labels is not None else "")
+    suffix = f"+{labels_id}" if labels is not None else ""
+    read = keys if labels is not None else (*keys, ACTION_KEY)
     meta = {"stage": "bco" if labels is not None else "bc", "demos_dir": os.path.abspath(demos_dir),
-            "data_dir": demos_dir, "data_fingerprint": fingerprint, "steps_per_epoch": steps_per_epoch}
+            "data_dir": demos_dir, "data_fingerprint": demos.fingerprint_of(read) + suffix,
+            "data_fingerprint_files": demos.fingerprint + suffix, "steps_per_epoch": steps_per_epoch}
     state = fit(name="BC", workdir=workdir, net=net, train=train, val=val,
                 schedule=bc_schedule(bc, steps_per_epoch), lr=bc.lr, batch_size=bc.batch_size,
                 seed=config.seed + 7, config=config, meta=meta, mesh=mesh, init_params=init_params)
@@ -454,7 +456,8 @@ def train_idm(config: ml_collections.ConfigDict, workdir: str, embodiment_dir: s
         val = dataclasses.replace(val, anchors=val.anchors[pick], firsts=val.firsts[pick])
     net = make_net(bc, keys, int(train.actions.shape[-1]))
     schedule = Schedule(bc.idm_eval_every, bc.idm_steps, bc.idm_max_steps, bc.patience, bc.log_every)
-    meta = {"stage": "idm", "data_dir": embodiment_dir, "data_fingerprint": store.fingerprint}
+    meta = {"stage": "idm", "data_dir": embodiment_dir, "data_fingerprint": store.fingerprint_of((*keys, ACTION_KEY)),
+            "data_fingerprint_files": store.fingerprint}
     state = fit(name="IDM", workdir=workdir, net=net, train=train, val=val, schedule=schedule, lr=bc.lr,
                 batch_size=bc.batch_size, seed=config.seed + 11, config=config, meta=meta, mesh=mesh)
     return net, state.best_params

@@ -68,12 +68,17 @@ class StopRequests:
             signal.signal(sig, handler)
 
 
-def restore_or_keep(ckpt: Checkpointer, state, fingerprint: str, workdir: str, data_dir: str):
-    """The latest checkpoint's state if there is one (refusing another dataset), else `state`."""
+def restore_or_keep(ckpt: Checkpointer, state, meta: dict, workdir: str, data_dir: str):
+    """The latest checkpoint's state if there is one (refusing another dataset), else `state`.
+
+    `meta["data_fingerprint"]` identifies what the run reads; a checkpoint written before runs
+    identified their data that way holds the fingerprint of the folder's files, which
+    `meta["data_fingerprint_files"]` gives."""
     if ckpt.latest_step() is None:
         return state
     saved = ckpt.restore_meta().get("data_fingerprint")
-    if saved != fingerprint:
+    fingerprint = meta["data_fingerprint"]
+    if saved not in (fingerprint, meta.get("data_fingerprint_files", fingerprint)):
         raise AimeError(
             f"{workdir} was trained on another dataset (fingerprint {saved}, now {fingerprint} "
             f"for {data_dir!r}); use a new --workdir or restore the dataset"
@@ -102,7 +107,8 @@ def train_loop(
     """Runs (or resumes, or skips when complete) one training stage in `workdir`.
 
     batches(start_step) yields the host batches from `start_step` on. `meta` (JSON) is stored
-    with every checkpoint; its `data_fingerprint` guards resuming against another dataset.
+    with every checkpoint; its `data_fingerprint` guards resuming against another dataset (see
+    `restore_or_keep`).
     `evaluate(state, step, logger)` runs at step 0, every `eval_every` steps and at the end; it
     may return a new state (early-stopping bookkeeping, best parameters), which is then the one
     trained on and saved. `stop(state)`, asked after each evaluation, ends training early: that
@@ -118,7 +124,7 @@ def train_loop(
     with Checkpointer(
         os.path.join(workdir, "checkpoints"), max_to_keep=loop.keep, save_interval_steps=loop.save_every
     ) as ckpt:
-        state = restore_or_keep(ckpt, state, meta["data_fingerprint"], workdir, data_dir)
+        state = restore_or_keep(ckpt, state, meta, workdir, data_dir)
         start = int(jax.device_get(state.step))
         if start >= loop.steps or (stop is not None and start > 0 and stop(state)):
             return state

@@ -182,7 +182,8 @@ class _Phase1:
         self.action_dim = spec.pop(ACTION_KEY)[-1]
         self.spec = spec
         self.train_store, self.val_store = split_episodes(store, config.data.val_fraction)
-        self.fingerprint = store.fingerprint
+        self.fingerprint = store.fingerprint_of(self.keys)
+        self.files_fingerprint = store.fingerprint
         self.optimizer = make_optimizer(config.phase1.lr, config.phase1.grad_clip)
         self.model, state = create_train_state(wm, spec, self.action_dim, self.optimizer, config.seed)
         self.state = parallel.replicate(state, mesh)
@@ -227,11 +228,10 @@ class _Phase1:
         return np.concatenate([truth, pred], axis=2)
 
 
-def abstract_train_state(config: ml_collections.ConfigDict, spec, action_dim: int, mesh=None):
-    """Shapes, dtypes and shardings of a phase-1 train state, without allocating it (for restore)."""
-    optimizer = make_optimizer(config.phase1.lr, config.phase1.grad_clip)
+def abstract_params(config: ml_collections.ConfigDict, spec, action_dim: int, mesh=None):
+    """Shapes, dtypes and shardings of a world model's parameters (no optimiser), for restore."""
     shapes = jax.eval_shape(
-        lambda: create_train_state(config.world_model, spec, action_dim, optimizer, config.seed)[1]
+        lambda: rssm.init_world_model(config.world_model, spec, action_dim, jax.random.PRNGKey(0))[1]
     )
     if mesh is None:
         return shapes
@@ -249,6 +249,7 @@ def train_world_model(config: ml_collections.ConfigDict, workdir: str, data_dir:
     mesh = mesh or parallel.make_mesh(config.mesh.num_devices or None)
     run = _Phase1(config, data_dir, mesh)
     meta = {"stage": "phase1", "data_dir": os.path.abspath(data_dir), "data_fingerprint": run.fingerprint,
+            "data_fingerprint_files": run.files_fingerprint,
             "action_dim": int(run.action_dim), "obs_spec": {k: list(v) for k, v in run.spec.items()},
             "config": config.to_dict()}
     probes = tuple(f"probe_mse/{k}" for k in config.world_model.probe_keys)
@@ -332,8 +333,9 @@ def load_world_model(
         saved = ml_collections.ConfigDict(meta["config"])
         spec = {k: tuple(v) for k, v in meta["obs_spec"].items()}
         action_dim = int(meta["action_dim"])
-        state, _ = ckpt.restore(abstract_train_state(saved, spec, action_dim, mesh))
-    return rssm.build_world_model(saved.world_model, spec, action_dim), state.params, saved
+        # The parameters alone: the optimiser's moments and the training key stay on disk.
+        params = ckpt.restore_subtree({"params": abstract_params(saved, spec, action_dim, mesh)})["params"]
+    return rssm.build_world_model(saved.world_model, spec, action_dim), params, saved
 
 
 def action_evidence(

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from aime_jax import envs
+from aime_jax import envs, locks
 from aime_jax.atomic import write_json
 from aime_jax.errors import AimeError, ConfigError, DatasetError
 
@@ -210,21 +210,77 @@ def build(
 
 def _build(ctx: _Build, spec: Spec, modality: str, episodes: int | None) -> str:
     folder = os.path.join(ctx.root, spec.name)
+    if _complete(ctx, spec, modality, episodes, folder):
+        return folder  # nothing to write (it may be on a read-only disk): no lock
+    # Other processes (or hosts) may build the same dataset: one builds, the others wait and
+    # then find it complete.
+    with locks.hold(folder, f"the dataset {folder}"):
+        return _build_locked(ctx, spec, modality, episodes, folder)
+
+
+def _complete(ctx: _Build, spec: Spec, modality: str, episodes: int | None, folder: str) -> bool:
+    """Whether the folder holds this dataset, with enough episodes, in this modality (a complete
+    dataset built with other settings is refused here already)."""
+    card = read_card(folder)
+    if card is None:
+        return False
+    wanted = json.loads(json.dumps(_generator(ctx, spec, episodes)))
+    _check_card(folder, card, wanted)
+    if card["episodes"] < wanted["episodes"]:
+        return False
+    if card.get("image_size") == IMAGE_SIZE:
+        return True
+    return modality != "visual" and card.get("image_size") is None and not _holds_images(folder)
+
+
+def wanted_generator(name: str, root: str = "data", scale: float = 1.0, seed: int = 0,
+                     expert_scale: float | None = None, episodes: int | None = None,
+                     expert_config: dict | None = None, explore_config: dict | None = None) -> tuple[str, dict]:
+    """(folder, generator) of `build` with these settings, computed without building anything:
+    what `check_built` compares and a sweep's dry run collects."""
+    spec = parse_name(name)
+    ctx = _Build(os.fspath(root), scale, seed, scale if expert_scale is None else expert_scale,
+                 dict(expert_config or {}), dict(explore_config or {}), False, None)
+    return os.path.join(ctx.root, spec.name), json.loads(json.dumps(_generator(ctx, spec, episodes)))
+
+
+def check_built(folder: str, wanted: dict) -> None:
+    """Refuses, as the build itself would, a complete dataset in `folder` built with settings other
+    than `wanted`; reads its card only."""
+    card = read_card(folder)
+    if card is not None:
+        _check_card(folder, card, wanted)
+
+
+def _holds_images(folder: str) -> bool:
+    from aime_jax.data.episodes import list_episodes
+
+    try:
+        first = list_episodes(folder)[0]
+    except DatasetError:  # no folder, or no episodes yet
+        return False
+    return _image_size(first) == IMAGE_SIZE
+
+
+def _build_locked(ctx: _Build, spec: Spec, modality: str, episodes: int | None, folder: str) -> str:
     # As JSON gives it back (tuples become lists), to compare with the card.
     wanted = json.loads(json.dumps(_generator(ctx, spec, episodes)))
     card = read_card(folder)
     if card is not None:
         _check_card(folder, card, wanted)
+    # A folder rendered for the visual modality stays uniform: episodes added for another
+    # modality are rendered too (the loader needs the same keys in every episode).
+    render = modality == "visual" or _holds_images(folder)
     if card is None or card["episodes"] < wanted["episodes"]:
         if card is not None:
             os.remove(os.path.join(folder, CARD))  # extending: incomplete until the new card
         _BUILDERS[spec.kind](ctx, spec, folder, wanted, modality)
         card = _write_card(folder, spec, wanted, extra=_card_extra(ctx, spec, folder))
-    if modality == "visual" and card.get("image_size") != IMAGE_SIZE:
+    if render and card.get("image_size") != IMAGE_SIZE:
         from aime_jax.data.render import render_folder
 
         if spec.kind == "mix":
-            _build_mix(ctx, spec, folder, wanted, modality)
+            _build_mix(ctx, spec, folder, wanted, "visual")
         render_folder(folder, size=IMAGE_SIZE, domain=spec.domain, progress=ctx.progress)
         extra = {k: card[k] for k in ("expert", "sources") if k in card}
         card = _write_card(folder, spec, card["generator"], extra=extra)
@@ -256,12 +312,17 @@ def _mix_counts(ctx: _Build, spec: Spec) -> list[tuple[str, int]]:
     return [(name, _generator(ctx, parse_name(name), None)["episodes"]) for name in spec.sources]
 
 
-def _check_card(folder: str, card: dict, wanted: dict) -> None:
-    have = card.get("generator", {})
+def generator_diff(have: dict, wanted: dict) -> dict:
+    """{setting: (have, wanted)} of two builds' generators that cannot share one folder."""
     diff = {k: (have.get(k), v) for k, v in wanted.items() if k != "episodes" and have.get(k) != v}
     # More episodes than asked for is fine (take the first N); fewer are added by extending.
     if wanted["kind"] == "mix" and have.get("episodes") != wanted["episodes"]:
         diff["episodes"] = (have.get("episodes"), wanted["episodes"])
+    return diff
+
+
+def _check_card(folder: str, card: dict, wanted: dict) -> None:
+    diff = generator_diff(card.get("generator", {}), wanted)
     if diff:
         raise DatasetError(
             f"{folder} is a complete dataset built with other settings {diff} (built, asked); use "
@@ -332,9 +393,15 @@ def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
     """Trains the task's SAC expert to its scaled length (resuming), snapshots its best-evaluated
     policy so far, then trains on until the run has `min_episodes` episodes; returns the snapshot
     folder."""
+    workdir = expert_workdir(ctx.root, env, ctx.seed)
+    # The task's -expert and -buffer datasets share this run, also when built at the same time.
+    with locks.hold(workdir, f"the expert run {workdir}"):
+        return _ensure_expert_locked(ctx, env, min_episodes, workdir)
+
+
+def _ensure_expert_locked(ctx: _Build, env: str, min_episodes: int, workdir: str) -> str:
     from aime_jax.agents import sac
 
-    workdir = expert_workdir(ctx.root, env, ctx.seed)
     seed = stream_seed(ctx.seed, f"sac:{env}")
     settings = _expert_settings(ctx, env)
     if env in EXPERT_DEMOS and "demo_dir" not in settings:

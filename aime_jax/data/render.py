@@ -8,6 +8,7 @@ import signal
 
 import numpy as np
 
+from aime_jax import locks
 from aime_jax.atomic import remove_stale_temporaries, writable_dir
 from aime_jax.data.episodes import list_episodes, save_episode
 from aime_jax.errors import AimeError, DatasetError
@@ -77,8 +78,16 @@ def render_folder(
             f"rendering needs size >= 1, camera >= 0 and workers >= 1; got size={size}, camera={camera}, "
             f"workers={workers}"
         )
-    files = list_episodes(folder)
+    list_episodes(folder)  # refuses a missing or empty folder first
     writable_dir(folder, "dataset folder")
+    # A builder of the same folder (or another renderer) writes there only under this lock.
+    with locks.hold(folder, f"the dataset {folder}"):
+        return _render_locked(folder, size, workers, camera, domain, force, progress)
+
+
+def _render_locked(folder: str, size: int, workers: int | None, camera: int,
+                   domain: str | None, force: bool, progress: bool) -> int:
+    files = list_episodes(folder)
     remove_stale_temporaries(folder)
     domain = domain or _domain_of_folder(folder, files[0])
     todo = [f for f in files if force or _needs_render(f, size)]

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -202,12 +203,34 @@ class EpisodeStore:
 
     @property
     def fingerprint(self) -> str:
-        """Identity of the dataset and of the selected episodes (for checkpoints and caches)."""
+        """Identity of the whole folder's files (names and sizes) and of the selected episodes, which
+        changes when any key is added to the files; runs identify their data by `fingerprint_of`."""
         base = self.manifest["fingerprint"]
         if len(self.episode_ids) == len(self._all_lengths):
             return base
         sel = hashlib.sha256(self.episode_ids.tobytes()).hexdigest()[:8]
         return f"{base}-{sel}"
+
+    def fingerprint_of(self, keys: Iterable[str]) -> str:
+        """Identity of what a run reads: the arrays `keys` of the selected episodes, in order (each
+        file's name and, per key, the CRC-32 and size that its zip directory records for the array,
+        read without decompressing). Keys added to the files later (images rendered for another
+        modality) and episodes added beyond the selection leave it unchanged; it is stable under
+        copying and recompression."""
+        h = hashlib.sha256()
+        for i in self.episode_ids:
+            name = self.manifest["files"][i][0]
+            path = os.path.join(self.folder, name)
+            try:
+                with zipfile.ZipFile(path) as zf:
+                    entries = {info.filename: info for info in zf.infolist()}
+            except (OSError, zipfile.BadZipFile) as e:
+                raise DatasetError(f"{path}: cannot be read ({e}); restore the dataset or collect it again") from None
+            h.update(f"{name};".encode())
+            for key in sorted(set(keys)):
+                info = entries.get(f"{key}.npy")
+                h.update(f"{key}:{info.CRC}:{info.file_size};".encode() if info else f"{key}:-;".encode())
+        return h.hexdigest()[:16]
 
     @property
     def keys(self) -> tuple[str, ...]:
