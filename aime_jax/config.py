@@ -7,6 +7,7 @@ config errors before anything is compiled.
 """
 from __future__ import annotations
 
+import copy
 import os
 
 import ml_collections
@@ -126,6 +127,15 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     c.mesh = ml_collections.ConfigDict()
     c.mesh.num_devices = 0  # 0: every device
 
+    # Many AIME runs as one program (docs/many_runs.md): one run per number of demonstrations x
+    # seed, e.g. num_demos="1,2,5,10,20,50,100", seeds="0,1,2"; one world model per seed, every
+    # phase-2 run of the grid trained together. Empty: the single run of data.num_demos and seed.
+    c.runs = ml_collections.ConfigDict()
+    c.runs.num_demos = ""
+    c.runs.seeds = ""
+    # Devices that split each run's batch; the others hold different runs. 0: chosen.
+    c.runs.data_devices = 0
+
     c.wandb = ml_collections.ConfigDict()
     c.wandb.mode = "disabled"  # 'online' or 'offline' turns it on
     c.wandb.project = "aime-jax"
@@ -212,6 +222,76 @@ def demos_dir(config: ml_collections.ConfigDict) -> str:
     return config.data.demos_dir or os.path.join(config.data.root, config.data.demos or f"{config.env}-expert")
 
 
+def _whole_numbers(config: ml_collections.ConfigDict, name: str, minimum: int, example: str) -> list[int]:
+    text = config.runs[name]
+    values = []
+    for part in str(text).split(","):
+        try:
+            value = int(part.strip())
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise ConfigError(
+                f"config.runs.{name}={text!r}; give whole numbers >= {minimum} separated by commas, e.g. {example}"
+            )
+        values.append(value)
+    if len(set(values)) < len(values):
+        raise ConfigError(f"config.runs.{name}={text!r} names a value twice; give each once")
+    return values
+
+
+def many_runs(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config asks for many runs as one program (config.runs)."""
+    return bool(str(config.runs.num_demos).strip() or str(config.runs.seeds).strip())
+
+
+def run_grid(config: ml_collections.ConfigDict) -> list[tuple[int, int]]:
+    """The (num_demos, seed) of every run of config.runs, seed by seed; one run when it is empty."""
+    demos = _whole_numbers(config, "num_demos", 1, "1,2,5,10") if str(config.runs.num_demos).strip() \
+        else [config.data.num_demos]
+    seeds = _whole_numbers(config, "seeds", 0, "0,1,2") if str(config.runs.seeds).strip() else [config.seed]
+    return [(n, s) for s in seeds for n in demos]
+
+
+def run_dirname(num_demos: int, seed: int) -> str:
+    """A run's folder in a program of runs (the name launch/sweeps/num_demos.yaml gives it too)."""
+    return f"demos{num_demos}_seed{seed}"
+
+
+def run_config(
+    config: ml_collections.ConfigDict, num_demos: int, seed: int, world_model_dir: str = ""
+) -> ml_collections.ConfigDict:
+    """The config of one run of a program of runs: that of the single run it stands for (the same
+    one `--config.data.num_demos=N --config.seed=S` would give, reusing `world_model_dir`)."""
+    c = copy.deepcopy(config)
+    c.data.num_demos = num_demos
+    c.seed = seed
+    c.world_model_dir = world_model_dir
+    c.runs.num_demos = ""
+    c.runs.seeds = ""
+    c.runs.data_devices = 0
+    return c
+
+
+def seed_world_model_dir(config: ml_collections.ConfigDict, seed: int) -> str:
+    """The world model folder of seed `seed`'s runs in a program of runs: config.world_model_dir
+    with its {...} fields filled from that seed's run (e.g. runs/curve/world_model_seed{seed});
+    '' when it is unset."""
+    if not config.world_model_dir:
+        return ""
+    largest = max(n for n, _ in run_grid(config))
+    return config.world_model_dir.format_map(run_config(config, largest, seed))
+
+
+def world_model_dirs(config: ml_collections.ConfigDict) -> list[str]:
+    """The world model folders a run (or every seed of a program of runs) names; [] when unset."""
+    if not config.world_model_dir:
+        return []
+    if many_runs(config):
+        return list(dict.fromkeys(seed_world_model_dir(config, s) for s in dict.fromkeys(s for _, s in run_grid(config))))
+    return [config.world_model_dir]
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """Checks that need no compilation; raises ConfigError naming the value and the fix."""
     validate_names(config)
@@ -220,7 +300,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     for name in ("window", "batch_size"):
         if d[name] < 1:
             raise ConfigError(f"config.data.{name} must be >= 1, got {d[name]}")
-    if d.batch_size % num_devices:
+    if many_runs(config):
+        validate_runs(config, num_devices, process_count)
+    elif d.batch_size % num_devices:
         raise ConfigError(
             f"config.data.batch_size={d.batch_size} is not divisible by the {num_devices} devices; "
             f"use a multiple of {num_devices} or set config.mesh.num_devices"
@@ -244,9 +326,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     if not isinstance(d.seed, int) or d.seed < 0:
         raise ConfigError(f"config.data.seed must be a whole number >= 0, got {d.seed!r}")
     trains_it = "phase1" in stage_names and config.algo == "aime"
-    if config.world_model_dir and not trains_it and not os.path.isdir(config.world_model_dir):
+    missing = [folder for folder in world_model_dirs(config) if not os.path.isdir(folder)]
+    if missing and not trains_it:
         raise ConfigError(
-            f"config.world_model_dir={config.world_model_dir!r} does not exist; point it at the run "
+            f"config.world_model_dir={missing[0]!r} does not exist; point it at the run "
             "directory of a finished phase-1 run, or add the phase1 stage to train it there"
         )
     if config.wandb.mode not in ("disabled", "online", "offline"):
@@ -270,7 +353,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
     if "datasets" in stage_names:
         return
     folder = embodiment_dir(config)
-    reuses = config.algo == "aime" and config.world_model_dir and os.path.isdir(config.world_model_dir)
+    reuses = config.algo == "aime" and config.world_model_dir and not missing
     if "phase1" in stage_names and config.algo != "bc" and not reuses and not os.path.isdir(folder):
         raise ConfigError(
             f"embodiment dataset {folder!r} does not exist; add the 'datasets' stage to "
@@ -281,6 +364,35 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ConfigError(
             f"demonstrations {demos!r} do not exist; add the 'datasets' stage to config.stages to "
             "build them, or set config.data.demos_dir to a folder of expert episodes (observations are enough)"
+        )
+
+
+def validate_runs(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+    """config.runs: the grid, the algorithm, and how the runs share the devices."""
+    from aime_jax.parallel import runs_layout
+
+    grid = run_grid(config)
+    if config.algo != "aime":
+        raise ConfigError(
+            f"config.runs trains many AIME runs as one program, not {config.algo}; run the baselines one by "
+            "one (e.g. experiments/sweep.py launch/sweeps/num_demos.yaml) or set config.algo=aime"
+        )
+    if process_count > 1:
+        raise ConfigError(
+            "config.runs (many runs as one program) needs a single-process run for now; leave it empty "
+            "in a multi-process run, or start one process per host, each with its own runs"
+        )
+    data_devices = config.runs.data_devices
+    if not isinstance(data_devices, int) or data_devices < 0 or (data_devices and num_devices % data_devices):
+        raise ConfigError(
+            f"config.runs.data_devices={data_devices} does not divide the {num_devices} devices; use a divisor "
+            f"of {num_devices}, or 0 to choose"
+        )
+    _, data = runs_layout(len(grid), num_devices, data_devices)
+    if config.data.batch_size % data:
+        raise ConfigError(
+            f"config.data.batch_size={config.data.batch_size} is not divisible by the {data} devices that "
+            f"split each run's batch; use a multiple of {data}, or set config.runs.data_devices"
         )
 
 

@@ -116,56 +116,91 @@ def evaluate(
     and receives all the returns. With `record_video`, episode 0's frames come back in `frames`: its
     observations in the visual modality, otherwise renders of camera 0 at `image_size`.
     """
+    return evaluate_runs(env_name, modality, agent, 1, episodes, num_envs, seed, workers, record_video,
+                         action_repeat, image_size)[0]
+
+
+def evaluate_runs(
+    env_name: str,
+    modality: str,
+    agent: Agent,
+    runs: int,
+    episodes: int,
+    num_envs: int = 10,
+    seed: int = 0,
+    workers: int = 1,
+    record_video: bool = False,
+    action_repeat: int = 2,
+    image_size: int = 64,
+) -> list[EvalResult]:
+    """`evaluate` of `runs` policies at once, acting as one agent: each batch holds `num_envs`
+    episodes of every run (run-major: rows [r * n, (r + 1) * n) are run r's), so one call of
+    `agent.act` serves every run's environments. Run r's episode i is reset with the same seed as
+    in `evaluate`, so each run is scored on the initial states a run evaluated alone would meet.
+    Returns one result per run; `elapsed_s` and `episodes_per_s` are the whole batch's.
+    """
     if episodes < 1:
         raise AimeError(f"episodes must be >= 1, got {episodes}")
-    if num_envs < 1 or workers < 1:
-        raise AimeError(f"num_envs and workers must be >= 1, got num_envs={num_envs}, workers={workers}")
+    if num_envs < 1 or workers < 1 or runs < 1:
+        raise AimeError(
+            f"num_envs, workers and runs must be >= 1, got num_envs={num_envs}, workers={workers}, runs={runs}"
+        )
     # A multi-process run splits the episodes into contiguous blocks, one per process (episode 0,
     # the video's, on process 0), and gathers the returns: since episode i depends only on
     # (seed, i), the result equals a single process's.
     index, count = jax.process_index(), jax.process_count()
     per = -(-episodes // count)
     mine = list(range(index * per, min((index + 1) * per, episodes)))
-    returns: list[float] = []
-    lengths: list[int] = []
-    frames: list[np.ndarray] = []
+    returns: list[list[float]] = [[] for _ in range(runs)]
+    lengths: list[list[int]] = [[] for _ in range(runs)]
+    frames: list[list[np.ndarray]] = [[] for _ in range(runs)]
     start = time.perf_counter()
     if mine:
         num_envs = min(num_envs, len(mine))
-        workers = min(workers, num_envs)
-        with VectorEnv(env_name, modality, num_envs, workers, action_repeat, image_size) as env:
+        workers = min(workers, num_envs * runs)
+        with VectorEnv(env_name, modality, num_envs * runs, workers, action_repeat, image_size) as env:
             start = time.perf_counter()
             for first in range(0, len(mine), num_envs):
-                seeds = [episode_seed(seed, i) for i in mine[first : first + num_envs]]
-                video = record_video and mine[first] == 0
-                batch_returns, batch_lengths = _run_batch(env, agent, seeds, frames if video else None)
-                returns.extend(batch_returns)
-                lengths.extend(batch_lengths)
+                block = mine[first : first + num_envs]
+                seeds = [episode_seed(seed, i) for _ in range(runs) for i in block]
+                n = len(block)
+                video = {r * n: frames[r] for r in range(runs)} if record_video and block[0] == 0 else {}
+                batch_returns, batch_lengths = _run_batch(env, agent, seeds, video)
+                for r in range(runs):
+                    returns[r].extend(batch_returns[r * n : (r + 1) * n])
+                    lengths[r].extend(batch_lengths[r * n : (r + 1) * n])
     elapsed = time.perf_counter() - start
     if count > 1:
         pad = per - len(mine)
-        returns = parallel.allgather_rows(np.asarray(returns + [np.nan] * pad, np.float64))
-        lengths = parallel.allgather_rows(np.asarray(lengths + [-1] * pad, np.int32))
+        gathered_returns, gathered_lengths = [], []
+        for r in range(runs):
+            got = parallel.allgather_rows(np.asarray(returns[r] + [np.nan] * pad, np.float64))
+            got_lengths = parallel.allgather_rows(np.asarray(lengths[r] + [-1] * pad, np.int32))
+            gathered_returns.append([float(x) for x in got[~np.isnan(got)]])
+            gathered_lengths.append([int(x) for x in got_lengths[got_lengths >= 0]])
+        returns, lengths = gathered_returns, gathered_lengths
         elapsed = float(parallel.allgather_rows(np.asarray([elapsed], np.float64)).max())
-        returns = [float(r) for r in returns[~np.isnan(returns)]]
-        lengths = [int(n) for n in lengths[lengths >= 0]]
-    return EvalResult(
-        env_name=env_name,
-        modality=modality,
-        seed=seed,
-        returns=returns,
-        lengths=lengths,
-        mean=float(np.mean(returns)),
-        std=float(np.std(returns)),
-        elapsed_s=elapsed,
-        episodes_per_s=episodes / elapsed,
-        frames=np.stack(frames) if frames else None,
-    )
+    return [
+        EvalResult(
+            env_name=env_name,
+            modality=modality,
+            seed=seed,
+            returns=returns[r],
+            lengths=lengths[r],
+            mean=float(np.mean(returns[r])),
+            std=float(np.std(returns[r])),
+            elapsed_s=elapsed,
+            episodes_per_s=episodes * runs / elapsed,
+            frames=np.stack(frames[r]) if frames[r] else None,
+        )
+        for r in range(runs)
+    ]
 
 
 def _run_batch(
-    env: VectorEnv, agent: Agent, seeds: list[int], frames: list[np.ndarray] | None
+    env: VectorEnv, agent: Agent, seeds: list[int], frames: dict[int, list[np.ndarray]]
 ) -> tuple[list[float], list[int]]:
+    """Runs one episode per seed; `frames` maps environments to the lists their frames go to."""
     n = len(seeds)
     step = env.reset(seeds)
     carry = agent.initial_carry(seeds)
@@ -173,8 +208,8 @@ def _run_batch(
     returns = np.zeros(n, np.float64)
     length = 0
     while True:
-        if frames is not None:
-            frames.append(step.observation["image"][0] if "image" in step.observation else env.render(0))
+        for i, out in frames.items():
+            out.append(step.observation["image"][i] if "image" in step.observation else env.render(i))
         if step.is_last[0]:
             return returns.tolist(), [length] * n
         carry, action = agent.act(carry, step.observation, prev_action, step.is_first)

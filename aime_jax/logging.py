@@ -47,6 +47,7 @@ class RunLogger:
         run_name: str | None = None,
         config: dict | None = None,
         is_main_process: bool | None = None,
+        progress: bool = True,
     ):
         if wandb_mode not in WANDB_MODES:
             raise ConfigError(f"wandb mode {wandb_mode!r} is not one of {', '.join(WANDB_MODES)}")
@@ -54,6 +55,8 @@ class RunLogger:
         self.total_steps = total_steps
         self.log_every = log_every
         self.is_main = jax.process_index() == 0 if is_main_process is None else is_main_process
+        # progress=False: files (and wandb) only, no bar and no printed lines (one run of many).
+        self.progress = progress
         # Per prefix: the (step, time) of its previous log call, for the steps/s of the summary.
         self._marks: dict[str, tuple[int, float]] = {}
         self._start = (initial_step, time.perf_counter())
@@ -68,7 +71,7 @@ class RunLogger:
             file=sys.stderr,
             dynamic_ncols=interactive,
             mininterval=0.2 if interactive else 60.0,
-            disable=not self.is_main,
+            disable=not (self.is_main and progress),
         )
         if not self.is_main:
             return
@@ -132,7 +135,8 @@ class RunLogger:
         summary = " | ".join(
             [f"[{prefix}] step {step}/{self.total_steps}", *shown, f"{steps_per_s:.1f} steps/s"]
         )
-        self._bar.write(summary, file=sys.stdout)
+        if self.progress:
+            self._bar.write(summary, file=sys.stdout)
         if self._wandb_run is not None:
             self._wandb_run.log(values, step=step)
 

@@ -4,6 +4,10 @@ The same code runs on 1 CPU, 8 GPUs or a TPU pod. In a multi-process run every p
 only its own slice of the global batch; `shard_batch` stitches the slices into global arrays.
 A train step computes each shard's loss and gradients on its own device and averages them over
 the devices once (`data_parallel`).
+
+Many independent runs (seeds, demonstration counts) train as one program on a 2-D mesh
+('runs', 'data'): their states are stacked on a leading runs axis split over 'runs', each run's
+batch split over 'data' (`make_runs_mesh`, `runs_data_parallel`).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionS
 from aime_jax.errors import AimeError, ConfigError
 
 DATA_AXIS = "data"
+RUNS_AXIS = "runs"
 
 T = TypeVar("T")
 
@@ -183,21 +188,78 @@ def shard_batch(local_batch: Any, mesh: Mesh) -> Any:
     local ones in process order along axis 0. In a single-process run the local batch is the
     whole batch.
     """
-    sharding = batch_sharding(mesh)
-    num_devices = mesh.shape[DATA_AXIS]
+    return _shard(local_batch, batch_sharding(mesh), mesh.shape[DATA_AXIS], axis=0)
 
+
+def _shard(local_batch: Any, sharding: NamedSharding, num_devices: int, axis: int) -> Any:
     def put(x: Any) -> jax.Array:
         x = np.asarray(x)
-        global_shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
-        if global_shape[0] % num_devices:
+        global_shape = list(x.shape)
+        global_shape[axis] *= jax.process_count()
+        if global_shape[axis] % num_devices:
             raise ConfigError(
-                f"the global batch size {global_shape[0]} is not divisible by the {num_devices} "
+                f"the global batch size {global_shape[axis]} is not divisible by the {num_devices} "
                 f"devices of the '{DATA_AXIS}' mesh axis; set the batch size to a multiple of "
-                f"{num_devices} or run on a number of devices that divides {global_shape[0]}"
+                f"{num_devices} or run on a number of devices that divides {global_shape[axis]}"
             )
-        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+        return jax.make_array_from_process_local_data(sharding, x, tuple(global_shape))
 
     return jax.tree.map(put, local_batch)
+
+
+def make_runs_mesh(num_runs: int, num_devices: int | None = None, data_devices: int = 0) -> Mesh:
+    """A 2-D mesh ('runs', 'data') over all devices (or the first `num_devices`) for `num_runs`
+    independent runs trained as one program.
+
+    `data_devices` devices split each run's batch; the others hold different runs. 0 chooses:
+    as many devices on 'runs' as there are runs at most (the largest such divisor of the device
+    count), the rest on 'data'. A runs axis that does not divide `num_runs` is filled with idle
+    runs (`padded_runs`). One process only: the runs axis is not spread over processes yet.
+    """
+    if jax.process_count() > 1:
+        raise ConfigError(
+            "many runs in one program (config.runs) need a single-process run for now; start one "
+            "process per host with its own runs, or run them one by one (experiments/sweep.py)"
+        )
+    devices = make_mesh(num_devices).devices.reshape(-1)
+    runs, data = runs_layout(num_runs, len(devices), data_devices)
+    return Mesh(devices.reshape(runs, data), (RUNS_AXIS, DATA_AXIS), axis_types=(AxisType.Auto,) * 2)
+
+
+def runs_layout(num_runs: int, num_devices: int, data_devices: int = 0) -> tuple[int, int]:
+    """The ('runs', 'data') shape of `make_runs_mesh` over `num_devices` devices."""
+    if num_runs < 1:
+        raise ConfigError(f"a program of runs needs at least one run, got {num_runs}")
+    if data_devices:
+        if data_devices < 0 or num_devices % data_devices:
+            raise ConfigError(
+                f"config.runs.data_devices={data_devices} does not divide the {num_devices} devices; use a "
+                f"divisor of {num_devices}, or 0 to choose"
+            )
+        return num_devices // data_devices, data_devices
+    runs = max(d for d in range(1, num_devices + 1) if num_devices % d == 0 and d <= num_runs)
+    return runs, num_devices // runs
+
+
+def padded_runs(num_runs: int, mesh: Mesh) -> int:
+    """`num_runs` rounded up to a multiple of the mesh's 'runs' axis (the idle runs fill it)."""
+    per = mesh.shape[RUNS_AXIS]
+    return -(-num_runs // per) * per
+
+
+def runs_sharding(mesh: Mesh) -> NamedSharding:
+    """A stacked state: the leading runs axis split over 'runs', whole over 'data'."""
+    return NamedSharding(mesh, P(RUNS_AXIS))
+
+
+def runs_batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Stacked batches (runs, batch, ...): runs over 'runs', each run's rows over 'data'."""
+    return NamedSharding(mesh, P(RUNS_AXIS, DATA_AXIS))
+
+
+def shard_runs_batch(batch: Any, mesh: Mesh) -> Any:
+    """Stacked host batches (runs, batch, ...) as global arrays split over the runs mesh."""
+    return _shard(batch, runs_batch_sharding(mesh), mesh.shape[DATA_AXIS], axis=1)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -241,6 +303,25 @@ def data_parallel(fn: Callable[[Any, Any], T], mesh: Mesh | AbstractMesh) -> Cal
     return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(), check_vma=False)
 
 
+def runs_data_parallel(fn: Callable[[Any, Any, Any], T], mesh: Mesh | AbstractMesh) -> Callable[[Any, Any, Any], T]:
+    """`data_parallel` for stacked runs on a ('runs', 'data') mesh: `fn(per_run, shared, batch)`
+    sees its device's runs (`per_run` and `batch` split on axis 0 over 'runs', `batch` also on
+    axis 1 over 'data'; `shared` whole) and returns per-run means over its rows, averaged over
+    'data' in one all-reduce. The runs never meet: nothing crosses the 'runs' axis."""
+
+    def local(per_run: Any, shared: Any, batch: Any) -> T:
+        out = fn(per_run, shared, batch)
+        if mesh.shape[DATA_AXIS] == 1:
+            return out
+        flat, unravel = ravel_pytree(out)
+        return unravel(jax.lax.pmean(flat, DATA_AXIS))
+
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(P(RUNS_AXIS), P(), P(RUNS_AXIS, DATA_AXIS)), out_specs=P(RUNS_AXIS),
+        check_vma=False,
+    )
+
+
 def shard_rows(rows: int) -> jax.Array:
     """(rows,) int32: the global batch indices of this device's `rows` rows; only inside
     `data_parallel`. Shard i holds the rows [i * rows, (i + 1) * rows) of the global batch, in
@@ -262,16 +343,19 @@ class _Failure:
 class Prefetcher:
     """Iterates over device-sharded batches, copying the next ones while the train step runs.
 
-    A background thread pulls host batches from `batches`, calls `shard_batch` on them and
-    keeps at most `depth` of them in a queue. An exception raised by the host iterator (or by
-    the copy) is re-raised from `__next__`. Use as a context manager, or call `close()`, so
-    that an abandoned iteration does not leave the thread blocked on a full queue.
+    A background thread pulls host batches from `batches`, calls `put(batch, mesh)` (default
+    `shard_batch`) on them and keeps at most `depth` of them in a queue. An exception raised by
+    the host iterator (or by the copy) is re-raised from `__next__`. Use as a context manager, or
+    call `close()`, so that an abandoned iteration does not leave the thread blocked on a full
+    queue.
     """
 
-    def __init__(self, batches: Iterable[Any], mesh: Mesh, depth: int = 2):
+    def __init__(self, batches: Iterable[Any], mesh: Mesh, depth: int = 2,
+                 put: Callable[[Any, Mesh], Any] | None = None):
         if depth < 1:
             raise ConfigError(f"prefetch depth must be at least 1, got {depth}")
         self._mesh = mesh
+        self._shard = put or shard_batch
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._finished = False
@@ -283,7 +367,7 @@ class Prefetcher:
     def _produce(self, batches: Iterator[Any]) -> None:
         try:
             for batch in batches:
-                if not self._put(shard_batch(batch, self._mesh)):
+                if not self._put(self._shard(batch, self._mesh)):
                     return
             self._put(_End())
         except BaseException as error:  # re-raised by the consumer in __next__

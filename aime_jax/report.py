@@ -5,7 +5,7 @@ and BC: the normalised return's mean and standard deviation (population) over th
 (seeds, repeats), with the number of runs, and the paper's published AIME and BCO(0) numbers
 beside ours where PAPER.md has them. BC uses no embodiment data, so its score appears in every
 row of its task, modality and number of demonstrations. The plot shows normalised return against
-the number of demonstrations, one panel per cell, one line per method.
+the number of demonstrations, one panel per task and modality (`demos_figure`).
 """
 from __future__ import annotations
 
@@ -134,6 +134,8 @@ class Row:
     num_demos: int
     ours: dict[str, Score]
     paper: dict[str, float]
+    # The random policy's normalised return, from each results.json of the row.
+    random: list[float] = dataclasses.field(default_factory=list)
 
     def key(self):
         return (self.domain, self.dataset or "", self.task, MODALITY_ORDER.get(self.modality, 9),
@@ -147,22 +149,47 @@ def _value(result: dict, field: str) -> float:
     return float(result[field])
 
 
+def _random_level(result: dict, normaliser: str) -> float | None:
+    """The random policy's normalised return in `result`, against the same expert return."""
+    rand = result.get("random") or {}
+    if normaliser == "ours":
+        return rand.get("normalised")
+    if rand.get("return_mean") is None or not result.get("paper_expert_return"):
+        return None
+    return 100.0 * rand["return_mean"] / result["paper_expert_return"]
+
+
+def diverged(results: Sequence[dict]) -> list[dict]:
+    """The runs of a program of many runs that went non-finite (their results.json says at which
+    step): left out of the table's means, and listed under it."""
+    return [r for r in results if r.get("diverged_at_step")]
+
+
 def build_rows(results: Sequence[dict], normaliser: str = "ours") -> list[Row]:
     """The table: one row per (domain, dataset, task, modality, demos) with AIME or BCO(0)
-    results, plus one per BC (task, modality, demos) that no such row covers."""
+    results, plus one per BC (task, modality, demos) that no such row covers. Runs that went
+    non-finite (`diverged`) are left out."""
     if normaliser not in NORMALISERS:
         raise AimeError(f"unknown normaliser {normaliser!r}; use one of {', '.join(NORMALISERS)}")
     field = NORMALISERS[normaliser]
     cells: dict[tuple, dict[str, list[float]]] = {}
     bc: dict[tuple, list[float]] = {}
+    randoms: dict[tuple, list[float]] = {}
     for r in results:
+        if r.get("diverged_at_step"):
+            continue
         domain, task = domain_and_task(r["env"])
         value = _value(r, field)
+        level = _random_level(r, normaliser)
+        demos = int(r["num_demos"])
         if r["algo"] == "bc":
-            bc.setdefault((domain, task, r["modality"], int(r["num_demos"])), []).append(value)
+            bc.setdefault((domain, task, r["modality"], demos), []).append(value)
+            key = (domain, None, task, r["modality"], demos)
         else:
-            key = (domain, dataset_name(r), task, r["modality"], int(r["num_demos"]))
+            key = (domain, dataset_name(r), task, r["modality"], demos)
             cells.setdefault(key, {}).setdefault(r["algo"], []).append(value)
+        if level is not None:
+            randoms.setdefault(key, []).append(float(level))
     rows = []
     covered = set()
     for (domain, dataset, task, modality, demos), by_method in cells.items():
@@ -172,10 +199,12 @@ def build_rows(results: Sequence[dict], normaliser: str = "ours") -> list[Row]:
             ours["bc"] = Score(bc[bc_key])
             covered.add(bc_key)
         paper = PAPER_CELLS.get((domain, dataset, task, modality), {}) if demos == PAPER_DEMOS else {}
-        rows.append(Row(domain, dataset, task, modality, demos, ours, paper))
+        random = randoms.get((domain, dataset, task, modality, demos), [])
+        rows.append(Row(domain, dataset, task, modality, demos, ours, paper, random))
     for (domain, task, modality, demos), values in bc.items():
         if (domain, task, modality, demos) not in covered:
-            rows.append(Row(domain, None, task, modality, demos, {"bc": Score(values)}, {}))
+            random = randoms.get((domain, None, task, modality, demos), [])
+            rows.append(Row(domain, None, task, modality, demos, {"bc": Score(values)}, {}, random))
     return sorted(rows, key=Row.key)
 
 
@@ -210,7 +239,7 @@ def averages(rows: Sequence[Row]) -> list[dict]:
     return out
 
 
-def markdown(rows: Sequence[Row], normaliser: str = "ours") -> str:
+def markdown(rows: Sequence[Row], normaliser: str = "ours", left_out: Sequence[dict] = ()) -> str:
     against = "our expert, the demonstrations' mean return" if normaliser == "ours" else "the paper's expert returns"
     lines = [
         "# Results",
@@ -249,6 +278,12 @@ def markdown(rows: Sequence[Row], normaliser: str = "ours") -> str:
                 f"{ours('aime')} | {_paper(a.get('aime_paper'))} | {ours('bco')} | {_paper(a.get('bco_paper'))} | "
                 f"{ours('bc')} |"
             )
+    if left_out:
+        lines += ["", f"Left out of the means: {len(left_out)} run{'s' if len(left_out) > 1 else ''} that went "
+                  "non-finite in a program of many runs (their results.json scores the parameters of the step "
+                  "before):", ""]
+        lines += [f"- {r['path']}: {r.get('method', r['algo'])}, {r['num_demos']} demos, seed {r.get('seed')}, "
+                  f"non-finite at step {r['diverged_at_step']}" for r in left_out]
     return "\n".join(lines) + "\n"
 
 
@@ -271,9 +306,24 @@ def write_csv(rows: Sequence[Row], path: str) -> None:
             writer.writerow(line)
 
 
-def plot(rows: Sequence[Row], path: str) -> None:
-    """Normalised return against the number of demonstrations: a panel per cell (embodiment,
-    task, modality), a line per method with the std over runs as error bars."""
+def _band(ax, points: list[tuple[int, Score]], color: str, label: str) -> None:
+    """The mean over runs against the number of demonstrations, its spread (std) as a band."""
+    x = [n for n, _ in points]
+    mean = np.array([score.mean for _, score in points])
+    std = np.array([score.std for _, score in points])
+    runs = sorted({score.runs for _, score in points})
+    shown = f"{runs[0]}" if len(runs) == 1 else f"{runs[0]}-{runs[-1]}"
+    ax.plot(x, mean, marker="o", color=color, label=f"{label} ({shown} run{'s' if runs[-1] > 1 else ''})")
+    if any(score.runs > 1 for _, score in points):
+        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+
+
+def demos_figure(rows: Sequence[Row]):
+    """Normalised return against the number of demonstrations, one panel per (task, modality):
+    a line per method and embodiment dataset (the mean over runs, e.g. seeds, with its std as a
+    band), BC, the random policy's and the expert's (100) levels, and the paper's numbers where
+    PAPER.md has them (at 100 demonstrations). Demonstration counts are plain tick labels on a
+    log axis. Returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,35 +331,57 @@ def plot(rows: Sequence[Row], path: str) -> None:
 
     panels: dict[tuple, list[Row]] = {}
     for r in rows:
-        panels.setdefault((r.domain, r.dataset, r.task, r.modality), []).append(r)
+        panels.setdefault((r.domain, r.task, r.modality), []).append(r)
     n = len(panels)
     cols = min(3, n)
     fig_rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(fig_rows, cols, figsize=(4.5 * cols, 3.4 * fig_rows), squeeze=False)
-    colors = {"aime": "tab:blue", "bco": "tab:orange", "bc": "tab:green"}
-    for ax, ((domain, dataset, task, modality), cell) in zip(axes.flat, panels.items()):
-        cell = sorted(cell, key=lambda r: r.num_demos)
-        for m in METHODS:
-            points = [(r.num_demos, r.ours[m]) for r in cell if m in r.ours]
-            if not points:
-                continue
-            x = [p[0] for p in points]
-            ax.errorbar(x, [p[1].mean for p in points], yerr=[p[1].std for p in points], marker="o",
-                        capsize=3, color=colors[m], label=METHOD_NAMES[m])
-        paper = {m: v for r in cell for m, v in r.paper.items()}
-        for m, value in paper.items():
-            ax.axhline(value, color=colors[m], linestyle=":", linewidth=1, label=f"{METHOD_NAMES[m]} (paper, 100)")
-        title = f"{domain}-{task} {MODALITY_NAMES.get(modality, modality)}"
-        ax.set_title(title + (f", from {dataset}" if dataset else ""), fontsize=9)
+    fig, axes = plt.subplots(fig_rows, cols, figsize=(5.0 * cols, 3.8 * fig_rows), squeeze=False)
+    colors = {"aime": ("tab:blue", "tab:purple", "tab:cyan", "tab:olive"), "bco": ("tab:orange", "tab:red", "tab:brown"),
+              "bc": ("tab:green",)}
+    for ax, ((domain, task, modality), cell) in zip(axes.flat, panels.items()):
+        datasets = sorted({r.dataset for r in cell if r.dataset is not None})
+        for m in ("aime", "bco"):
+            for i, dataset in enumerate(datasets):
+                points = sorted((r.num_demos, r.ours[m]) for r in cell if r.dataset == dataset and m in r.ours)
+                if not points:
+                    continue
+                color = colors[m][i % len(colors[m])]
+                label = METHOD_NAMES[m] + (f" from {dataset}" if len(datasets) > 1 else "")
+                _band(ax, points, color, label)
+                paper = next((r.paper[m] for r in cell if r.dataset == dataset and m in r.paper), None)
+                if paper is not None:
+                    ax.plot([PAPER_DEMOS], [paper], marker="*", markersize=12, linestyle="none", color=color,
+                            markeredgecolor="black", label=f"{label} (paper)")
+        bc = {r.num_demos: r.ours["bc"] for r in cell if "bc" in r.ours}
+        if bc:
+            _band(ax, sorted(bc.items()), colors["bc"][0], METHOD_NAMES["bc"])
+        ax.axhline(100.0, color="black", linestyle="--", linewidth=1, label="expert (100)")
+        random = [v for r in cell for v in r.random]
+        if random:
+            ax.axhline(float(np.mean(random)), color="gray", linestyle=":", linewidth=1.2, label="random policy")
+        counts = sorted({r.num_demos for r in cell} | ({PAPER_DEMOS} if any(r.paper for r in cell) else set()))
+        ax.set_xscale("log")
+        ax.set_xticks(counts, [str(c) for c in counts])
+        ax.minorticks_off()
+        if len(counts) == 1:
+            ax.set_xlim(counts[0] / 2, counts[0] * 2)
+        title = f"{domain}-{task}, {MODALITY_NAMES.get(modality, modality)}"
+        ax.set_title(title + (f", from {datasets[0]}" if len(datasets) == 1 else ""), fontsize=9)
         ax.set_xlabel("demonstrations")
         ax.set_ylabel("normalised return")
-        if len({r.num_demos for r in cell}) > 1:
-            ax.set_xscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
     fig.tight_layout()
+    return fig
+
+
+def plot(rows: Sequence[Row], path: str) -> None:
+    """`demos_figure` written to `path`."""
+    import matplotlib.pyplot as plt
+
+    fig = demos_figure(rows)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -317,12 +389,15 @@ def plot(rows: Sequence[Row], path: str) -> None:
 def write_report(paths: Sequence[str], out: str, normaliser: str = "ours") -> dict[str, str]:
     """Collects the results under `paths` and writes results.md, results.csv and
     demos_plot.png to `out`; returns their paths."""
-    rows = build_rows(find_results(paths), normaliser)
+    results = find_results(paths)
+    rows = build_rows(results, normaliser)
+    if not rows:
+        raise AimeError(f"every run under {', '.join(map(repr, paths))} went non-finite; there is nothing to report")
     os.makedirs(out, exist_ok=True)
     files = {k: os.path.join(out, name) for k, name in
              (("markdown", "results.md"), ("csv", "results.csv"), ("plot", "demos_plot.png"))}
     with open(files["markdown"], "w") as f:
-        f.write(markdown(rows, normaliser))
+        f.write(markdown(rows, normaliser, diverged(results)))
     write_csv(rows, files["csv"])
     plot(rows, files["plot"])
     return files

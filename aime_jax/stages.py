@@ -218,9 +218,24 @@ def expert_returns(config: ml_collections.ConfigDict) -> dict:
     return {"expert_return": ours, "paper_expert_return": PAPER_EXPERT_RETURNS.get(config.env)}
 
 
+def _summary(result, experts: dict) -> dict:
+    """Raw and normalised returns (both normalisers) of an evaluation."""
+    from aime_jax.evaluate import normalised
+
+    summary = {
+        "return_mean": result.mean,
+        "return_std": result.std,
+        "normalised": normalised(result.mean, experts["expert_return"]),
+        "normalised_std": normalised(result.std, experts["expert_return"]),
+    }
+    if experts["paper_expert_return"]:
+        summary["normalised_paper"] = normalised(result.mean, experts["paper_expert_return"])
+    return summary
+
+
 def make_scorer(config: ml_collections.ConfigDict):
     """agent, episodes -> summary dict with raw and normalised returns (both normalisers)."""
-    from aime_jax.evaluate import evaluate, normalised
+    from aime_jax.evaluate import evaluate
 
     experts = expert_returns(config)
 
@@ -229,15 +244,24 @@ def make_scorer(config: ml_collections.ConfigDict):
             config.env, config.modality, agent, episodes, num_envs=config.eval.num_envs,
             seed=config.eval.seed, workers=config.eval.workers, record_video=record_video,
         )
-        summary = {
-            "return_mean": result.mean,
-            "return_std": result.std,
-            "normalised": normalised(result.mean, experts["expert_return"]),
-            "normalised_std": normalised(result.std, experts["expert_return"]),
-        }
-        if experts["paper_expert_return"]:
-            summary["normalised_paper"] = normalised(result.mean, experts["paper_expert_return"])
-        return summary, result
+        return _summary(result, experts), result
+
+    return score, experts
+
+
+def make_runs_scorer(config: ml_collections.ConfigDict):
+    """`make_scorer` for the agent of many runs (aime_runs.RunsAgent): every run's episodes in
+    one batch, one (summary, result) per run."""
+    from aime_jax.evaluate import evaluate_runs
+
+    experts = expert_returns(config)
+
+    def score(agent, episodes: int, record_video: bool = False):
+        results = evaluate_runs(
+            config.env, config.modality, agent, agent.runs, episodes, num_envs=config.eval.num_envs,
+            seed=config.eval.seed, workers=config.eval.workers, record_video=record_video,
+        )
+        return [(_summary(result, experts), result) for result in results]
 
     return score, experts
 
@@ -362,30 +386,32 @@ def _trained_policy(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return {"policy_steps": meta["step"], "policy_epochs": meta["step"] / meta["steps_per_epoch"]}
 
 
-def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
-    """The final score: `eval.episodes` episodes of the trained policy and of a random policy."""
-    from aime_jax.agents import aime, bc
-    from aime_jax.evaluate import RandomAgent, evaluate, normalised, write_results
-
+def _results_complete(config: ml_collections.ConfigDict, workdir: str) -> bool:
+    """Whether `workdir`'s results.json already scores this policy with this many episodes."""
     path = os.path.join(workdir, "results.json")
+    if not os.path.exists(path):
+        return False
     trained = _trained_policy(config, workdir)
-    if os.path.exists(path):
-        with open(path) as f:
-            done = json.load(f)
-            if done.get("episodes") == config.eval.episodes and all(done.get(k) == v for k, v in trained.items()):
-                print(f"evaluation skipped: {path} is complete")
-                return
-    if config.algo == "aime":
-        wait_for_world_model(config)
-        agent = aime.load_agent(config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir), mesh)
-    else:
-        agent = bc.load_agent(config, os.path.join(workdir, "bc"))
-    score, experts = make_scorer(config)
-    summary, result = score(agent, config.eval.episodes, record_video=True)
+    with open(path) as f:
+        done = json.load(f)
+    return done.get("episodes") == config.eval.episodes and all(done.get(k) == v for k, v in trained.items())
+
+
+def _random_policy(config: ml_collections.ConfigDict):
+    from aime_jax.evaluate import RandomAgent, evaluate
+
     # The random policy needs no observations: its episodes are run without rendering.
-    rand = evaluate(config.env, "mdp", RandomAgent(config.eval.seed), config.eval.episodes,
+    return evaluate(config.env, "mdp", RandomAgent(config.eval.seed), config.eval.episodes,
                     num_envs=config.eval.num_envs, seed=config.eval.seed)
-    results = {
+
+
+def results_record(config: ml_collections.ConfigDict, workdir: str, summary: dict, result, experts: dict,
+                   rand) -> dict:
+    """The contents of a run's results.json."""
+    from aime_jax.agents import bc
+    from aime_jax.evaluate import normalised
+
+    return {
         "algo": config.algo,
         "method": bc.METHOD_NAMES[config.algo],
         "env": config.env,
@@ -395,7 +421,7 @@ def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
         "num_demos": config.data.num_demos,
         "seed": config.seed,
         "episodes": config.eval.episodes,
-        **trained,
+        **_trained_policy(config, workdir),
         **summary,
         "returns": result.returns,
         **experts,
@@ -403,14 +429,38 @@ def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
                    "normalised": normalised(rand.mean, experts["expert_return"])},
         "episodes_per_s": result.episodes_per_s,
     }
-    if jax.process_index() == 0:
-        write_results(path, results)
-        if result.frames is not None:
-            import imageio.v3 as iio
 
-            os.makedirs(os.path.join(workdir, "videos"), exist_ok=True)
-            iio.imwrite(os.path.join(workdir, "videos", "eval_episode0.mp4"), result.frames, fps=25,
-                        macro_block_size=2)
+
+def write_outputs(workdir: str, results: dict, frames) -> None:
+    """results.json and the first evaluation episode's video of a run (process 0 writes)."""
+    from aime_jax.evaluate import write_results
+
+    if jax.process_index() != 0:
+        return
+    write_results(os.path.join(workdir, "results.json"), results)
+    if frames is not None:
+        import imageio.v3 as iio
+
+        os.makedirs(os.path.join(workdir, "videos"), exist_ok=True)
+        iio.imwrite(os.path.join(workdir, "videos", "eval_episode0.mp4"), frames, fps=25, macro_block_size=2)
+
+
+def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
+    """The final score: `eval.episodes` episodes of the trained policy and of a random policy."""
+    from aime_jax.agents import aime, bc
+
+    if _results_complete(config, workdir):
+        print(f"evaluation skipped: {os.path.join(workdir, 'results.json')} is complete")
+        return
+    if config.algo == "aime":
+        wait_for_world_model(config)
+        agent = aime.load_agent(config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir), mesh)
+    else:
+        agent = bc.load_agent(config, os.path.join(workdir, "bc"))
+    score, experts = make_scorer(config)
+    summary, result = score(agent, config.eval.episodes, record_video=True)
+    results = results_record(config, workdir, summary, result, experts, _random_policy(config))
+    write_outputs(workdir, results, result.frames)
     print_results(results)
 
 
@@ -428,7 +478,152 @@ def print_results(results: dict) -> None:
         print("  " + " | ".join(f"{c:>20}" for c in row))
 
 
+# ---- many runs as one program (config.runs; docs/many_runs.md) ----------------------------------
+#
+# <workdir>/config.json        the program's config
+# <workdir>/seed<S>/           seed S's world model (phase1/), unless config.world_model_dir is set
+# <workdir>/phase2/            the stacked phase-2 checkpoints and the program's metrics
+# <workdir>/demos<N>_seed<S>/  one run, laid out as a single run that reuses seed S's world model:
+#                              config.json, phase2/ (its metrics, its final checkpoint), results.json
+
+
+def seed_dir(workdir: str, seed: int) -> str:
+    return os.path.join(workdir, f"seed{seed}")
+
+
+def _seeds(config: ml_collections.ConfigDict) -> list[int]:
+    return list(dict.fromkeys(seed for _, seed in config_lib.run_grid(config)))
+
+
+def _largest(config: ml_collections.ConfigDict, seed: int | None = None) -> ml_collections.ConfigDict:
+    """A single run's config with the program's largest number of demonstrations (what the
+    datasets must hold), for `seed` (default: the first)."""
+    grid = config_lib.run_grid(config)
+    seed = grid[0][1] if seed is None else seed
+    return config_lib.run_config(config, max(n for n, _ in grid), seed, config_lib.seed_world_model_dir(config, seed))
+
+
+def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """The config of seed S's world-model run (<workdir>/seed<S>)."""
+    c = _largest(config, seed)
+    c.stages = "datasets,phase1"
+    return c
+
+
+def program_runs(config: ml_collections.ConfigDict, workdir: str) -> list:
+    """The runs of config.runs, each with its own single-run config and folder."""
+    from aime_jax.agents.aime_runs import Run
+
+    demos = config_lib.demos_dir(config)
+    stage_names = ",".join(s for s in config_lib.stages(config) if s != "phase1")
+    runs = []
+    for num_demos, seed in config_lib.run_grid(config):
+        wm = config_lib.seed_world_model_dir(config, seed) or seed_dir(workdir, seed)
+        c = config_lib.run_config(config, num_demos, seed, wm)
+        c.stages = stage_names
+        runs.append(Run(c, os.path.join(workdir, config_lib.run_dirname(num_demos, seed)), wm, demos))
+    return runs
+
+
+def write_run_configs(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """config.json of every seed's world-model folder and every run's folder, refusing a rerun
+    with other settings before anything is trained."""
+    if not config.world_model_dir:
+        for seed in _seeds(config):
+            write_config(seed_config(config, seed), seed_dir(workdir, seed))
+    for run in program_runs(config, workdir):
+        write_config(run.config, run.workdir)
+
+
+def many_datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
+    datasets(_largest(config), workdir, mesh)
+
+
+def many_phase1(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
+    """One world model per seed, each trained once and shared by that seed's runs (one after
+    another: phase 1 is not vectorised over seeds): in <workdir>/seed<S>, or in the seed's
+    config.world_model_dir (reused if it holds a finished run, else trained there as a shared
+    world model, as a single run's phase 1 does)."""
+    from aime_jax.agents.world_model import train_world_model
+
+    for seed in _seeds(config):
+        c = seed_config(config, seed)
+        if c.world_model_dir:
+            print(f"-- world model of seed {seed} ({c.world_model_dir})", flush=True)
+            phase1(c, workdir, mesh)
+            continue
+        print(f"-- world model of seed {seed} ({seed_dir(workdir, seed)})", flush=True)
+        train_world_model(c, os.path.join(seed_dir(workdir, seed), "phase1"), config_lib.embodiment_dir(c), mesh)
+
+
+def _wait_for_world_models(runs: list) -> None:
+    """Each shared world model the runs read, waited for if another run is training it."""
+    for run in {run.world_model_dir: run for run in runs}.values():
+        wait_for_world_model(run.config)
+
+
+def many_phase2(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
+    """Phase 2 of every run as one program (aime_jax/agents/aime_runs.py)."""
+    from aime_jax.agents.aime_runs import train_aime_runs
+    from aime_jax.agents.world_model import check_world_model_fits, world_model_meta
+
+    runs = program_runs(config, workdir)
+    _wait_for_world_models(runs)
+    # Before the demonstrations are built (which may train an expert first): a world model that
+    # does not fit is refused at once.
+    for folder in dict.fromkeys(run.world_model_dir for run in runs):
+        check_world_model_fits(config, world_model_meta(folder), folder)
+    demonstrations(_largest(config))
+    score, _ = make_runs_scorer(config)
+    runs_mesh = parallel.make_runs_mesh(len(runs), config.mesh.num_devices or None, config.runs.data_devices)
+    print(f"{len(runs)} runs on a mesh of {dict(runs_mesh.shape)} devices", flush=True)
+    train_aime_runs(config, runs, os.path.join(workdir, "phase2"), runs_mesh,
+                    evaluate_runs=lambda agent, n: [summary for summary, _ in score(agent, n)])
+
+
+def many_evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
+    """Every run's final score, all runs' episodes in one batch; a results.json per run."""
+    evaluate_program(config, program_runs(config, workdir))
+
+
+def evaluate_program(config: ml_collections.ConfigDict, runs: list) -> None:
+    """`evaluation` of the runs of a program whose results.json is missing or stale, together."""
+    from aime_jax.agents.aime_runs import load_runs_agent
+
+    runs = [run for run in runs if not _results_complete(run.config, run.workdir)]
+    if not runs:
+        print("evaluation skipped: every run's results.json is complete")
+        return
+    _wait_for_world_models(runs)
+    agent, metas = load_runs_agent(config, runs)
+    score, experts = make_runs_scorer(config)
+    scores = score(agent, config.eval.episodes, record_video=True)
+    rand = _random_policy(config)
+    all_results = []
+    for run, meta, (summary, result) in zip(runs, metas, scores):
+        results = results_record(run.config, run.workdir, summary, result, experts, rand)
+        if meta.get("diverged_at_step"):
+            results["diverged_at_step"] = meta["diverged_at_step"]
+        write_outputs(run.workdir, results, result.frames)
+        all_results.append(results)
+    print_runs_results(all_results)
+
+
+def print_runs_results(all_results: list[dict]) -> None:
+    first = all_results[0]
+    print(f"results: {first['env']} / {first['modality']}, {first['episodes']} episodes per run, "
+          f"expert return {first['expert_return']:.1f}, random policy {first['random']['return_mean']:.1f} "
+          f"({first['random']['normalised']:.1f} normalised)")
+    print("  " + " | ".join(f"{c:>12}" for c in ("demos", "seed", "return", "normalised", "paper norm.")))
+    for r in all_results:
+        note = f"  (went non-finite at step {r['diverged_at_step']})" if r.get("diverged_at_step") else ""
+        print("  " + " | ".join(f"{c:>12}" for c in (
+            r["num_demos"], r["seed"], f"{r['return_mean']:.1f}", f"{r['normalised']:.1f}",
+            f"{r.get('normalised_paper', float('nan')):.1f}")) + note)
+
+
 STAGE_FNS = {"datasets": datasets, "phase1": phase1, "phase2": phase2, "eval": evaluation}
+MANY_STAGE_FNS = {"datasets": many_datasets, "phase1": many_phase1, "phase2": many_phase2, "eval": many_evaluation}
 # The baselines run in place of AIME's phases: BCO(0)'s phase 1 is its inverse dynamics model.
 BASELINE_STAGES = {
     "bc": {"datasets": bc_datasets, "phase1": no_embodiment_data, "phase2": bc_policy},
@@ -437,7 +632,9 @@ BASELINE_STAGES = {
 
 
 def stage_fn(config: ml_collections.ConfigDict, name: str):
-    """The function of stage `name` for the configured algorithm."""
+    """The function of stage `name` for the configured algorithm (and for many runs)."""
+    if config_lib.many_runs(config):
+        return MANY_STAGE_FNS[name]
     return BASELINE_STAGES.get(config.algo, {}).get(name, STAGE_FNS[name])
 
 
@@ -471,7 +668,7 @@ def config_changes(old: dict, config: ml_collections.ConfigDict) -> list[str]:
     new = json.loads(config.to_json())
     changed = sorted(_diff(old, new))
     harmless = (
-        "stages", "wandb.", "data.prefetch", "eval.",
+        "stages", "wandb.", "data.prefetch", "eval.", "runs.data_devices",
         *(f"world_model.{key}" for key in wm_config.SPEED_ONLY),
         *(f"{stage}.{key}" for stage in ("phase1", "phase2") for key in ("steps", "log_every", "eval_every")),
         "phase2.eval_episodes",
@@ -514,6 +711,9 @@ def preflight(config: ml_collections.ConfigDict, workdir: str, plan: dict | None
     from aime_jax.data.build import check_built, generator_diff
 
     plan = {} if plan is None else plan
+    if config_lib.many_runs(config):
+        _preflight_many(config, workdir, plan)
+        return
     ours = json.loads(config.to_json())
     check_run_config(config, workdir)
     earlier = plan.setdefault(("run", os.path.abspath(workdir)), ours)
@@ -556,6 +756,16 @@ def preflight(config: ml_collections.ConfigDict, workdir: str, plan: dict | None
             check_world_model_fits(config, {"config": saved}, folder)
 
 
+def _preflight_many(config: ml_collections.ConfigDict, workdir: str, plan: dict) -> None:
+    """`preflight` of a program of runs: its folder, each seed's datasets and world model (as a
+    single run of that seed with the largest number of demonstrations), each run's folder."""
+    check_run_config(config, workdir)
+    for seed in _seeds(config):
+        preflight(_largest(config, seed), seed_dir(workdir, seed), plan)
+    for run in program_runs(config, workdir):
+        check_run_config(run.config, run.workdir)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, mesh,
         around: Callable[[str], ContextManager] | None = None) -> list[str]:
     """Runs the config's stages in `workdir` (config.json first); `around(name)`, if given, wraps
@@ -565,6 +775,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh,
     parallel.on_main(lambda: preflight(config, workdir), "checking the run")
     with locked_on_main(workdir, f"the run directory {workdir}"):
         parallel.on_main(lambda: write_config(config, workdir), "writing config.json")
+        if config_lib.many_runs(config):
+            parallel.on_main(lambda: write_run_configs(config, workdir), "writing the runs' config.json")
         for name in names:
             print(f"== stage {name} ({workdir})", flush=True)
             with around(name) if around else contextlib.nullcontext():

@@ -3,7 +3,8 @@
   python experiments/main.py --config=configs/walker_mdp.py:quick --workdir=runs/walker_mdp_quick
 
 `--config.a.b=value` overrides any setting. Rerunning the same command continues where an
-interrupted run stopped. A multi-process run (TPU pod, SLURM, launch/local.sh, or explicit
+interrupted run stopped. `--config.runs.num_demos=1,2,5 --config.runs.seeds=0,1` trains a grid
+of runs as one program, one results.json per run (docs/many_runs.md). A multi-process run (TPU pod, SLURM, launch/local.sh, or explicit
 --coordinator_address/--num_processes/--process_id) connects its processes first; see launch/.
 """
 import os
@@ -61,7 +62,10 @@ def load_config(flag_values: flags.FlagValues):
     workdir = _fill(flag_values.workdir or os.path.join("runs", name), "--workdir", config)
     # e.g. runs/sweep/world_model_seed{seed}: one world model per seed, shared by the runs that
     # differ in what phase 1 does not read (config.world_model_dir in aime_jax/config.py).
-    config.world_model_dir = _fill(config.world_model_dir, "--config.world_model_dir", config)
+    filled = _fill(config.world_model_dir, "--config.world_model_dir", config)
+    if not config_lib.many_runs(config):
+        config.world_model_dir = filled
+    # A program of runs keeps the pattern: each seed fills it (config_lib.seed_world_model_dir).
     return config, workdir
 
 
@@ -115,8 +119,12 @@ def main(argv):
     if FLAGS.dry_run:
         import jax
 
-        _, workdir, names = check_command(sys.argv, jax.device_count(), FLAGS.num_processes or 1)
-        print(f"dry run: stages {','.join(names)} in {workdir}; the command is valid")
+        config, workdir, names = check_command(sys.argv, jax.device_count(), FLAGS.num_processes or 1)
+        from aime_jax import config as config_lib
+
+        runs = len(config_lib.run_grid(config))
+        many = f" for {runs} runs as one program" if config_lib.many_runs(config) else ""
+        print(f"dry run: stages {','.join(names)}{many} in {workdir}; the command is valid")
         return
     from aime_jax import parallel
 

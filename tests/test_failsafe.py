@@ -516,6 +516,15 @@ CLI_CASES = [
     (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}/run",
          "--config.world_model_dir={data}/world_model_{{sed}}"],
      "names a config value that does not exist ('sed'; did you mean 'seed'?)"),
+    # Many runs as one program (config.runs, issue 23).
+    (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}",
+         "--config.runs.num_demos=1,x"], "config.runs.num_demos='1,x'; give whole numbers >= 1"),
+    (4, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}", "--config.runs.seeds=0,1",
+         "--config.runs.data_devices=3"], "config.runs.data_devices=3 does not divide the 1 devices"),
+    (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}", "--config.algo=bc",
+         "--config.runs.seeds=0,1"], "config.runs trains many AIME runs as one program, not bc"),
+    (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}/run", "--config.runs.seeds=0,1",
+         "--config.world_model_dir={data}/world_model"], "whose phase-1 settings differ (seed)"),
 ]
 
 

@@ -138,3 +138,38 @@ def test_bad_results_are_named(tmp_path):
         report.build_rows(report.find_results([str(tmp_path)]), normaliser="paper")
     with pytest.raises(AimeError, match="does not exist"):
         report.find_results([str(tmp_path / "missing")])
+
+
+def test_the_demonstrations_plot_is_a_curve_per_task_and_modality(runs):
+    fig = report.demos_figure(report.build_rows(report.find_results([str(runs)])))
+    panels = {ax.get_title(): ax for ax in fig.axes if ax.get_visible()}
+    assert sorted(panels) == ["cheetah-run, LPOMDP", "walker-run, LPOMDP, from walk", "walker-run, Visual, from mix",
+                              "walker-walk, MDP, from random"]
+    walk = panels["walker-walk, MDP, from random"]
+    # Plain counts on a log axis, not 10^1.
+    assert walk.get_xscale() == "log" and [t.get_text() for t in walk.get_xticklabels()] == ["10", "100"]
+    lines = {line.get_label(): line for line in walk.get_lines()}
+    assert sorted(lines) == ["AIME (1-3 runs)", "AIME (paper)", "BC (1-2 runs)", "BCO(0) (1 run)", "BCO(0) (paper)",
+                             "expert (100)", "random policy"]
+    np.testing.assert_allclose(lines["AIME (1-3 runs)"].get_ydata(), [12.0, np.mean([20.0, 25.0, 33.0])])
+    np.testing.assert_allclose(lines["BC (1-2 runs)"].get_ydata(), [70.0, 93.0])
+    assert list(lines["AIME (paper)"].get_xdata()) == [100] and list(lines["AIME (paper)"].get_ydata()) == [17.6]
+    assert lines["random policy"].get_ydata()[0] == 8.0 and lines["expert (100)"].get_ydata()[0] == 100.0
+    # The spread over the seeds: a band where a point has more than one run.
+    assert len(walk.collections) >= 2
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_runs_that_went_non_finite_are_left_out_and_listed(runs, tmp_path):
+    bad = _result(runs / "curve" / "demos100_seed7", "aime", "walker-walk", "mdp", 100, 0.5, seed=7)
+    bad["diverged_at_step"] = 812
+    with open(runs / "curve" / "demos100_seed7" / "results.json", "w") as f:
+        json.dump(bad, f)
+    files = report.write_report([str(runs)], str(tmp_path / "out"))
+    text = open(files["markdown"]).read()
+    row = _md_row(text, "walker", "random", "walk", "MDP", "100")
+    assert row[5].endswith("(3 runs)")
+    assert "Left out of the means: 1 run that went non-finite" in text
+    assert "demos100_seed7/results.json: AIME, 100 demos, seed 7, non-finite at step 812" in text

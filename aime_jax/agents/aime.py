@@ -117,22 +117,33 @@ def with_action_std(metrics: dict[str, jax.Array]) -> dict[str, jax.Array]:
     return metrics
 
 
+def make_optimizer(phase2: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(phase2.grad_clip), optax.adam(phase2.lr))
+
+
+def shard_grads(model, policy, loss_config, params, wm_params, rng, batch):
+    """The policy's gradients and metrics on this device's shard of the batch (inside
+    `parallel.data_parallel`): every window draws its noise from the step key folded with its
+    row in the global batch, so the result does not depend on the number of devices."""
+    rows = next(iter(batch.values())).shape[0]
+    keys = rssm.row_keys(rng, parallel.shard_rows(rows))
+
+    def loss_fn(params):
+        return phase2_loss(model, wm_params, policy, params, batch, keys, loss_config)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    return grads, metrics
+
+
 def make_train_step(model, policy, loss_config, optimizer, mesh: Mesh):
     """(state, wm_params, batch) -> (state, metrics) over `mesh`; only the policy is
     differentiated. Jit it with the batch split over 'data' (see `jit_train_step`)."""
 
-    def shard_grads(replicated, batch):
+    def local(replicated, batch):
         params, wm_params, rng = replicated
-        rows = next(iter(batch.values())).shape[0]
-        keys = rssm.row_keys(rng, parallel.shard_rows(rows))
+        return shard_grads(model, policy, loss_config, params, wm_params, rng, batch)
 
-        def loss_fn(params):
-            return phase2_loss(model, wm_params, policy, params, batch, keys, loss_config)
-
-        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        return grads, metrics
-
-    mean_grads = parallel.data_parallel(shard_grads, mesh)
+    mean_grads = parallel.data_parallel(local, mesh)
 
     def train_step(state: PolicyState, wm_params, batch):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -185,6 +196,14 @@ def demos_store(demos_dir: str, num_demos: int, obs_spec: Mapping[str, tuple[int
     return store.select(range(num_demos))
 
 
+def demo_sampler(store: EpisodeStore, config: ml_collections.ConfigDict, keys) -> WindowSampler:
+    """The run's stream of demonstration windows: a function of (seed, step) alone."""
+    return WindowSampler(
+        store, config.data.window, config.data.batch_size, config.seed + 2, keys,
+        jax.process_index(), jax.process_count(),
+    )
+
+
 class AimeAgent:
     """Acts in the simulator: filter the latent state with the real observation and the previous
     action, then take the mode of the policy; one jitted call per step for a batch of envs.
@@ -199,24 +218,7 @@ class AimeAgent:
         self.model, self.policy = model, policy
         # Each process acts on its own episodes: the parameters must not span the global mesh.
         self.wm_params, self.policy_params = parallel.host_local((wm_params, policy_params))
-        self._act = jax.jit(self._act_fn)
-
-    def _act_fn(self, wm_params, policy_params, state, keys, observation, prev_action):
-        embed = self.model.apply({"params": wm_params}, observation, method=rssm.WorldModel.embed)
-        keys, subkeys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
-
-        def one(state, action, embed, key):
-            add_batch = functools.partial(jax.tree.map, lambda x: x[None])
-            # The episode's key is its row's key: its noise is drawn from it directly.
-            new, _ = self.model.apply(
-                {"params": wm_params}, add_batch(state), action[None], embed[None], key[None],
-                method=rssm.WorldModel.step,
-            )
-            return jax.tree.map(lambda x: x[0], new)
-
-        state = jax.vmap(one)(state, prev_action, embed, subkeys)
-        mean, _ = self.policy.apply({"params": policy_params}, rssm.features(state))
-        return state, keys, tanh_gaussian_mode(mean)
+        self._act = jax.jit(functools.partial(act_step, model, policy))
 
     def initial_carry(self, episode_seeds):
         keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(np.asarray(episode_seeds) % (2**31), jnp.uint32))
@@ -243,6 +245,26 @@ class AimeAgent:
         return (state, keys), np.asarray(action, np.float32)
 
 
+def act_step(model, policy, wm_params, policy_params, state, keys, observation, prev_action):
+    """One acting step of a batch of episodes: filter the latent state with the observation and
+    the previous action, then the policy's mode; returns (state, keys, action)."""
+    embed = model.apply({"params": wm_params}, observation, method=rssm.WorldModel.embed)
+    keys, subkeys = jnp.moveaxis(jax.vmap(jax.random.split)(keys), 1, 0)
+
+    def one(state, action, embed, key):
+        add_batch = functools.partial(jax.tree.map, lambda x: x[None])
+        # The episode's key is its row's key: its noise is drawn from it directly.
+        new, _ = model.apply(
+            {"params": wm_params}, add_batch(state), action[None], embed[None], key[None],
+            method=rssm.WorldModel.step,
+        )
+        return jax.tree.map(lambda x: x[0], new)
+
+    state = jax.vmap(one)(state, prev_action, embed, subkeys)
+    mean, _ = policy.apply({"params": policy_params}, rssm.features(state))
+    return state, keys, tanh_gaussian_mode(mean)
+
+
 def _pad_rows(x, rows: int):
     x = jnp.asarray(x)
     return jnp.pad(x, [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
@@ -256,7 +278,7 @@ def load_agent(config: ml_collections.ConfigDict, workdir: str, world_model_dir:
 
     model, wm_params, _ = load_world_model(world_model_dir, mesh, config)
     policy = make_policy(config.phase2.policy, model.action_dim)
-    optimizer = optax.chain(optax.clip_by_global_norm(config.phase2.grad_clip), optax.adam(config.phase2.lr))
+    optimizer = make_optimizer(config.phase2)
     features_size = model.config.deter_size + model.config.stoch_size
     target = jax.eval_shape(lambda: create_policy_state(policy, features_size, optimizer, config.seed))
     with Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
@@ -284,13 +306,10 @@ def train_aime(
     obs_keys = tuple(model.config.obs_keys)
     store = demos_store(demos_dir, config.data.num_demos, {k: dict(model.obs_spec)[k] for k in obs_keys})
     keys = obs_keys + ((ACTION_KEY,) if ACTION_KEY in store.keys else ())
-    sampler = WindowSampler(
-        store, config.data.window, config.data.batch_size, config.seed + 2, keys,
-        jax.process_index(), jax.process_count(),
-    )
+    sampler = demo_sampler(store, config, keys)
     p = config.phase2
     policy = make_policy(p.policy, model.action_dim)
-    optimizer = optax.chain(optax.clip_by_global_norm(p.grad_clip), optax.adam(p.lr))
+    optimizer = make_optimizer(p)
     features_size = model.config.deter_size + model.config.stoch_size
     state = parallel.replicate(create_policy_state(policy, features_size, optimizer, config.seed), mesh)
     step_fn = jit_train_step(model, policy, phase2_loss_config(model.config, p), optimizer, mesh)

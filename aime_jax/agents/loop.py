@@ -38,10 +38,6 @@ class LoopConfig:
         return cls(stage.steps, stage.log_every, stage.eval_every, stage.save_every, stage.keep, data.prefetch)
 
 
-def _finite(metrics) -> bool:
-    return all(np.all(np.isfinite(v)) for v in metrics.values())
-
-
 def _evaluated(result, state):
     return state if result is None else result
 
@@ -105,6 +101,8 @@ def train_loop(
     summary: tuple[str, ...] | None = None,
     data_dir: str = "",
     stop: Callable[[Any], bool] | None = None,
+    put: Callable[[Any, Any], Any] | None = None,
+    report: Callable[[int, dict, RunLogger, bool], str | None] | None = None,
 ) -> Any:
     """Runs (or resumes, or skips when complete) one training stage in `workdir`.
 
@@ -115,6 +113,12 @@ def train_loop(
     may return a new state (early-stopping bookkeeping, best parameters), which is then the one
     trained on and saved. `stop(state)`, asked after each evaluation, ends training early: that
     state is saved at once, and a rerun whose restored state says stop trains nothing more.
+
+    `put(batch, mesh)` places a host batch on the devices (default `parallel.shard_batch`).
+    `report(step, metrics, logger, logging_now)` replaces the default handling of the metrics
+    fetched at logging and saving steps (log them, or stop on a non-finite value); it returns why
+    training must stop, or None. A program of many runs masks a diverged run instead of stopping
+    (aime_jax/agents/aime_runs.py).
     """
     writable_dir(workdir, "run directory")
     with Checkpointer(
@@ -131,7 +135,7 @@ def train_loop(
         last_good = ckpt.latest_step()
         step = start
         try:
-            with StopRequests() as stops, parallel.Prefetcher(batches(start), mesh, loop.prefetch) as stream:
+            with StopRequests() as stops, parallel.Prefetcher(batches(start), mesh, loop.prefetch, put) as stream:
                 if start == 0 and evaluate is not None:
                     state = _evaluated(evaluate(state, 0, logger), state)  # the untrained baseline
                 for step in range(start + 1, loop.steps + 1):
@@ -143,14 +147,18 @@ def train_loop(
                     if logging_now or saving_now:
                         # The only host sync between log intervals: the device runs ahead meanwhile.
                         fetched = jax.device_get(metrics)
-                        if not _finite(fetched):
+                        if report is not None:
+                            failure = report(step, fetched, logger, logging_now)
+                        else:
                             bad = sorted(k for k, v in fetched.items() if not np.all(np.isfinite(v)))
+                            failure = f"non-finite {bad}" if bad else None
+                            if logging_now and not bad:
+                                logger.log(step, fetched, summary=summary)
+                        if failure:
                             raise AimeError(
-                                f"{name} stopped: non-finite {bad} at step {step} ({workdir}; {_kept(last_good)}); "
+                                f"{name} stopped: {failure} at step {step} ({workdir}; {_kept(last_good)}); "
                                 "lower the learning rate or the gradient clip and rerun"
                             )
-                        if logging_now:
-                            logger.log(step, fetched, summary=summary)
                     stopping = False
                     if evaluate is not None and (step % loop.eval_every == 0 or step == loop.steps):
                         state = _evaluated(evaluate(state, step, logger), state)
