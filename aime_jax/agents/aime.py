@@ -204,6 +204,12 @@ def demo_sampler(store: EpisodeStore, config: ml_collections.ConfigDict, keys) -
     )
 
 
+def initial_carry(wm_config, episode_seeds):
+    """The zero latent state and one key per episode, from its episode seed."""
+    keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(np.asarray(episode_seeds) % (2**31), jnp.uint32))
+    return rssm.initial_state(wm_config, len(episode_seeds)), keys
+
+
 class AimeAgent:
     """Acts in the simulator: filter the latent state with the real observation and the previous
     action, then take the mode of the policy; one jitted call per step for a batch of envs.
@@ -221,8 +227,7 @@ class AimeAgent:
         self._act = jax.jit(functools.partial(act_step, model, policy))
 
     def initial_carry(self, episode_seeds):
-        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(np.asarray(episode_seeds) % (2**31), jnp.uint32))
-        return rssm.initial_state(self.model.config, len(episode_seeds)), keys
+        return initial_carry(self.model.config, episode_seeds)
 
     def act(self, carry, observation, prev_action, is_first):
         state, keys = carry

@@ -193,8 +193,7 @@ class RunsAgent:
         self._act = jax.jit(act_runs)
 
     def initial_carry(self, episode_seeds):
-        keys = jax.vmap(jax.random.PRNGKey)(jnp.asarray(np.asarray(episode_seeds) % (2**31), jnp.uint32))
-        return rssm.initial_state(self.model.config, len(episode_seeds)), keys
+        return aime.initial_carry(self.model.config, episode_seeds)
 
     def act(self, carry, observation, prev_action, is_first):
         state, keys = carry
