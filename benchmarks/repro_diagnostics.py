@@ -29,6 +29,15 @@ loop with each `--handover`:
   python benchmarks/repro_diagnostics.py latent --world_model=runs/repro/.../world_model/phase1-2500 \
       --demos=data/walker-run-expert --expert=data/experts/walker-run/policy-200000 --env=walker-run \
       --inputs=features,mean,h,obs --handover=0,10,50 --out=latent.json
+
+`optimum` asks whether a precision floor is the world model's or phase 2's: on windows of the last
+`--holdout` demonstrations (all in the episodes' steady part), the negative ELBO per step with the
+true actions, with zero actions, with the phase-2 policy's inferred actions (`--run`), and with
+free actions optimised directly on the ELBO, per window and step (Adam on their pre-tanh values,
+from the true actions and from zero). If the free actions beat the true ones' ELBO at a large
+action error, the world model's optimum is not at the true actions and no phase 2 can do better:
+  python benchmarks/repro_diagnostics.py optimum --world_model=runs/repro/.../world_model/phase1-10000 \
+      --demos=data/walker-run-expert --run=runs/repro/.../run/aime-p1_10000-p2_5000 --out=optimum.json
 """
 from __future__ import annotations
 
@@ -368,6 +377,78 @@ def latent(args) -> dict:
             "closed_loop_episodes": n, "inputs": results}
 
 
+def optimum(args) -> dict:
+    """The ELBO's optimum over the actions against the true actions (see above)."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+    import optax
+
+    from aime_jax.agents import aime
+    from aime_jax.agents.world_model import load_world_model
+    from aime_jax.data import EpisodeStore
+    from aime_jax.world_model import rssm
+
+    with open(os.path.join(args.world_model, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    model, wm_params, _ = load_world_model(args.world_model, None, config)
+    wm = config.world_model
+    keys = tuple(wm.obs_keys)
+    store = EpisodeStore(args.demos, progress=False)
+    held = range(max(0, store.num_episodes - args.holdout), store.num_episodes)  # unseen by phase 2 unless it used them
+    eps = [store.episode(i, keys + ("pre_action",)) for i in held]
+    length = min(len(e["pre_action"]) for e in eps)
+    window = args.window
+    # Windows spread over each episode's steady part (after the first 50 steps).
+    starts = np.linspace(50, length - window, args.windows_per_episode).astype(int)
+    obs = {k: jnp.asarray(np.stack([e[k][s:s + window] for e in eps for s in starts]), jnp.float32) for k in keys}
+    true = jnp.asarray(np.stack([e["pre_action"][s:s + window] for e in eps for s in starts]), jnp.float32)
+    embeds = model.apply({"params": wm_params}, obs, method=rssm.WorldModel.embed)
+    rng = jax.random.PRNGKey(args.seed)
+    skip = args.skip  # a window starts from the zero state: its first steps say little about actions
+
+    @jax.jit
+    def nelbo(actions, key):
+        states, outs = rssm.observe(model, wm_params, embeds, actions, key)
+        return rssm.negative_elbo(model, wm_params, obs, states, outs, wm.loss)[1]["nelbo_per_step"]
+
+    def error(actions) -> float:
+        return float(jnp.mean(jnp.square(actions[:, skip:] - true[:, skip:])))
+
+    out = {"world_model": args.world_model, "demos": args.demos, "heldout_episodes": list(held),
+           "windows": int(true.shape[0]), "window": window, "mse_from_step": skip, "optimiser_steps": args.steps,
+           "lr": args.lr}
+    out["true"] = {"nelbo_per_step": float(nelbo(true, rng)), "mse": 0.0}
+    out["zero"] = {"nelbo_per_step": float(nelbo(jnp.zeros_like(true), rng)), "mse": error(jnp.zeros_like(true))}
+    if args.run:
+        with open(os.path.join(args.run, "config.json")) as f:
+            run_config = ml_collections.ConfigDict(json.load(f))
+        agent = aime.load_agent(run_config, os.path.join(args.run, "phase2"), args.world_model)
+        _, _, _, inferred = aime.infer_actions(model, wm_params, agent.policy, agent.policy_params, embeds, rng)
+        out["policy"] = {"run": args.run, "nelbo_per_step": float(nelbo(inferred, rng)), "mse": error(inferred)}
+
+    optimiser = optax.adam(args.lr)
+
+    @jax.jit
+    def update(pre, opt_state, key):
+        value, grad = jax.value_and_grad(lambda p: nelbo(jnp.tanh(p), key))(pre)
+        updates, opt_state = optimiser.update(grad, opt_state)
+        return optax.apply_updates(pre, updates), opt_state, value
+
+    for name, start in (("free_from_true", true), ("free_from_zero", jnp.zeros_like(true))):
+        pre = jnp.arctanh(jnp.clip(start, -0.99, 0.99))
+        opt_state = optimiser.init(pre)
+        curve = []
+        for i in range(args.steps):
+            pre, opt_state, value = update(pre, opt_state, jax.random.fold_in(rng, i + 1))
+            if i % 100 == 0 or i == args.steps - 1:
+                curve.append({"step": i + 1, "nelbo_per_step": float(value), "mse": error(jnp.tanh(pre))})
+                print(name, json.dumps(curve[-1]), flush=True)
+        final = jnp.tanh(pre)
+        out[name] = {"nelbo_per_step": float(nelbo(final, rng)), "mse": error(final), "curve": curve}
+    return out
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -398,6 +479,17 @@ def main(argv=None) -> None:
     p.add_argument("--episodes", type=int, default=10)
     p.add_argument("--seed", type=int, default=99)
     p.add_argument("--handover", type=lambda s: [int(x) for x in s.split(",")], default=[0, 10, 50])
+    p = sub.add_parser("optimum")
+    for name in ("world_model", "demos"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--run", default="", help="a phase-2 run on this world model: also its policy's inferred actions")
+    p.add_argument("--holdout", type=int, default=10, help="windows from the last N demonstrations")
+    p.add_argument("--windows_per_episode", type=int, default=5)
+    p.add_argument("--window", type=int, default=50)
+    p.add_argument("--skip", type=int, default=10, help="action error from this step of each window on")
+    p.add_argument("--steps", type=int, default=600, help="Adam steps on the free actions")
+    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=0)
     for p in sub.choices.values():
         p.add_argument("--out", required=True)
     args = parser.parse_args(argv)
