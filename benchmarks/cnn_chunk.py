@@ -13,7 +13,7 @@ sum of squared errors (what the ELBO uses since the fused loss landed; results f
 like cnn_chunk_cpu.json, used a constant 0.5 target). -1 is the whole batch at
 once. Each setting is compiled and run once untimed; then `--rounds` rounds time each setting
 `--steps` times in turn, so the settings share the machine's slow and fast minutes
-(benchmarks/phase1.py's timer: it also records the share of the machine other processes used).
+(benchmarks/machine.py's timer: it also records the share of the machine other processes used).
 """
 import argparse
 import os
@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phase1 as bench  # noqa: E402
+from machine import load_avg, time_calls  # noqa: E402
 
 from aime_jax.atomic import write_json  # noqa: E402
 from aime_jax.hostmem import reexec_with_huge_pages  # noqa: E402
@@ -69,7 +70,7 @@ def main():
         results[chunk, image_loss] = {"chunk": chunk, "image_loss": image_loss, "compile_and_first_s": round(first, 2), "s": [], "other_processes_cpu_share": []}
     for _ in range(args.rounds):
         for key, call in calls.items():
-            times, others = bench._time_calls(call, args.steps)
+            times, others = time_calls(call, args.steps, jax.block_until_ready)
             results[key]["s"] += [round(t, 3) for t in times]
             results[key]["other_processes_cpu_share"].append(round(others, 3))
     for r in results.values():
@@ -80,7 +81,7 @@ def main():
         "command": "python benchmarks/cnn_chunk.py " + " ".join(f"--{k}={v}" for k, v in vars(args).items() if v is not None),
         "device": bench.device_info(),
         "images": IMAGES,
-        "load_avg_after": bench._load(),
+        "load_avg_after": load_avg(),
         "results": list(results.values()),
     }
     if args.out:

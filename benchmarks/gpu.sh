@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU benchmarks in one go, each part under its own time limit so that one slow part cannot
 # take the others' results with it (every benchmark writes its JSON after each configuration):
-#   1. benchmarks/torch_release_style.py: the release-shaped PyTorch phase-1 step on this GPU;
-#   2. benchmarks/phase1.py: our phase-1 step, speedups against (1), time per scan iteration;
+#   1. benchmarks/versus_release.py: our phase-1 step against the release-style PyTorch step on
+#      this GPU, alternately, in one run (two pairs: what the session's time allows);
+#   2. benchmarks/phase1.py: our phase-1 step per config, compile time, time per scan iteration;
 #   3. benchmarks/phase2_eval.py: the phase-2 step and evaluation episodes/s.
 # Usage: bash benchmarks/gpu.sh [OUT_DIR]   (default benchmarks/results)
 #        bash benchmarks/gpu.sh OUT_DIR variants
@@ -38,14 +39,13 @@ if [ "${2:-}" = variants ]; then
   exit 0
 fi
 
-timeout 100 "$py" benchmarks/torch_release_style.py --device=cuda --steps=20 --warmup=3 \
-  --out="$out/torch_release_style_gpu.json" || echo "torch_release_style.py failed or timed out ($?)"
-torch_json=()
-[ -f "$out/torch_release_style_gpu.json" ] && torch_json=(--torch_json="$out/torch_release_style_gpu.json")
+timeout "${VERSUS_S:-200}" "$py" benchmarks/versus_release.py --benchmarks=phase1_mdp,phase1_visual --pairs=2 \
+  --steps=20 --visual_steps=10 --warmup=3 --visual_warmup=2 --torch_device=cuda \
+  --out="$out/versus_release_gpu.json" || echo "versus_release.py failed or timed out ($?)"
 
 timeout "${PHASE1_S:-330}" "$py" benchmarks/phase1.py \
   --configs=cheetah_mdp,walker_mdp,cheetah_visual,walker_visual,cheetah_visual_bf16,cheetah_visual_lax,cheetah_mdp_idm,cheetah_mdp_bf16 \
-  --steps=20 --visual_steps=10 --visual_warmup=2 "${torch_json[@]}" --out="$out/phase1_gpu.json" \
+  --steps=20 --visual_steps=10 --visual_warmup=2 --out="$out/phase1_gpu.json" \
   > /dev/null || echo "phase1.py failed or timed out ($?)"
 
 timeout "${PHASE2_S:-150}" "$py" benchmarks/phase2_eval.py --steps=20 --visual_steps=10 \

@@ -9,11 +9,9 @@ or pass --quiet_wait; every timing records the CPU share other processes took me
 Each configuration runs in its own subprocess, so its peak host memory (ru_maxrss) is its own.
 The step is jitted exactly as the learner jits it (replicated, donated state; batch split over a
 one-device 'data' mesh) and fed a synthetic batch of the dataset's shapes and dtypes at the
-paper's B=50, T=50. On a CPU, speedups compare against the authors' PyTorch release timed on this
-CPU; elsewhere (or with --torch_json) against benchmarks/torch_release_style.py, a release-shaped
-PyTorch step timed on the same machine:
-  python benchmarks/torch_release_style.py --out=/tmp/torch.json
-  python benchmarks/phase1.py --torch_json=/tmp/torch.json --out=benchmarks/results/phase1_gpu.json
+paper's B=50, T=50. It computes no ratio against the release: those come from
+benchmarks/versus_release.py, which times our step and the release-style PyTorch step in one run,
+alternately.
 "scan" times the RSSM filtering scan alone, per iteration (time step).
 
 FLOPs: XLA's cost analysis counts a while loop's body once, whatever its trip count, so on the
@@ -37,13 +35,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from aime_jax import envs, parallel
-from aime_jax.agents import world_model as wm_agent
-from aime_jax.atomic import write_json
-from aime_jax.config import make_config, resolve
-from aime_jax.hostmem import reexec_with_huge_pages
-from aime_jax.nets.cnn import IMAGE_SHAPE
-from aime_jax.world_model import rssm
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import load_avg, scheduling, time_calls, wait_for_quiet  # noqa: E402
+
+from aime_jax import envs, parallel  # noqa: E402
+from aime_jax.agents import world_model as wm_agent  # noqa: E402
+from aime_jax.atomic import write_json  # noqa: E402
+from aime_jax.config import make_config, resolve  # noqa: E402
+from aime_jax.hostmem import reexec_with_huge_pages  # noqa: E402
+from aime_jax.nets.cnn import IMAGE_SHAPE  # noqa: E402
+from aime_jax.world_model import rssm  # noqa: E402
 
 BATCH, WINDOW, ACTION_DIM = 50, 50, 6
 # (domain, modality, world-model dtype[, world-model overrides]); the variant is the release's
@@ -63,43 +64,9 @@ CONFIGS = {
     "cheetah_visual_lax_bf16": ("cheetah", "visual", "bfloat16", {"cnn_impl": "lax"}),
     # The image model on all 2500 images at once instead of in chunks of 50 (the CPU default).
     "walker_visual_unchunked": ("walker", "visual", "float32", {"cnn_chunk": -1}),
+    # Like with like with the release's Visual phase 1 (benchmarks/versus_release.py).
+    "cheetah_visual_idm": ("cheetah", "visual", "float32", {"idm.enabled": True}),
 }
-# The authors' PyTorch release, phase 1 at B=50, T=50, on this CPU: seconds per step.
-TORCH_S_PER_STEP = {"mdp": 0.88, "visual": 10.8}
-# Speedup targets over the release.
-TARGET_SPEEDUP = {"mdp": 1.5, "visual": 2.0}
-# On a GPU, against the release-shaped PyTorch step timed on the same GPU.
-GPU_TARGET_SPEEDUP = 5.0
-
-
-def _load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def _busy_cpu_s() -> float:
-    """Busy CPU seconds of the whole machine since boot (all processes, all cores)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def wait_for_quiet(max_s: float, threshold: float = 0.1, window_s: float = 5.0) -> float:
-    """Waits (at most `max_s`) until other processes use under `threshold` of the machine over a
-    `window_s` window; returns the seconds waited. On a shared machine this keeps the timings
-    from measuring somebody else's job."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < max_s:
-        busy0, w0 = _busy_cpu_s(), time.perf_counter()
-        time.sleep(window_s)
-        if (_busy_cpu_s() - busy0) / ((time.perf_counter() - w0) * os.cpu_count()) < threshold:
-            break
-    return round(time.perf_counter() - t0, 1)
-
-
-def _own_cpu_s() -> float:
-    t = os.times()
-    return t.user + t.system
 
 
 def _peak_rss_mib() -> float:
@@ -150,11 +117,11 @@ def matmul_peak(n: int = 2048, reps: int = 8, trials: int = 5) -> dict:
     x = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     w = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
     chain(x, w).block_until_ready()
-    times, others = _time_calls(lambda: chain(x, w), trials)
+    times, others = time_calls(lambda: chain(x, w), trials, jax.block_until_ready)
     flops = 2.0 * n**3 * reps
     return {"n": n, "matmuls_per_call": reps, "gflops_best": round(flops / min(times) / 1e9, 1),
             "gflops_median": round(flops / float(np.median(times)) / 1e9, 1),
-            "other_processes_cpu_share": round(others, 3), "load_avg": _load()}
+            "other_processes_cpu_share": round(others, 3), "load_avg": load_avg()}
 
 
 def build(domain: str, modality: str, dtype: str, overrides: dict | None = None, settings: dict | None = None):
@@ -178,22 +145,7 @@ def build(domain: str, modality: str, dtype: str, overrides: dict | None = None,
     return config, model, state, optimizer, batch
 
 
-def _time_calls(fn, n: int) -> tuple[list[float], float]:
-    """Wall seconds of each call, and the share of the machine's cores that other processes kept
-    busy meanwhile (0: the measurement had the machine to itself)."""
-    busy0, own0, wall0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    wall = time.perf_counter() - wall0
-    others = max(0.0, (_busy_cpu_s() - busy0) - (_own_cpu_s() - own0)) / (wall * os.cpu_count())
-    return times, others
-
-
-def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference: dict | None = None,
-            settings: dict | None = None) -> dict:
+def measure(name: str, steps: int, warmup: int, breakdown: bool, settings: dict | None = None) -> dict:
     domain, modality, dtype, *overrides = CONFIGS[name]
     config, model, state, optimizer, host_batch = build(domain, modality, dtype, *overrides, settings=settings)
     wm = config.world_model
@@ -221,14 +173,14 @@ def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference
     for _ in range(warmup):
         state, _ = compiled(state, batch)
     jax.block_until_ready(state)
-    load_before = _load()
+    load_before = load_avg()
 
     def one_step():
         nonlocal state
         state, m = compiled(state, batch)
         return state, m
 
-    times, others = _time_calls(one_step, steps)
+    times, others = time_calls(one_step, steps, jax.block_until_ready)
     s_per_step = float(np.mean(times))
     loss = float(jax.device_get(one_step()[1]["loss"]))
 
@@ -262,19 +214,8 @@ def measure(name: str, steps: int, warmup: int, breakdown: bool, torch_reference
         "compiled_memory": _memory(compiled),
         "other_processes_cpu_share": round(others, 3),
         "load_avg_before": load_before,
-        "load_avg_after": _load(),
+        "load_avg_after": load_avg(),
     }
-    if torch_reference is not None:
-        # A release-shaped PyTorch step timed on this same machine (benchmarks/torch_release_style.py).
-        ref = torch_reference["configs"].get(modality)
-        if ref:
-            out["torch_release_style_s_per_step"] = ref["s_per_step"]
-            out["speedup_vs_torch"] = round(ref["s_per_step"] / s_per_step, 2)
-            out["target_speedup"] = GPU_TARGET_SPEEDUP if jax.default_backend() != "cpu" else TARGET_SPEEDUP[modality]
-    elif jax.default_backend() == "cpu" and TORCH_S_PER_STEP.get(modality):
-        out["torch_release_s_per_step"] = TORCH_S_PER_STEP[modality]
-        out["speedup_vs_torch"] = round(TORCH_S_PER_STEP[modality] / s_per_step, 2)
-        out["target_speedup"] = TARGET_SPEEDUP[modality]
     out["scan"] = scan_timing(model, wm, state.params, batch, repl, data, max(5, steps))
     if breakdown:
         out["breakdown"] = time_breakdown(model, wm, state, batch, repl, data, max(2, min(steps, 5)))
@@ -306,7 +247,7 @@ def scan_timing(model, wm, params, batch, repl, data, n: int) -> dict:
     for key, fn in (("forward_us_per_iteration", forward), ("forward_backward_us_per_iteration", forward_backward)):
         compiled = jax.jit(fn, in_shardings=(repl, data, data)).lower(params, embeds, actions).compile()
         jax.block_until_ready(compiled(params, embeds, actions))
-        seconds = float(np.median(_time_calls(lambda: compiled(params, embeds, actions), n)[0]))
+        seconds = float(np.median(time_calls(lambda: compiled(params, embeds, actions), n, jax.block_until_ready)[0]))
         out[key] = round(seconds / WINDOW * 1e6, 1)
     return out
 
@@ -339,7 +280,7 @@ def time_breakdown(model, wm, state, batch, repl, data, n: int) -> dict:
     for key, fn in fns.items():
         compiled = jax.jit(fn, in_shardings=(repl, data)).lower(params, batch).compile()
         jax.block_until_ready(compiled(params, batch))
-        out[key] = round(float(np.median(_time_calls(lambda: compiled(params, batch), n)[0])), 4)
+        out[key] = round(float(np.median(time_calls(lambda: compiled(params, batch), n, jax.block_until_ready)[0])), 4)
     return out
 
 
@@ -350,18 +291,6 @@ def device_info() -> dict:
             "processor": platform.processor(),
             # glibc malloc settings (aime_jax/hostmem.py: huge pages unless AIME_JAX_HUGEPAGES=0)
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
-
-
-def scheduling() -> dict:
-    """This process's CPU priority: on a shared machine a benchmark may be run niced up (and in its
-    own autogroup) so that the timings are of this code, not of the neighbours."""
-    out = {"nice": os.nice(0)}
-    try:
-        with open("/proc/self/autogroup") as f:
-            out["autogroup"] = f.read().strip()
-    except OSError:
-        pass
-    return out
 
 
 def parse_settings(text: str) -> dict:
@@ -379,9 +308,9 @@ def parse_settings(text: str) -> dict:
     return out
 
 
-def run_worker(name: str, steps: int, warmup: int, breakdown: bool, torch_json: str, settings: str) -> dict:
+def run_worker(name: str, steps: int, warmup: int, breakdown: bool, settings: str) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}", f"--steps={steps}", f"--warmup={warmup}",
-           f"--torch_json={torch_json}", f"--set={settings}"]
+           f"--set={settings}"]
     if breakdown:
         cmd.append("--breakdown")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -404,21 +333,13 @@ def main():
                    help="before each measurement wait up to this many seconds for other processes to go idle")
     p.add_argument("--retries", type=int, default=0,
                    help="remeasure a config whose timed steps shared the CPU with other processes (>10%%)")
-    p.add_argument("--torch_json", default="",
-                   help="output of benchmarks/torch_release_style.py on this machine: speedups against it "
-                        "(needed on a GPU; on a CPU the default is the release's own CPU timings)")
     p.add_argument("--set", default="", help="world-model settings for every config, e.g. "
                    "--set=scan_unroll=5,cnn_chunk=-1 (keys of config.world_model, dotted below it)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
-    torch_reference = None
-    if args.torch_json:
-        with open(args.torch_json) as f:
-            torch_reference = json.load(f)
 
     if args.worker:
-        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown, torch_reference,
-                                 parse_settings(args.set))))
+        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown, parse_settings(args.set))))
         return
 
     parse_settings(args.set)  # a malformed --set fails here, not in every worker
@@ -430,11 +351,9 @@ def main():
         "command": "python " + " ".join(sys.argv),
         "device": device_info(),
         "scheduling": scheduling(),
-        "load_avg_start": _load(),
+        "load_avg_start": load_avg(),
         "waited_for_quiet_s": wait_for_quiet(args.quiet_wait) if args.quiet_wait else 0.0,
         "matmul_f32_peak": matmul_peak(),
-        "torch_release_s_per_step": TORCH_S_PER_STEP,
-        "torch_release_style": torch_reference,
         "notes": (
             "flops_per_step counts every RSSM step (scans unrolled for the count); "
             "flops_cost_analysis_compiled is XLA's figure for the compiled step, which counts each "
@@ -451,7 +370,7 @@ def main():
         steps, warmup = (args.visual_steps, args.visual_warmup) if visual else (args.steps, args.warmup)
         for attempt in range(args.retries + 1):
             waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait else 0.0
-            r = run_worker(name, steps, warmup, args.breakdown, args.torch_json, args.set)
+            r = run_worker(name, steps, warmup, args.breakdown, args.set)
             r["waited_for_quiet_s"], r["attempt"] = waited, attempt + 1
             if r["other_processes_cpu_share"] <= 0.1:
                 break
@@ -459,10 +378,10 @@ def main():
             r["fraction_of_matmul_peak"] = round(r["achieved_gflops"] / peak, 3)
         result["configs"][name] = r
         print(f"{name}: {r['s_per_step']} s/step, {r['env_steps_per_s']} env-steps/s, "
-              f"compile {r['compile_s']} s, speedup {r.get('speedup_vs_torch')}, scan {r['scan']}",
+              f"compile {r['compile_s']} s, scan {r['scan']}",
               file=sys.stderr, flush=True)
         write_json(args.out, result)  # after every config, so an interrupted run keeps what it measured
-    result["load_avg_end"] = _load()
+    result["load_avg_end"] = load_avg()
     write_json(args.out, result)
     print(json.dumps(result, indent=2))
 
