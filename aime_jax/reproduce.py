@@ -155,7 +155,7 @@ def make_block(
 
     `deviations` (the settings changed from the paper's, as `key=value`) need a `name`: they are
     recorded in the report, and the block gets a folder of its own."""
-    from aime_jax.data.build import parse_name
+    from aime_jax.experts.build import parse_name
 
     spec = parse_name(dataset)
     if spec.domain != config.domain:
@@ -362,7 +362,7 @@ def _p1(cell: Cell) -> str:
 
 
 def _run_datasets(block: Block) -> None:
-    from aime_jax.data.build import EPISODES, build, scaled
+    from aime_jax.experts.build import EPISODES, build, scaled
 
     d = block.config.data
     clock = WallClock(os.path.join(block.folder, "datasets"))
@@ -420,7 +420,7 @@ def _run_method(block: Block, cell: Cell, mesh) -> None:
     record = {"cell": cell.name, "method": cell.kind, "task": cell.task, "commit": code_commit(),
               "command": " ".join(sys.argv)}
     if cell.kind == "aime":
-        from aime_jax.agents.world_model import action_evidence
+        from aime_jax.agents.phase1 import action_evidence
 
         record.update(phase1_steps=cell.phase1_steps, phase2_steps=block.phase2_steps)
         with clock.stage("diagnostics"):

@@ -23,11 +23,11 @@ def datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     demonstrations too when a later stage needs them.
 
     `config.data.embodiment` (e.g. walker-random, walker-mix) is built in `config.data.root` by
-    aime_jax/data/build.py when it is missing or partial (training the agents it needs first), at
+    aime_jax/experts/build.py when it is missing or partial (training the agents it needs first), at
     `config.data.scale`; `config.data.embodiment_dir` is used as it is (rendered for visual).
     """
-    from aime_jax.data.build import build
     from aime_jax.data.render import render_folder
+    from aime_jax.experts.build import build
 
     if config.data.embodiment_dir:
         folder = config.data.embodiment_dir
@@ -50,7 +50,7 @@ def datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
 
 
 def phase1(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
-    from aime_jax.agents.world_model import train_world_model
+    from aime_jax.agents.phase1 import train_world_model
 
     folder = config.world_model_dir
     if not folder:
@@ -155,7 +155,7 @@ def locked_on_main(target: str, what: str):
 def shared_world_model(config: ml_collections.ConfigDict, folder: str, mesh) -> None:
     """Trains the shared world model in `folder` unless another run has (or is doing it, which is
     waited for); refuses one with other phase-1 settings."""
-    from aime_jax.agents.world_model import train_world_model
+    from aime_jax.agents.phase1 import train_world_model
 
     status = os.path.join(folder, WORLD_MODEL_STATUS)
     if parallel.agreed(lambda: _complete_world_model(folder), f"looking at {folder}"):
@@ -250,7 +250,7 @@ def make_scorer(config: ml_collections.ConfigDict):
 
 
 def make_runs_scorer(config: ml_collections.ConfigDict):
-    """`make_scorer` for the agent of many runs (aime_runs.RunsAgent): every run's episodes in
+    """`make_scorer` for the agent of many runs (phase2_runs.RunsAgent): every run's episodes in
     one batch, one (summary, result) per run."""
     from aime_jax.evaluate import evaluate_runs
 
@@ -268,10 +268,10 @@ def make_runs_scorer(config: ml_collections.ConfigDict):
 
 def demonstrations(config: ml_collections.ConfigDict) -> str:
     """The demonstrations folder, rendered for visual: `config.data.demos_dir` as it is, or
-    `<root>/<demos>` (default `<env>-expert`), built by aime_jax/data/build.py when it is missing
+    `<root>/<demos>` (default `<env>-expert`), built by aime_jax/experts/build.py when it is missing
     (a SAC expert is trained first) with at least `config.data.num_demos` episodes."""
-    from aime_jax.data.build import build
     from aime_jax.data.render import render_folder
+    from aime_jax.experts.build import build
 
     demos = config_lib.demos_dir(config)
     if config.data.demos_dir:
@@ -295,7 +295,7 @@ def demonstrations(config: ml_collections.ConfigDict) -> str:
 
 def _demos_build(config: ml_collections.ConfigDict) -> tuple[str, int | None]:
     """(name, episodes) of the demonstrations that `demonstrations` builds."""
-    from aime_jax.data.build import EPISODES, scaled
+    from aime_jax.experts.build import EPISODES, scaled
 
     name = config.data.demos or f"{config.env}-expert"
     episodes = max(scaled(EPISODES["expert"], config.data.scale), config.data.num_demos)
@@ -303,8 +303,8 @@ def _demos_build(config: ml_collections.ConfigDict) -> tuple[str, int | None]:
 
 
 def phase2(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
-    from aime_jax.agents.aime import train_aime
-    from aime_jax.agents.world_model import check_world_model_fits, world_model_meta
+    from aime_jax.agents.phase1 import check_world_model_fits, world_model_meta
+    from aime_jax.agents.phase2 import train_aime
 
     # Before the demonstrations are built (which may train an expert first): a reused world
     # model that does not fit is refused at once.
@@ -447,14 +447,14 @@ def write_outputs(workdir: str, results: dict, frames) -> None:
 
 def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     """The final score: `eval.episodes` episodes of the trained policy and of a random policy."""
-    from aime_jax.agents import aime, bc
+    from aime_jax.agents import bc, phase2
 
     if _results_complete(config, workdir):
         print(f"evaluation skipped: {os.path.join(workdir, 'results.json')} is complete")
         return
     if config.algo == "aime":
         wait_for_world_model(config)
-        agent = aime.load_agent(config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir), mesh)
+        agent = phase2.load_agent(config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir), mesh)
     else:
         agent = bc.load_agent(config, os.path.join(workdir, "bc"))
     score, experts = make_scorer(config)
@@ -512,7 +512,7 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
 
 def program_runs(config: ml_collections.ConfigDict, workdir: str) -> list:
     """The runs of config.runs, each with its own single-run config and folder."""
-    from aime_jax.agents.aime_runs import Run
+    from aime_jax.agents.phase2_runs import Run
 
     demos = config_lib.demos_dir(config)
     stage_names = ",".join(s for s in config_lib.stages(config) if s != "phase1")
@@ -544,7 +544,7 @@ def many_phase1(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     another: phase 1 is not vectorised over seeds): in <workdir>/seed<S>, or in the seed's
     config.world_model_dir (reused if it holds a finished run, else trained there as a shared
     world model, as a single run's phase 1 does)."""
-    from aime_jax.agents.world_model import train_world_model
+    from aime_jax.agents.phase1 import train_world_model
 
     for seed in _seeds(config):
         c = seed_config(config, seed)
@@ -563,9 +563,9 @@ def _wait_for_world_models(runs: list) -> None:
 
 
 def many_phase2(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
-    """Phase 2 of every run as one program (aime_jax/agents/aime_runs.py)."""
-    from aime_jax.agents.aime_runs import train_aime_runs
-    from aime_jax.agents.world_model import check_world_model_fits, world_model_meta
+    """Phase 2 of every run as one program (aime_jax/agents/phase2_runs.py)."""
+    from aime_jax.agents.phase1 import check_world_model_fits, world_model_meta
+    from aime_jax.agents.phase2_runs import train_aime_runs
 
     runs = program_runs(config, workdir)
     _wait_for_world_models(runs)
@@ -588,7 +588,7 @@ def many_evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> No
 
 def evaluate_program(config: ml_collections.ConfigDict, runs: list) -> None:
     """`evaluation` of the runs of a program whose results.json is missing or stale, together."""
-    from aime_jax.agents.aime_runs import load_runs_agent
+    from aime_jax.agents.phase2_runs import load_runs_agent
 
     runs = [run for run in runs if not _results_complete(run.config, run.workdir)]
     if not runs:
@@ -690,7 +690,7 @@ def _diff(a, b, prefix=""):
 
 def planned_datasets(config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
     """(folder, generator) of every dataset the run's stages would build."""
-    from aime_jax.data.build import wanted_generator
+    from aime_jax.experts.build import wanted_generator
 
     names = config_lib.stages(config)
     d = config.data
@@ -708,7 +708,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: str, plan: dict | None
     model with other phase-1 settings, a reused one that does not fit. `plan` (a sweep's dry run)
     remembers what earlier runs will write and refuses a later run that clashes with them: two
     settings for one run directory, one dataset folder or one shared world model."""
-    from aime_jax.data.build import check_built, generator_diff
+    from aime_jax.experts.build import check_built, generator_diff
 
     plan = {} if plan is None else plan
     if config_lib.many_runs(config):
@@ -749,7 +749,7 @@ def preflight(config: ml_collections.ConfigDict, workdir: str, plan: dict | None
                 f"{{{changed[0]}}}) so that each gets its own world model"
             )
     elif {"phase2", "eval"} & set(names) and config.algo == "aime":
-        from aime_jax.agents.world_model import check_world_model_fits
+        from aime_jax.agents.phase1 import check_world_model_fits
 
         saved = _read_json(os.path.join(folder, "config.json"))
         if saved is not None and "world_model" in saved:

@@ -23,8 +23,8 @@ import time
 import jax
 import numpy as np
 
-from aime_jax.agents import sac as sac_lib
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS, write_results
+from aime_jax.experts import sac as sac_lib
 from aime_jax.hostmem import reexec_with_huge_pages
 
 

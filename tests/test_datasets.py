@@ -13,8 +13,9 @@ import pytest
 
 from aime_jax import config as config_lib
 from aime_jax import stages
-from aime_jax.data import EpisodeStore, build as build_lib, list_episodes, load_episode
+from aime_jax.data import EpisodeStore, list_episodes, load_episode
 from aime_jax.errors import AimeError, ConfigError, DatasetError
+from aime_jax.experts import build as build_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WALKER_KEYS = {"orientations", "height", "velocity", "pre_action", "reward", "is_first", "is_last", "is_terminal",
@@ -105,7 +106,7 @@ def test_expert_demonstrations_and_their_card(root):
     assert set(ep) == WALKER_KEYS
     assert card["expert_return"] == pytest.approx(float(ep["reward"].sum()), rel=1e-5)
     # The snapshot of the policy at its training length acted: its mode actions are in the file.
-    from aime_jax.agents.sac import load_expert_policy
+    from aime_jax.experts.sac import load_expert_policy
 
     policy = load_expert_policy(card["expert"]["policy"])
     assert card["expert"]["policy"].endswith(os.path.join("walker-stand", "policy-1500"))
@@ -243,7 +244,7 @@ def test_episodes_added_to_a_rendered_folder_for_another_modality_are_rendered_t
 
 BUILDER = """
 import json, os, sys, time
-from aime_jax.data import build as build_lib
+from aime_jax.experts import build as build_lib
 root, log = sys.argv[1], sys.argv[2]
 def on_episode(name, i):
     time.sleep(2)  # a build long enough for the other process to arrive while it runs
@@ -309,7 +310,7 @@ def test_cli_builds_and_reports_bad_input_in_one_line(tmp_path):
 def test_task_expert_settings_apply_under_the_build_overrides():
     from types import SimpleNamespace
 
-    from aime_jax.agents import sac
+    from aime_jax.experts import sac
 
     defaults = SimpleNamespace(expert_config={})
     assert sac.default_config("cheetah-run", **build_lib._expert_settings(defaults, "cheetah-run")).hidden_sizes == (256, 256)
@@ -321,7 +322,7 @@ def test_task_expert_settings_apply_under_the_build_overrides():
 def test_flip_expert_learns_from_planner_demonstrations(tmp_path, monkeypatch):
     """The builder plans the flips' demonstrations first (a tiny planner here) and hands them to
     the SAC expert, whose checkpoint and the dataset card record them."""
-    from aime_jax.agents import mppi, sac
+    from aime_jax.experts import mppi, sac
 
     real = mppi.plan_episodes
     calls = []

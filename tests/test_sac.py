@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aime_jax.agents import sac as sac_lib
-from aime_jax.data import list_episodes, load_episode
 from aime_jax.checkpoint import CheckpointNotFoundError
+from aime_jax.data import list_episodes, load_episode
 from aime_jax.data.collect import collect, load_policy
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.evaluate import evaluate
+from aime_jax.experts import sac as sac_lib
 from aime_jax.nets.policy import tanh_gaussian_log_prob
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

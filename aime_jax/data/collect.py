@@ -27,7 +27,7 @@ def load_policy(spec: str) -> Policy:
     if spec == "random":
         return random_policy
     if os.path.isdir(spec):  # load_expert_policy says what is wrong with a folder it cannot read
-        from aime_jax.agents.sac import load_expert_policy
+        from aime_jax.experts.sac import load_expert_policy
 
         return load_expert_policy(spec)
     raise AimeError(

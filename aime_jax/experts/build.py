@@ -7,7 +7,7 @@ Names (`dataset_names()` lists them):
   (their mean return, the normaliser of our scores) in the card.
 - `<domain>-<task>-buffer`: the first 1000 training episodes of that task's SAC expert run.
 - `<domain>-explore-buffer`: the 1000 training episodes of the exploration agent
-  (`aime_jax.agents.explore`).
+  (`aime_jax.experts.explore`).
 - `walker-mix`: walker-random + walker-explore-buffer + walker-stand-buffer + walker-walk-buffer,
   every source episode exactly once, renumbered in that order.
 
@@ -77,7 +77,7 @@ EXPERT_SETTINGS: dict[str, dict] = {
     "cheetah-flipbackward": {"periodic_pitch": True},
 }
 # Tasks whose SAC expert also learns from planner demonstrations (`SACConfig.demo_dir`): SAC alone
-# rocks back and forth on the flips; this many MPPI episodes (aime_jax/agents/mppi.py, scaled
+# rocks back and forth on the flips; this many MPPI episodes (aime_jax/experts/mppi.py, scaled
 # like the training length) are planned first into `<expert workdir>-planner/`.
 EXPERT_DEMOS = {"cheetah-flip": 6, "cheetah-flipbackward": 6}
 MIXES = {"walker-mix": ("walker-random", "walker-explore-buffer", "walker-stand-buffer", "walker-walk-buffer")}
@@ -102,7 +102,7 @@ def dataset_names() -> list[str]:
 
 
 def parse_name(name: str) -> Spec:
-    from aime_jax.agents.explore import EXPLORE_TASK
+    from aime_jax.experts.explore import EXPLORE_TASK
 
     if name in MIXES:
         return Spec(name, "mix", envs.domain_of(MIXES[name][0].split("-")[0]), "", MIXES[name])
@@ -400,12 +400,12 @@ def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
 
 
 def _ensure_expert_locked(ctx: _Build, env: str, min_episodes: int, workdir: str) -> str:
-    from aime_jax.agents import sac
+    from aime_jax.experts import sac
 
     seed = stream_seed(ctx.seed, f"sac:{env}")
     settings = _expert_settings(ctx, env)
     if env in EXPERT_DEMOS and "demo_dir" not in settings:
-        from aime_jax.agents import mppi
+        from aime_jax.experts import mppi
 
         demo_dir = workdir + "-planner"
         mppi.plan_episodes(env, demo_dir, scaled(EXPERT_DEMOS[env], ctx.expert_scale),
@@ -436,7 +436,7 @@ def _ensure_expert_locked(ctx: _Build, env: str, min_episodes: int, workdir: str
 
 
 def _build_expert(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: str) -> None:
-    from aime_jax.agents.sac import load_expert_policy
+    from aime_jax.experts.sac import load_expert_policy
 
     policy = load_expert_policy(ensure_expert(ctx, spec.env))
     _collect(ctx, spec, folder, wanted, policy, policy.name)
@@ -484,7 +484,7 @@ def _build_buffer(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: 
 
 
 def _build_explore(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: str) -> None:
-    from aime_jax.agents.explore import default_config, train_explorer
+    from aime_jax.experts.explore import default_config, train_explorer
 
     n = wanted["episodes"]
     workdir = explorer_workdir(ctx.root, spec.domain, ctx.seed)
@@ -518,7 +518,7 @@ def _card_extra(ctx: _Build, spec: Spec, folder: str) -> dict[str, Any]:
         snapshot = ensure_expert(ctx, spec.env)
         with open(os.path.join(snapshot, "summary.json")) as f:
             summary = json.load(f)
-        from aime_jax.agents.sac import checkpoint_eval
+        from aime_jax.experts.sac import checkpoint_eval
 
         chosen = checkpoint_eval(snapshot)
         extra["expert"] = {"workdir": os.path.dirname(snapshot), "policy": snapshot,

@@ -1,5 +1,5 @@
 """An exploration agent for the `<domain>-explore-buffer` datasets: a Plan2Explore-style
-disagreement objective on proprioceptive state, optimised by the SAC of `aime_jax.agents.sac`.
+disagreement objective on proprioceptive state, optimised by the SAC of `aime_jax.experts.sac`.
 
 An ensemble of `ensemble_size` one-step models predicts the (normalised) change of the MDP state
 from (state, action); each member is an MLP with its own initialisation, all trained on the same
@@ -41,7 +41,7 @@ import numpy as np
 import optax
 
 from aime_jax import envs
-from aime_jax.agents.sac import (
+from aime_jax.experts.sac import (
     settings_from_dict,
     SAC,
     SACConfig,
