@@ -118,7 +118,7 @@ def acting(args) -> dict:
 
     from aime_jax.agents import phase2
     from aime_jax.data import EpisodeStore
-    from aime_jax.data.collect import episode_seed
+    from aime_jax.envs.seeding import episode_seed
     from aime_jax.envs.vector import VectorEnv
     from aime_jax.experts.sac import load_expert_policy
     from aime_jax.nets.policy import tanh_gaussian_mode
@@ -265,7 +265,7 @@ def latent(args) -> dict:
     from aime_jax.agents import phase2
     from aime_jax.agents.phase1 import load_world_model
     from aime_jax.data import EpisodeStore
-    from aime_jax.data.collect import episode_seed
+    from aime_jax.envs.seeding import episode_seed
     from aime_jax.envs.vector import VectorEnv
     from aime_jax.experts.sac import load_expert_policy
     from aime_jax.nets.policy import tanh_gaussian_mode

@@ -38,7 +38,6 @@ from aime_jax.agents.phase1 import ACTION_KEY, load_world_model
 from aime_jax.checkpoint import Checkpointer
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.logging import RunLogger
-from aime_jax.world_model import rssm
 
 # What the program's summary line shows: means over the runs still training.
 SUMMARY = ("loss", "nelbo_per_step", "action_mse", "grad_norm", "runs_active")
