@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from aime_jax import config as config_lib
-from aime_jax import stages
+from aime_jax import results, stages
 from aime_jax.data import EpisodeStore, list_episodes, load_episode
 from aime_jax.errors import AimeError, ConfigError, DatasetError
 from aime_jax.experts import build as build_lib
@@ -121,7 +121,7 @@ def test_expert_demonstrations_and_their_card(root):
     # The evaluation normalises by the card's expert return.
     config = config_lib.make_config("walker", "mdp", "quick")
     config.env, config.data.demos_dir = "walker-stand", str(folder)
-    assert stages.expert_returns(config)["expert_return"] == card["expert_return"]
+    assert results.expert_returns(config)["expert_return"] == card["expert_return"]
 
 
 def test_expert_benchmark_reads_the_dataset_card(root, tmp_path):
@@ -285,7 +285,7 @@ def test_pipeline_stage_builds_the_embodiment_data_and_the_demonstrations(tmp_pa
     card = build_lib.read_card(demos)
     # num_demos above the scaled count (1) sets the size; an 800-step expert (1000: whole episodes).
     assert card["episodes"] == 2 and card["expert"]["env_steps"] == 1000
-    assert stages.expert_returns(config)["expert_return"] == card["expert_return"]
+    assert results.expert_returns(config)["expert_return"] == card["expert_return"]
 
 
 def _cli(*args):

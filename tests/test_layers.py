@@ -25,7 +25,7 @@ LAYERS = (
     ("agents", ("aime_jax.agents",)),
     ("evaluate", ("aime_jax.evaluate",)),
     ("experts", ("aime_jax.experts",)),
-    ("stages", ("aime_jax.stages", "aime_jax.reproduce", "aime_jax.report", "aime_jax.config")),
+    ("stages", ("aime_jax.stages", "aime_jax.results", "aime_jax.reproduce", "aime_jax.report", "aime_jax.config")),
     ("entry points", ("experiments", "benchmarks", "configs")),
 )
 SCANNED = ("aime_jax", "experiments", "benchmarks", "configs")

@@ -131,7 +131,7 @@ def test_phase2_infers_the_demonstrators_actions_and_imitates_it(tmp_path):
     untrained policy's towards the demonstrator's."""
     from aime_jax import config as config_lib
     from aime_jax.data.collect import collect
-    from aime_jax.stages import expert_returns
+    from aime_jax.results import expert_returns
 
     demonstrator = LinearDemonstrator()
     collect("walker-walk", "mdp", str(tmp_path / "random"), 80, seed=1, progress=False)
