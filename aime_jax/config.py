@@ -49,7 +49,7 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     c.data.root = "data"
     c.data.embodiment = f"{domain}-random"
     c.data.embodiment_dir = ""
-    # The datasets stage builds missing datasets with aime_jax/data/build.py: `scale` multiplies
+    # The datasets stage builds missing datasets with aime_jax/experts/build.py: `scale` multiplies
     # their episode counts (random 1000, demonstrations 100, buffers 1000), `expert_scale` the
     # training lengths of the agents they need (SAC experts, the exploration agent).
     c.data.scale = 1.0

@@ -26,8 +26,8 @@ import numpy as np
 
 from aime_jax import parallel
 from aime_jax.atomic import write_json
-from aime_jax.data.collect import episode_seed
 from aime_jax.envs.dmc import ACTION_DIM
+from aime_jax.envs.seeding import episode_seed
 from aime_jax.envs.vector import VectorEnv
 from aime_jax.errors import AimeError
 

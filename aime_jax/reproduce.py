@@ -43,8 +43,14 @@ import ml_collections
 import numpy as np
 
 from aime_jax import envs, parallel, stages
+from aime_jax.agents.phase1 import action_evidence
 from aime_jax.atomic import write_json
+from aime_jax.checkpoint import Checkpointer
+from aime_jax.data.episodes import list_episodes
 from aime_jax.errors import AimeError, ConfigError
+from aime_jax.experts.build import EPISODES, build, parse_name, scaled
+from aime_jax.report import block_csv, block_markdown, dataset_name, paper_cell
+from aime_jax.world_model.config import SPEED_ONLY
 
 # (phase-1 steps, phase-2 steps) of each budget; `config` keeps the config's own.
 BUDGETS = {"full": (100_000, 50_000), "tenth": (10_000, 5_000), "config": None}
@@ -155,8 +161,6 @@ def make_block(
 
     `deviations` (the settings changed from the paper's, as `key=value`) need a `name`: they are
     recorded in the report, and the block gets a folder of its own."""
-    from aime_jax.data.build import parse_name
-
     spec = parse_name(dataset)
     if spec.domain != config.domain:
         raise ConfigError(
@@ -210,8 +214,6 @@ NOT_DEVIATIONS = (
 def deviations(config_file: str, args: Sequence[str]) -> list[str]:
     """The paper's settings that a command line changes: a config argument (e.g. `:quick`) and
     every `--config.key=value` override but those of NOT_DEVIATIONS and speed-only settings."""
-    from aime_jax.world_model.config import SPEED_ONLY
-
     harmless = NOT_DEVIATIONS + tuple(f"world_model.{k}" for k in SPEED_ONLY)
     out = []
     if ":" in os.path.basename(config_file):
@@ -362,8 +364,6 @@ def _p1(cell: Cell) -> str:
 
 
 def _run_datasets(block: Block) -> None:
-    from aime_jax.data.build import EPISODES, build, scaled
-
     d = block.config.data
     clock = WallClock(os.path.join(block.folder, "datasets"))
     names = [block.dataset] if _needs_embodiment(block.methods) else []
@@ -380,8 +380,6 @@ def _run_datasets(block: Block) -> None:
 
 def _run_world_model(block: Block, cell: Cell, mesh) -> None:
     """Trains (or continues) the world model to `cell.phase1_steps` and snapshots that step."""
-    from aime_jax.checkpoint import Checkpointer
-
     run_dir = block.world_model_dir()
     snapshot = block.world_model_dir(cell.phase1_steps)
     ckpt_dir = os.path.join(run_dir, "phase1", "checkpoints")
@@ -420,8 +418,6 @@ def _run_method(block: Block, cell: Cell, mesh) -> None:
     record = {"cell": cell.name, "method": cell.kind, "task": cell.task, "commit": code_commit(),
               "command": " ".join(sys.argv)}
     if cell.kind == "aime":
-        from aime_jax.agents.world_model import action_evidence
-
         record.update(phase1_steps=cell.phase1_steps, phase2_steps=block.phase2_steps)
         with clock.stage("diagnostics"):
             evidence = action_evidence(config.world_model_dir, config.data.demos_dir, config.data.num_demos,
@@ -468,8 +464,6 @@ def dataset_summary(folder: str) -> dict | None:
     card = _card(folder)
     if card is None:
         return None
-    from aime_jax.data.episodes import list_episodes
-
     returns = []
     for path in list_episodes(folder):
         with np.load(path) as z:
@@ -490,8 +484,6 @@ def dataset_summary(folder: str) -> dict | None:
 
 def collect_report(block: Block) -> dict:
     """The block's record: every cell of the plan (missing ones marked), data and world model."""
-    from aime_jax.report import dataset_name, paper_cell
-
     wm_metrics = os.path.join(block.world_model_dir(), "phase1", "metrics.jsonl")
     data = {}
     for folder in _dataset_folders(block):
@@ -548,8 +540,6 @@ def collect_report(block: Block) -> dict:
 
 def write_report(block: Block) -> dict:
     """Writes `<report>.json`, `.md` and `.csv` into the block folder; returns the record."""
-    from aime_jax.report import block_csv, block_markdown
-
     record = collect_report(block)
     base = os.path.join(block.folder, block.report_name())
 

@@ -7,14 +7,29 @@ import json
 import os
 from typing import Callable, ContextManager
 
-import jax
 import ml_collections
-import numpy as np
 
 from aime_jax import config as config_lib
-from aime_jax import parallel
+from aime_jax import locks, parallel
+from aime_jax.agents import bc
+from aime_jax.agents.phase1 import check_world_model_fits, train_world_model, world_model_meta
+from aime_jax.agents.phase2 import load_agent as load_aime_agent
+from aime_jax.agents.phase2 import train_aime
+from aime_jax.agents.phase2_runs import Run, load_runs_agent, train_aime_runs
 from aime_jax.atomic import remove_stale_temporaries, writable_dir, write_json
+from aime_jax.data.render import render_folder
 from aime_jax.errors import AimeError
+from aime_jax.experts.build import EPISODES, build, check_built, generator_diff, scaled, wanted_generator
+from aime_jax.results import (
+    make_runs_scorer,
+    make_scorer,
+    print_results,
+    print_runs_results,
+    random_policy_result,
+    results_complete,
+    results_record,
+    write_outputs,
+)
 from aime_jax.world_model import config as wm_config
 
 
@@ -23,12 +38,9 @@ def datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     demonstrations too when a later stage needs them.
 
     `config.data.embodiment` (e.g. walker-random, walker-mix) is built in `config.data.root` by
-    aime_jax/data/build.py when it is missing or partial (training the agents it needs first), at
+    aime_jax/experts/build.py when it is missing or partial (training the agents it needs first), at
     `config.data.scale`; `config.data.embodiment_dir` is used as it is (rendered for visual).
     """
-    from aime_jax.data.build import build
-    from aime_jax.data.render import render_folder
-
     if config.data.embodiment_dir:
         folder = config.data.embodiment_dir
         if not os.path.isdir(folder):
@@ -50,8 +62,6 @@ def datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
 
 
 def phase1(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
-    from aime_jax.agents.world_model import train_world_model
-
     folder = config.world_model_dir
     if not folder:
         train_world_model(config, os.path.join(workdir, "phase1"), config_lib.embodiment_dir(config), mesh)
@@ -144,8 +154,6 @@ def _get(tree: dict, key: str):
 def locked_on_main(target: str, what: str):
     """Process 0 holds `target`'s lock for the block (the other processes of a multi-process run
     work under its lock); it waits while another run holds it."""
-    from aime_jax import locks
-
     held = contextlib.ExitStack()
     with held:
         parallel.on_main(lambda: held.enter_context(locks.hold(target, what)), f"locking {target}")
@@ -155,8 +163,6 @@ def locked_on_main(target: str, what: str):
 def shared_world_model(config: ml_collections.ConfigDict, folder: str, mesh) -> None:
     """Trains the shared world model in `folder` unless another run has (or is doing it, which is
     waited for); refuses one with other phase-1 settings."""
-    from aime_jax.agents.world_model import train_world_model
-
     status = os.path.join(folder, WORLD_MODEL_STATUS)
     if parallel.agreed(lambda: _complete_world_model(folder), f"looking at {folder}"):
         # Nothing to write (the folder may be read-only): no lock.
@@ -201,78 +207,10 @@ def wait_for_world_model(config: ml_collections.ConfigDict) -> None:
             )
 
 
-def expert_returns(config: ml_collections.ConfigDict) -> dict:
-    """Our normaliser (the demonstrations' mean return, or their card's) and the paper's."""
-    from aime_jax.data import EpisodeStore
-    from aime_jax.evaluate import PAPER_EXPERT_RETURNS
-
-    demos = config_lib.demos_dir(config)
-    card = os.path.join(demos, "card.json")
-    ours = None
-    if os.path.exists(card):
-        with open(card) as f:
-            ours = json.load(f).get("expert_return")
-    if ours is None:
-        store = EpisodeStore(demos, progress=False)
-        ours = float(np.mean([store.episode(i, ["reward"])["reward"].sum() for i in range(store.num_episodes)]))
-    return {"expert_return": ours, "paper_expert_return": PAPER_EXPERT_RETURNS.get(config.env)}
-
-
-def _summary(result, experts: dict) -> dict:
-    """Raw and normalised returns (both normalisers) of an evaluation."""
-    from aime_jax.evaluate import normalised
-
-    summary = {
-        "return_mean": result.mean,
-        "return_std": result.std,
-        "normalised": normalised(result.mean, experts["expert_return"]),
-        "normalised_std": normalised(result.std, experts["expert_return"]),
-    }
-    if experts["paper_expert_return"]:
-        summary["normalised_paper"] = normalised(result.mean, experts["paper_expert_return"])
-    return summary
-
-
-def make_scorer(config: ml_collections.ConfigDict):
-    """agent, episodes -> summary dict with raw and normalised returns (both normalisers)."""
-    from aime_jax.evaluate import evaluate
-
-    experts = expert_returns(config)
-
-    def score(agent, episodes: int, record_video: bool = False):
-        result = evaluate(
-            config.env, config.modality, agent, episodes, num_envs=config.eval.num_envs,
-            seed=config.eval.seed, workers=config.eval.workers, record_video=record_video,
-        )
-        return _summary(result, experts), result
-
-    return score, experts
-
-
-def make_runs_scorer(config: ml_collections.ConfigDict):
-    """`make_scorer` for the agent of many runs (aime_runs.RunsAgent): every run's episodes in
-    one batch, one (summary, result) per run."""
-    from aime_jax.evaluate import evaluate_runs
-
-    experts = expert_returns(config)
-
-    def score(agent, episodes: int, record_video: bool = False):
-        results = evaluate_runs(
-            config.env, config.modality, agent, agent.runs, episodes, num_envs=config.eval.num_envs,
-            seed=config.eval.seed, workers=config.eval.workers, record_video=record_video,
-        )
-        return [(_summary(result, experts), result) for result in results]
-
-    return score, experts
-
-
 def demonstrations(config: ml_collections.ConfigDict) -> str:
     """The demonstrations folder, rendered for visual: `config.data.demos_dir` as it is, or
-    `<root>/<demos>` (default `<env>-expert`), built by aime_jax/data/build.py when it is missing
+    `<root>/<demos>` (default `<env>-expert`), built by aime_jax/experts/build.py when it is missing
     (a SAC expert is trained first) with at least `config.data.num_demos` episodes."""
-    from aime_jax.data.build import build
-    from aime_jax.data.render import render_folder
-
     demos = config_lib.demos_dir(config)
     if config.data.demos_dir:
         if not os.path.isdir(demos):
@@ -295,17 +233,12 @@ def demonstrations(config: ml_collections.ConfigDict) -> str:
 
 def _demos_build(config: ml_collections.ConfigDict) -> tuple[str, int | None]:
     """(name, episodes) of the demonstrations that `demonstrations` builds."""
-    from aime_jax.data.build import EPISODES, scaled
-
     name = config.data.demos or f"{config.env}-expert"
     episodes = max(scaled(EPISODES["expert"], config.data.scale), config.data.num_demos)
     return name, episodes if name.endswith("-expert") else None
 
 
 def phase2(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
-    from aime_jax.agents.aime import train_aime
-    from aime_jax.agents.world_model import check_world_model_fits, world_model_meta
-
     # Before the demonstrations are built (which may train an expert first): a reused world
     # model that does not fit is refused at once.
     if config.world_model_dir:
@@ -333,149 +266,33 @@ def bc_datasets(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
 
 def idm(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     """BCO(0)'s phase 1: the inverse dynamics model, on the embodiment dataset."""
-    from aime_jax.agents.bc import train_idm
-
-    train_idm(config, os.path.join(workdir, "idm"), config_lib.embodiment_dir(config), mesh)
+    bc.train_idm(config, os.path.join(workdir, "idm"), config_lib.embodiment_dir(config), mesh)
 
 
 def bc_policy(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     """The baselines' phase 2: BC on the demonstrations' actions, or BCO(0) on the IDM's labels."""
-    from aime_jax.agents.bc import train_bc, train_bco
-
     demos = demonstrations(config)
     if config.algo == "bco":
-        train_bco(config, os.path.join(workdir, "bc"), os.path.join(workdir, "idm"), demos, mesh)
+        bc.train_bco(config, os.path.join(workdir, "bc"), os.path.join(workdir, "idm"), demos, mesh)
     else:
-        train_bc(config, os.path.join(workdir, "bc"), demos, mesh)
-
-
-def embodiment_used(config: ml_collections.ConfigDict) -> str | None:
-    """The embodiment data behind the policy: a reused world model's run directory, the dataset
-    folder, or None for BC, which uses none."""
-    if config.algo == "bc":
-        return None
-    if config.algo == "aime" and config.world_model_dir:
-        return config.world_model_dir
-    return config_lib.embodiment_dir(config)
-
-
-def embodiment_name(config: ml_collections.ConfigDict) -> str | None:
-    """The embodiment dataset's folder name (e.g. walker-random), also through a reused world
-    model's run directory; None for BC."""
-    if config.algo == "bc":
-        return None
-    folder = config_lib.embodiment_dir(config)
-    if config.algo == "aime" and config.world_model_dir:
-        folder = config.world_model_dir
-        path = os.path.join(config.world_model_dir, "config.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                data = json.load(f)["data"]
-            folder = data.get("embodiment_dir") or data.get("embodiment") or folder
-    return os.path.basename(os.path.normpath(folder))
-
-
-def _trained_policy(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """What identifies the trained policy in results.json (a rerun that trained further re-evaluates)."""
-    if config.algo == "aime":
-        return {"phase2_steps": config.phase2.steps}
-    from aime_jax.checkpoint import Checkpointer
-
-    with Checkpointer(os.path.join(workdir, "bc", "checkpoints")) as ckpt:
-        meta = ckpt.restore_meta()
-    return {"policy_steps": meta["step"], "policy_epochs": meta["step"] / meta["steps_per_epoch"]}
-
-
-def _results_complete(config: ml_collections.ConfigDict, workdir: str) -> bool:
-    """Whether `workdir`'s results.json already scores this policy with this many episodes."""
-    path = os.path.join(workdir, "results.json")
-    if not os.path.exists(path):
-        return False
-    trained = _trained_policy(config, workdir)
-    with open(path) as f:
-        done = json.load(f)
-    return done.get("episodes") == config.eval.episodes and all(done.get(k) == v for k, v in trained.items())
-
-
-def _random_policy(config: ml_collections.ConfigDict):
-    from aime_jax.evaluate import RandomAgent, evaluate
-
-    # The random policy needs no observations: its episodes are run without rendering.
-    return evaluate(config.env, "mdp", RandomAgent(config.eval.seed), config.eval.episodes,
-                    num_envs=config.eval.num_envs, seed=config.eval.seed)
-
-
-def results_record(config: ml_collections.ConfigDict, workdir: str, summary: dict, result, experts: dict,
-                   rand) -> dict:
-    """The contents of a run's results.json."""
-    from aime_jax.agents import bc
-    from aime_jax.evaluate import normalised
-
-    return {
-        "algo": config.algo,
-        "method": bc.METHOD_NAMES[config.algo],
-        "env": config.env,
-        "modality": config.modality,
-        "embodiment": embodiment_used(config),
-        "embodiment_name": embodiment_name(config),
-        "num_demos": config.data.num_demos,
-        "seed": config.seed,
-        "episodes": config.eval.episodes,
-        **_trained_policy(config, workdir),
-        **summary,
-        "returns": result.returns,
-        **experts,
-        "random": {"return_mean": rand.mean, "return_std": rand.std,
-                   "normalised": normalised(rand.mean, experts["expert_return"])},
-        "episodes_per_s": result.episodes_per_s,
-    }
-
-
-def write_outputs(workdir: str, results: dict, frames) -> None:
-    """results.json and the first evaluation episode's video of a run (process 0 writes)."""
-    from aime_jax.evaluate import write_results
-
-    if jax.process_index() != 0:
-        return
-    write_results(os.path.join(workdir, "results.json"), results)
-    if frames is not None:
-        import imageio.v3 as iio
-
-        os.makedirs(os.path.join(workdir, "videos"), exist_ok=True)
-        iio.imwrite(os.path.join(workdir, "videos", "eval_episode0.mp4"), frames, fps=25, macro_block_size=2)
+        bc.train_bc(config, os.path.join(workdir, "bc"), demos, mesh)
 
 
 def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     """The final score: `eval.episodes` episodes of the trained policy and of a random policy."""
-    from aime_jax.agents import aime, bc
-
-    if _results_complete(config, workdir):
+    if results_complete(config, workdir):
         print(f"evaluation skipped: {os.path.join(workdir, 'results.json')} is complete")
         return
     if config.algo == "aime":
         wait_for_world_model(config)
-        agent = aime.load_agent(config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir), mesh)
+        agent = load_aime_agent(config, os.path.join(workdir, "phase2"), world_model_dir(config, workdir), mesh)
     else:
         agent = bc.load_agent(config, os.path.join(workdir, "bc"))
     score, experts = make_scorer(config)
     summary, result = score(agent, config.eval.episodes, record_video=True)
-    results = results_record(config, workdir, summary, result, experts, _random_policy(config))
+    results = results_record(config, workdir, summary, result, experts, random_policy_result(config))
     write_outputs(workdir, results, result.frames)
     print_results(results)
-
-
-def print_results(results: dict) -> None:
-    rows = [
-        ("policy", "return", "normalised (ours)", "normalised (paper)"),
-        (results.get("method", "AIME"), f"{results['return_mean']:.1f} ± {results['return_std']:.1f}",
-         f"{results['normalised']:.1f}", f"{results.get('normalised_paper', float('nan')):.1f}"),
-        ("random", f"{results['random']['return_mean']:.1f} ± {results['random']['return_std']:.1f}",
-         f"{results['random']['normalised']:.1f}", ""),
-    ]
-    print(f"results: {results['env']} / {results['modality']}, {results['num_demos']} demos, "
-          f"{results['episodes']} episodes, expert return {results['expert_return']:.1f}")
-    for row in rows:
-        print("  " + " | ".join(f"{c:>20}" for c in row))
 
 
 # ---- many runs as one program (config.runs; docs/many_runs.md) ----------------------------------
@@ -512,8 +329,6 @@ def seed_config(config: ml_collections.ConfigDict, seed: int) -> ml_collections.
 
 def program_runs(config: ml_collections.ConfigDict, workdir: str) -> list:
     """The runs of config.runs, each with its own single-run config and folder."""
-    from aime_jax.agents.aime_runs import Run
-
     demos = config_lib.demos_dir(config)
     stage_names = ",".join(s for s in config_lib.stages(config) if s != "phase1")
     runs = []
@@ -544,8 +359,6 @@ def many_phase1(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     another: phase 1 is not vectorised over seeds): in <workdir>/seed<S>, or in the seed's
     config.world_model_dir (reused if it holds a finished run, else trained there as a shared
     world model, as a single run's phase 1 does)."""
-    from aime_jax.agents.world_model import train_world_model
-
     for seed in _seeds(config):
         c = seed_config(config, seed)
         if c.world_model_dir:
@@ -563,10 +376,7 @@ def _wait_for_world_models(runs: list) -> None:
 
 
 def many_phase2(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
-    """Phase 2 of every run as one program (aime_jax/agents/aime_runs.py)."""
-    from aime_jax.agents.aime_runs import train_aime_runs
-    from aime_jax.agents.world_model import check_world_model_fits, world_model_meta
-
+    """Phase 2 of every run as one program (aime_jax/agents/phase2_runs.py)."""
     runs = program_runs(config, workdir)
     _wait_for_world_models(runs)
     # Before the demonstrations are built (which may train an expert first): a world model that
@@ -588,9 +398,7 @@ def many_evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> No
 
 def evaluate_program(config: ml_collections.ConfigDict, runs: list) -> None:
     """`evaluation` of the runs of a program whose results.json is missing or stale, together."""
-    from aime_jax.agents.aime_runs import load_runs_agent
-
-    runs = [run for run in runs if not _results_complete(run.config, run.workdir)]
+    runs = [run for run in runs if not results_complete(run.config, run.workdir)]
     if not runs:
         print("evaluation skipped: every run's results.json is complete")
         return
@@ -598,7 +406,7 @@ def evaluate_program(config: ml_collections.ConfigDict, runs: list) -> None:
     agent, metas = load_runs_agent(config, runs)
     score, experts = make_runs_scorer(config)
     scores = score(agent, config.eval.episodes, record_video=True)
-    rand = _random_policy(config)
+    rand = random_policy_result(config)
     all_results = []
     for run, meta, (summary, result) in zip(runs, metas, scores):
         results = results_record(run.config, run.workdir, summary, result, experts, rand)
@@ -607,19 +415,6 @@ def evaluate_program(config: ml_collections.ConfigDict, runs: list) -> None:
         write_outputs(run.workdir, results, result.frames)
         all_results.append(results)
     print_runs_results(all_results)
-
-
-def print_runs_results(all_results: list[dict]) -> None:
-    first = all_results[0]
-    print(f"results: {first['env']} / {first['modality']}, {first['episodes']} episodes per run, "
-          f"expert return {first['expert_return']:.1f}, random policy {first['random']['return_mean']:.1f} "
-          f"({first['random']['normalised']:.1f} normalised)")
-    print("  " + " | ".join(f"{c:>12}" for c in ("demos", "seed", "return", "normalised", "paper norm.")))
-    for r in all_results:
-        note = f"  (went non-finite at step {r['diverged_at_step']})" if r.get("diverged_at_step") else ""
-        print("  " + " | ".join(f"{c:>12}" for c in (
-            r["num_demos"], r["seed"], f"{r['return_mean']:.1f}", f"{r['normalised']:.1f}",
-            f"{r.get('normalised_paper', float('nan')):.1f}")) + note)
 
 
 STAGE_FNS = {"datasets": datasets, "phase1": phase1, "phase2": phase2, "eval": evaluation}
@@ -690,8 +485,6 @@ def _diff(a, b, prefix=""):
 
 def planned_datasets(config: ml_collections.ConfigDict) -> list[tuple[str, dict]]:
     """(folder, generator) of every dataset the run's stages would build."""
-    from aime_jax.data.build import wanted_generator
-
     names = config_lib.stages(config)
     d = config.data
     builds = []
@@ -708,8 +501,6 @@ def preflight(config: ml_collections.ConfigDict, workdir: str, plan: dict | None
     model with other phase-1 settings, a reused one that does not fit. `plan` (a sweep's dry run)
     remembers what earlier runs will write and refuses a later run that clashes with them: two
     settings for one run directory, one dataset folder or one shared world model."""
-    from aime_jax.data.build import check_built, generator_diff
-
     plan = {} if plan is None else plan
     if config_lib.many_runs(config):
         _preflight_many(config, workdir, plan)
@@ -749,8 +540,6 @@ def preflight(config: ml_collections.ConfigDict, workdir: str, plan: dict | None
                 f"{{{changed[0]}}}) so that each gets its own world model"
             )
     elif {"phase2", "eval"} & set(names) and config.algo == "aime":
-        from aime_jax.agents.world_model import check_world_model_fits
-
         saved = _read_json(os.path.join(folder, "config.json"))
         if saved is not None and "world_model" in saved:
             check_world_model_fits(config, {"config": saved}, folder)

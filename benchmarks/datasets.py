@@ -25,11 +25,11 @@ import time
 import jax
 import numpy as np
 
-from aime_jax.agents import explore
-from aime_jax.data import build as build_lib
 from aime_jax.data import list_episodes, load_episode
 from aime_jax.data.collect import collect
 from aime_jax.evaluate import write_results
+from aime_jax.experts import explore
+from aime_jax.experts import build as build_lib
 from aime_jax.hostmem import reexec_with_huge_pages
 
 

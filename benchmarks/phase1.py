@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import load_avg, scheduling, time_calls, wait_for_quiet  # noqa: E402
 
 from aime_jax import envs, parallel  # noqa: E402
-from aime_jax.agents import world_model as wm_agent  # noqa: E402
+from aime_jax.agents import phase1  # noqa: E402
 from aime_jax.atomic import write_json  # noqa: E402
 from aime_jax.config import make_config, resolve  # noqa: E402
 from aime_jax.hostmem import reexec_with_huge_pages  # noqa: E402
@@ -133,15 +133,15 @@ def build(domain: str, modality: str, dtype: str, overrides: dict | None = None,
     wm = config.world_model
     sizes = envs.PROPRIO_KEYS[domain]
     spec = {k: IMAGE_SHAPE if k == rssm.IMAGE_KEY else (sizes[k],) for k in (*wm.obs_keys, *wm.probe_keys)}
-    optimizer = wm_agent.make_optimizer(config.phase1.lr, config.phase1.grad_clip)
-    model, state = wm_agent.create_train_state(wm, spec, ACTION_DIM, optimizer, config.seed)
+    optimizer = phase1.make_optimizer(config.phase1.lr, config.phase1.grad_clip)
+    model, state = phase1.create_train_state(wm, spec, ACTION_DIM, optimizer, config.seed)
     rng = np.random.default_rng(0)
     batch = {
         k: rng.integers(0, 256, (BATCH, WINDOW) + shape, dtype=np.uint8) if k == rssm.IMAGE_KEY
         else rng.normal(size=(BATCH, WINDOW) + shape).astype(np.float32)
         for k, shape in spec.items()
     }
-    batch[wm_agent.ACTION_KEY] = rng.uniform(-1, 1, (BATCH, WINDOW, ACTION_DIM)).astype(np.float32)
+    batch[phase1.ACTION_KEY] = rng.uniform(-1, 1, (BATCH, WINDOW, ACTION_DIM)).astype(np.float32)
     return config, model, state, optimizer, batch
 
 
@@ -153,10 +153,10 @@ def measure(name: str, steps: int, warmup: int, breakdown: bool, settings: dict 
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     state = parallel.replicate(state, mesh)
     batch = parallel.shard_batch(host_batch, mesh)
-    jitted = wm_agent.jit_train_step(model, wm, optimizer, mesh)
+    jitted = phase1.jit_train_step(model, wm, optimizer, mesh)
     # For the FLOP count below: the same step over the mesh's abstract twin, which lowers for
     # the CPU whatever devices the mesh holds.
-    step_fn = wm_agent.make_train_step(model, wm, optimizer, mesh.abstract_mesh)
+    step_fn = phase1.make_train_step(model, wm, optimizer, mesh.abstract_mesh)
 
     t0 = time.perf_counter()
     lowered = jitted.lower(state, batch)
@@ -232,7 +232,7 @@ def scan_timing(model, wm, params, batch, repl, data, n: int) -> dict:
     embed = jax.jit(lambda p, o: model.apply({"params": p}, o, method=rssm.WorldModel.embed),
                     in_shardings=(repl, data))
     embeds = jax.block_until_ready(embed(params, obs))
-    actions = batch[wm_agent.ACTION_KEY]
+    actions = batch[phase1.ACTION_KEY]
 
     def forward(params, embeds, actions):
         return rssm.observe(model, params, embeds, actions, rng)
@@ -264,7 +264,7 @@ def time_breakdown(model, wm, state, batch, repl, data, n: int) -> dict:
     def observe_only(params, batch):
         obs = {k: batch[k] for k in wm.obs_keys}
         embeds = model.apply({"params": params}, obs, method=rssm.WorldModel.embed)
-        states, _ = rssm.observe(model, params, embeds, batch[wm_agent.ACTION_KEY], rng)
+        states, _ = rssm.observe(model, params, embeds, batch[phase1.ACTION_KEY], rng)
         return states
 
     def observe_grad(params, batch):

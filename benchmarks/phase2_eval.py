@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from aime_jax import config as config_lib, parallel
-from aime_jax.agents import aime
+from aime_jax.agents import phase2
 from aime_jax.atomic import write_json
 from aime_jax.evaluate import evaluate
 from aime_jax.hostmem import reexec_with_huge_pages
@@ -29,7 +29,7 @@ def build(domain: str, modality: str):
     config = config_lib.resolve(config_lib.make_config(domain, modality, ""))
     spec = {k: SPECS[k] for k in (*config.world_model.obs_keys, *config.world_model.probe_keys)}
     model, wm_params = rssm.init_world_model(config.world_model, spec, 6, jax.random.PRNGKey(0))
-    policy = aime.make_policy(config.phase2.policy, 6)
+    policy = phase2.make_policy(config.phase2.policy, 6)
     return config, spec, model, wm_params, policy
 
 
@@ -44,8 +44,8 @@ def phase2_step(domain: str, modality: str, steps: int) -> dict:
         for k, s in spec.items() if k in config.world_model.obs_keys
     }
     optimizer = optax.chain(optax.clip_by_global_norm(100.0), optax.adam(3e-4))
-    state = aime.create_policy_state(policy, config.world_model.deter_size + config.world_model.stoch_size, optimizer, 0)
-    step = aime.jit_train_step(model, policy, aime.phase2_loss_config(model.config, config.phase2), optimizer,
+    state = phase2.create_policy_state(policy, config.world_model.deter_size + config.world_model.stoch_size, optimizer, 0)
+    step = phase2.jit_train_step(model, policy, phase2.phase2_loss_config(model.config, config.phase2), optimizer,
                                parallel.make_mesh(1))
     t0 = time.perf_counter()
     compiled = step.lower(state, wm_params, batch).compile()
@@ -64,7 +64,7 @@ def phase2_step(domain: str, modality: str, steps: int) -> dict:
 def eval_speed(env: str, modality: str, episodes: int, num_envs: int, workers: int) -> dict:
     config, spec, model, wm_params, policy = build(env.split("-")[0], modality)
     params = policy.init(jax.random.PRNGKey(1), np.zeros((1, config.world_model.deter_size + config.world_model.stoch_size)))["params"]
-    agent = aime.AimeAgent(model, wm_params, policy, params)
+    agent = phase2.AimeAgent(model, wm_params, policy, params)
     evaluate(env, modality, agent, 1, num_envs=1, seed=0)  # compile outside the timing
     result = evaluate(env, modality, agent, episodes, num_envs=num_envs, seed=0, workers=workers)
     return {"episodes": episodes, "num_envs": num_envs, "workers": workers,

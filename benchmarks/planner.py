@@ -3,7 +3,7 @@
   python benchmarks/planner.py --envs=cheetah-flip,cheetah-flipbackward --episodes=2 \
       --out=benchmarks/results/planner_cpu.json
 
-Plans into a temporary folder with the default settings (aime_jax/agents/mppi.py) and reports,
+Plans into a temporary folder with the default settings (aime_jax/experts/mppi.py) and reports,
 per task, each episode's return and wall seconds, against the paper's expert return.
 """
 import argparse
@@ -14,9 +14,9 @@ import sys
 import tempfile
 import time
 
-from aime_jax.agents.mppi import MPPIConfig, plan_episodes
 from aime_jax.atomic import write_json
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS
+from aime_jax.experts.mppi import MPPIConfig, plan_episodes
 from aime_jax.hostmem import reexec_with_huge_pages
 
 

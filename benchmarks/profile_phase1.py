@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import phase1 as bench  # noqa: E402
 
 from aime_jax import parallel  # noqa: E402
+from aime_jax.agents import phase1  # noqa: E402
 from aime_jax.atomic import write_json  # noqa: E402
-from aime_jax.agents import world_model as wm_agent  # noqa: E402
 from aime_jax.hostmem import reexec_with_huge_pages  # noqa: E402
 
 _DEF = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+) ")
@@ -66,7 +66,7 @@ def main():
     config, model, state, optimizer, host_batch = bench.build(domain, modality, dtype, *overrides)
     mesh = parallel.make_mesh(1)
     state, batch = parallel.replicate(state, mesh), parallel.shard_batch(host_batch, mesh)
-    step = wm_agent.jit_train_step(model, config.world_model, optimizer, mesh)
+    step = phase1.jit_train_step(model, config.world_model, optimizer, mesh)
     compiled = step.lower(state, batch).compile()
     index = hlo_index(compiled.as_text())
     for _ in range(2):

@@ -95,8 +95,8 @@ def coverage(args) -> dict:
 
 
 def noise(args) -> dict:
-    from aime_jax.agents.sac import load_expert_policy
     from aime_jax.evaluate import evaluate
+    from aime_jax.experts.sac import load_expert_policy
 
     expert = load_expert_policy(args.expert)
 
@@ -125,17 +125,17 @@ def acting(args) -> dict:
     import jax.numpy as jnp
     import ml_collections
 
-    from aime_jax.agents import aime
-    from aime_jax.agents.sac import load_expert_policy
+    from aime_jax.agents import phase2
     from aime_jax.data import EpisodeStore
-    from aime_jax.data.collect import episode_seed
+    from aime_jax.envs.seeding import episode_seed
     from aime_jax.envs.vector import VectorEnv
+    from aime_jax.experts.sac import load_expert_policy
     from aime_jax.nets.policy import tanh_gaussian_mode
     from aime_jax.world_model import rssm
 
     with open(os.path.join(args.run, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
-    agent = aime.load_agent(config, os.path.join(args.run, "phase2"), args.world_model)
+    agent = phase2.load_agent(config, os.path.join(args.run, "phase2"), args.world_model)
     model, wm_params, policy, policy_params = agent.model, agent.wm_params, agent.policy, agent.policy_params
     expert = load_expert_policy(args.expert)
     keys = tuple(model.config.obs_keys)
@@ -150,7 +150,7 @@ def acting(args) -> dict:
         states, _ = rssm.observe(model, wm_params, embeds, true, rng)
         mean, _ = policy.apply({"params": policy_params}, rssm.features(states))
         given_true = tanh_gaussian_mode(mean)[:, :-1]  # the policy at s_t: a_t, i.e. true[:, t + 1]
-        _, _, _, inferred = aime.infer_actions(model, wm_params, policy, policy_params, embeds, rng)
+        _, _, _, inferred = phase2.infer_actions(model, wm_params, policy, policy_params, embeds, rng)
         return given_true, inferred[:, 1:]  # inferred[:, t] is a_{t-1}
 
     given_true, inferred = on_demos(obs, true, jax.random.PRNGKey(0))
@@ -188,7 +188,7 @@ def acting(args) -> dict:
         # actions (BC in the world model's latent space). If it also collapses in closed loop, the
         # latent state is a poor input for acting; if it runs, AIME's inferred actions are to blame.
         latent_bc = train_latent_bc(model, wm_params, policy, store, keys, args.latent_bc_steps)
-        agent = aime.AimeAgent(model, wm_params, policy, latent_bc.pop("params"))
+        agent = phase2.AimeAgent(model, wm_params, policy, latent_bc.pop("params"))
         latent_bc["closed_loop"] = closed_loop(0)
         latent_bc["closed_loop_return"] = float(np.sum(latent_bc["closed_loop"]["reward"]))
         latent_bc["closed_loop"] = {k: [float(np.mean(v[lo:hi])) for lo, hi in BUCKETS]
@@ -271,12 +271,12 @@ def latent(args) -> dict:
     import ml_collections
     import optax
 
-    from aime_jax.agents import aime
-    from aime_jax.agents.sac import load_expert_policy
-    from aime_jax.agents.world_model import load_world_model
+    from aime_jax.agents import phase2
+    from aime_jax.agents.phase1 import load_world_model
     from aime_jax.data import EpisodeStore
-    from aime_jax.data.collect import episode_seed
+    from aime_jax.envs.seeding import episode_seed
     from aime_jax.envs.vector import VectorEnv
+    from aime_jax.experts.sac import load_expert_policy
     from aime_jax.nets.policy import tanh_gaussian_mode
     from aime_jax.world_model import rssm
 
@@ -316,7 +316,7 @@ def latent(args) -> dict:
         xs = [np.asarray(policy_input(form, o, s, st)[0, :-1]) for o, s, st, _ in episodes]
         ys = [a for *_, a in episodes]
         train_x, train_y = np.concatenate(xs[:-holdout]), np.concatenate(ys[:-holdout])
-        policy = aime.make_policy(config.phase2.policy, model.action_dim)
+        policy = phase2.make_policy(config.phase2.policy, model.action_dim)
         params = policy.init(jax.random.PRNGKey(1), jnp.zeros((1, train_x.shape[1])))["params"]
         opt = optax.adam(3e-4)
         opt_state = opt.init(params)
@@ -384,8 +384,8 @@ def optimum(args) -> dict:
     import ml_collections
     import optax
 
-    from aime_jax.agents import aime
-    from aime_jax.agents.world_model import load_world_model
+    from aime_jax.agents import phase2
+    from aime_jax.agents.phase1 import load_world_model
     from aime_jax.data import EpisodeStore
     from aime_jax.world_model import rssm
 
@@ -423,8 +423,8 @@ def optimum(args) -> dict:
     if args.run:
         with open(os.path.join(args.run, "config.json")) as f:
             run_config = ml_collections.ConfigDict(json.load(f))
-        agent = aime.load_agent(run_config, os.path.join(args.run, "phase2"), args.world_model)
-        _, _, _, inferred = aime.infer_actions(model, wm_params, agent.policy, agent.policy_params, embeds, rng)
+        agent = phase2.load_agent(run_config, os.path.join(args.run, "phase2"), args.world_model)
+        _, _, _, inferred = phase2.infer_actions(model, wm_params, agent.policy, agent.policy_params, embeds, rng)
         out["policy"] = {"run": args.run, "nelbo_per_step": float(nelbo(inferred, rng)), "mse": error(inferred)}
 
     optimiser = optax.adam(args.lr)

@@ -23,8 +23,9 @@ import time
 import jax
 import numpy as np
 
-from aime_jax.agents import sac as sac_lib
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS, write_results
+from aime_jax.experts import replay
+from aime_jax.experts import sac as sac_lib
 from aime_jax.hostmem import reexec_with_huge_pages
 
 
@@ -33,7 +34,7 @@ def updates_per_second(hidden, layer_norm: bool, batch_size: int, per_call: int,
     sac = sac_lib.SAC(config, 24)
     state = sac.init(0)
     rng = np.random.default_rng(0)
-    buffer = sac_lib.ReplayBuffer(100_000, 24)
+    buffer = replay.ReplayBuffer(100_000, 24)
     n = 100_000
     buffer.add(obs=rng.normal(size=(n, 24)), action=rng.uniform(-1, 1, (n, 6)), reward=rng.uniform(size=n),
                discount=np.ones(n), next_obs=rng.normal(size=(n, 24)))

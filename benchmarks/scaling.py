@@ -6,7 +6,7 @@
 
 Every layout (by default 1 process x 1, 2, 4 devices; 2 processes x 1, 2 devices, through
 launch/local.sh) runs the same world model (the walker MDP `:quick` sizes unless --window says
-otherwise), jitted exactly as the learner jits it (`world_model.jit_train_step`: one gradient
+otherwise), jitted exactly as the learner jits it (`phase1.jit_train_step`: one gradient
 all-reduce per step), fed synthetic process-local batches through `parallel.shard_batch` (the
 host-to-device copy included). The global batch is --batch for every layout, or
 --per_device_batch times the layout's devices. With --rounds R the layouts run R times in turn,
@@ -39,7 +39,7 @@ def worker(batch: int, window: int, steps: int, warmup: int, out: str) -> None:
     import numpy as np
 
     from aime_jax import envs
-    from aime_jax.agents import world_model as wm_agent
+    from aime_jax.agents import phase1
     from aime_jax.config import make_config, resolve
 
     config = resolve(make_config("walker", "mdp", "quick"))
@@ -47,14 +47,14 @@ def worker(batch: int, window: int, steps: int, warmup: int, out: str) -> None:
     sizes = envs.PROPRIO_KEYS["walker"]
     spec = {k: (sizes[k],) for k in (*wm.obs_keys, *wm.probe_keys)}
     mesh = parallel.make_mesh()
-    optimizer = wm_agent.make_optimizer(config.phase1.lr, config.phase1.grad_clip)
-    model, state = wm_agent.create_train_state(wm, spec, 6, optimizer, 0)
+    optimizer = phase1.make_optimizer(config.phase1.lr, config.phase1.grad_clip)
+    model, state = phase1.create_train_state(wm, spec, 6, optimizer, 0)
     state = parallel.replicate(state, mesh)
-    step = wm_agent.jit_train_step(model, wm, optimizer, mesh)
+    step = phase1.jit_train_step(model, wm, optimizer, mesh)
     local = batch // jax.process_count()
     rng = np.random.default_rng(jax.process_index())
     host = {k: rng.normal(size=(local, window, *shape)).astype(np.float32) for k, shape in spec.items()}
-    host[wm_agent.ACTION_KEY] = rng.uniform(-1, 1, size=(local, window, 6)).astype(np.float32)
+    host[phase1.ACTION_KEY] = rng.uniform(-1, 1, size=(local, window, 6)).astype(np.float32)
     start = time.perf_counter()
     state, metrics = step(state, parallel.shard_batch(host, mesh))
     jax.block_until_ready(metrics)

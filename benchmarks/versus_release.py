@@ -81,24 +81,24 @@ def measure_aime_jax(phase: int, config_name: str, steps: int, warmup: int) -> d
 
     import phase1
     from aime_jax import parallel
-    from aime_jax.agents import aime
-    from aime_jax.agents import world_model as wm_agent
+    from aime_jax.agents import phase1 as phase1_learner
+    from aime_jax.agents import phase2
 
     domain, modality, dtype, *overrides = phase1.CONFIGS[config_name]
     config, model, state, optimizer, batch = phase1.build(domain, modality, dtype, *overrides)
     mesh = parallel.make_mesh(1)
     if phase == 1:
-        step = wm_agent.jit_train_step(model, config.world_model, optimizer, mesh)
+        step = phase1_learner.jit_train_step(model, config.world_model, optimizer, mesh)
         args = ()
     else:
         # The world model's freshly initialised parameters, frozen; the policy is trained.
-        policy = aime.make_policy(config.phase2.policy, phase1.ACTION_DIM)
-        optimizer = aime.make_optimizer(config.phase2)
-        step = aime.jit_train_step(model, policy, aime.phase2_loss_config(model.config, config.phase2),
+        policy = phase2.make_policy(config.phase2.policy, phase1.ACTION_DIM)
+        optimizer = phase2.make_optimizer(config.phase2)
+        step = phase2.jit_train_step(model, policy, phase2.phase2_loss_config(model.config, config.phase2),
                                    optimizer, mesh)
         args = (parallel.replicate(state.params, mesh),)
         features = config.world_model.deter_size + config.world_model.stoch_size
-        state = aime.create_policy_state(policy, features, optimizer, config.seed)
+        state = phase2.create_policy_state(policy, features, optimizer, config.seed)
         batch = {k: batch[k] for k in config.world_model.obs_keys}
     state = parallel.replicate(state, mesh)
     batch = parallel.shard_batch(batch, mesh)

@@ -24,13 +24,15 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    from aime_jax.experts.sac import load_policy  # jax loads after the huge-pages restart
+
     if not FLAGS["verbosity"].present:
         # Orbax and dm_control log every detail at INFO; --verbosity=0 brings it back.
         logging.set_verbosity(logging.WARNING)
     with one_line("rerun the same command to continue the collection"):
         paths = collect(
-            FLAGS.env, FLAGS.modality, FLAGS.out, FLAGS.episodes, FLAGS.policy, FLAGS.seed,
-            FLAGS.action_repeat, FLAGS.image_size,
+            FLAGS.env, FLAGS.modality, FLAGS.out, FLAGS.episodes, load_policy(FLAGS.policy), FLAGS.seed,
+            FLAGS.action_repeat, FLAGS.image_size, policy_name=FLAGS.policy,
         )
     print(f"{len(paths)} episodes in {FLAGS.out}")
 

@@ -4,7 +4,7 @@
   python experiments/datasets.py --name=walker-walk-expert --modality=visual --root=data --scale=0.01
 
 Names: <domain>-random, <domain>-explore-buffer, <task>-expert, <task>-buffer, walker-mix (see
-aime_jax/data/build.py). Rerunning the same command continues an interrupted build and gives
+aime_jax/experts/build.py). Rerunning the same command continues an interrupted build and gives
 the same files; a complete dataset is skipped. --scale multiplies the episode counts and the
 agents' training lengths (tiny versions for tests); --expert_scale sets the training lengths alone.
 """
@@ -32,7 +32,7 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # Orbax and dm_control log every detail at INFO; --verbosity=0 brings it back.
         logging.set_verbosity(logging.WARNING)
-    from aime_jax.data.build import build, dataset_names, read_card
+    from aime_jax.experts.build import build, dataset_names, read_card
 
     if not FLAGS.name:
         sys.exit(f"error: --name is required; valid names: {', '.join(dataset_names())}")

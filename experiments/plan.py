@@ -10,8 +10,8 @@ import dataclasses
 
 from absl import app, flags, logging
 
-from aime_jax.agents.mppi import MPPIConfig, plan_episodes
 from aime_jax.errors import one_line, parse_command_line
+from aime_jax.experts.mppi import MPPIConfig, plan_episodes
 from aime_jax.hostmem import reexec_with_huge_pages
 
 _D = MPPIConfig()

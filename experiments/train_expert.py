@@ -46,7 +46,7 @@ def main(argv):
     if not FLAGS["verbosity"].present:
         # Orbax and dm_control log every detail at INFO; --verbosity=0 brings it back.
         logging.set_verbosity(logging.WARNING)
-    from aime_jax.agents.sac import default_config, train_expert
+    from aime_jax.experts.sac import default_config, train_expert
 
     try:
         overrides = _overrides(FLAGS.set)

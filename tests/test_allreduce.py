@@ -74,7 +74,7 @@ _CHECK = textwrap.dedent(
     from test_allreduce import all_reduce_counts
     from test_phase1 import tiny_config
     from aime_jax import parallel
-    from aime_jax.agents import aime, bc, world_model as learner
+    from aime_jax.agents import bc, phase1, phase2
 
     B, T, A = 8, 10, 6
     spec = {{"orientations": (14,), "height": (1,), "velocity": (9,)}}
@@ -83,14 +83,14 @@ _CHECK = textwrap.dedent(
     batch["pre_action"] = rng.uniform(-1, 1, (B, T, A)).astype(np.float32)
     config = tiny_config()
     config.data.batch_size = B
-    wm_opt = learner.make_optimizer(3e-4, 100.0)
-    model, wm_state = learner.create_train_state(config.world_model, spec, A, wm_opt, 0)
+    wm_opt = phase1.make_optimizer(3e-4, 100.0)
+    model, wm_state = phase1.create_train_state(config.world_model, spec, A, wm_opt, 0)
     p = config.phase2
-    policy = aime.make_policy(p.policy, A)
+    policy = phase2.make_policy(p.policy, A)
     opt = optax.chain(optax.clip_by_global_norm(p.grad_clip), optax.adam(p.lr))
     features = config.world_model.deter_size + config.world_model.stoch_size
-    policy_state = aime.create_policy_state(policy, features, opt, 0)
-    loss_config = aime.phase2_loss_config(model.config, p)
+    policy_state = phase2.create_policy_state(policy, features, opt, 0)
+    loss_config = phase2.phase2_loss_config(model.config, p)
     net = bc.make_net(config.bc, tuple(spec), A)
     bc_state = bc.create_state(net, spec, 3, optax.adam(1e-3), 0)
     bc_batch = {{k: rng.normal(size=(B, 3) + s).astype(np.float32) for k, s in spec.items()}}
@@ -103,9 +103,9 @@ _CHECK = textwrap.dedent(
         repl = lambda tree: parallel.replicate(tree, mesh)
         data = lambda tree: parallel.shard_batch(tree, mesh)
         return {{
-            "phase1": (learner.jit_train_step(model, config.world_model, wm_opt, mesh),
+            "phase1": (phase1.jit_train_step(model, config.world_model, wm_opt, mesh),
                        lambda: (repl(wm_state), data(batch))),
-            "phase2": (aime.jit_train_step(model, policy, loss_config, opt, mesh),
+            "phase2": (phase2.jit_train_step(model, policy, loss_config, opt, mesh),
                        lambda: (repl(policy_state), repl(wm_state.params), data(batch))),
             "bc": (bc.jit_train_step(net, optax.adam(1e-3), mesh),
                    lambda: (repl(bc_state), data(bc_batch))),

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from aime_jax import config as config_lib
-from aime_jax import stages
-from aime_jax.data import EpisodeStore, build as build_lib, list_episodes, load_episode
+from aime_jax import results, stages
+from aime_jax.data import EpisodeStore, list_episodes, load_episode
 from aime_jax.errors import AimeError, ConfigError, DatasetError
+from aime_jax.experts import build as build_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WALKER_KEYS = {"orientations", "height", "velocity", "pre_action", "reward", "is_first", "is_last", "is_terminal",
@@ -105,7 +106,7 @@ def test_expert_demonstrations_and_their_card(root):
     assert set(ep) == WALKER_KEYS
     assert card["expert_return"] == pytest.approx(float(ep["reward"].sum()), rel=1e-5)
     # The snapshot of the policy at its training length acted: its mode actions are in the file.
-    from aime_jax.agents.sac import load_expert_policy
+    from aime_jax.experts.sac import load_expert_policy
 
     policy = load_expert_policy(card["expert"]["policy"])
     assert card["expert"]["policy"].endswith(os.path.join("walker-stand", "policy-1500"))
@@ -120,7 +121,7 @@ def test_expert_demonstrations_and_their_card(root):
     # The evaluation normalises by the card's expert return.
     config = config_lib.make_config("walker", "mdp", "quick")
     config.env, config.data.demos_dir = "walker-stand", str(folder)
-    assert stages.expert_returns(config)["expert_return"] == card["expert_return"]
+    assert results.expert_returns(config)["expert_return"] == card["expert_return"]
 
 
 def test_expert_benchmark_reads_the_dataset_card(root, tmp_path):
@@ -243,7 +244,7 @@ def test_episodes_added_to_a_rendered_folder_for_another_modality_are_rendered_t
 
 BUILDER = """
 import json, os, sys, time
-from aime_jax.data import build as build_lib
+from aime_jax.experts import build as build_lib
 root, log = sys.argv[1], sys.argv[2]
 def on_episode(name, i):
     time.sleep(2)  # a build long enough for the other process to arrive while it runs
@@ -284,7 +285,7 @@ def test_pipeline_stage_builds_the_embodiment_data_and_the_demonstrations(tmp_pa
     card = build_lib.read_card(demos)
     # num_demos above the scaled count (1) sets the size; an 800-step expert (1000: whole episodes).
     assert card["episodes"] == 2 and card["expert"]["env_steps"] == 1000
-    assert stages.expert_returns(config)["expert_return"] == card["expert_return"]
+    assert results.expert_returns(config)["expert_return"] == card["expert_return"]
 
 
 def _cli(*args):
@@ -309,7 +310,7 @@ def test_cli_builds_and_reports_bad_input_in_one_line(tmp_path):
 def test_task_expert_settings_apply_under_the_build_overrides():
     from types import SimpleNamespace
 
-    from aime_jax.agents import sac
+    from aime_jax.experts import sac
 
     defaults = SimpleNamespace(expert_config={})
     assert sac.default_config("cheetah-run", **build_lib._expert_settings(defaults, "cheetah-run")).hidden_sizes == (256, 256)
@@ -321,7 +322,7 @@ def test_task_expert_settings_apply_under_the_build_overrides():
 def test_flip_expert_learns_from_planner_demonstrations(tmp_path, monkeypatch):
     """The builder plans the flips' demonstrations first (a tiny planner here) and hands them to
     the SAC expert, whose checkpoint and the dataset card record them."""
-    from aime_jax.agents import mppi, sac
+    from aime_jax.experts import mppi, sac
 
     real = mppi.plan_episodes
     calls = []

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from aime_jax import envs
-from aime_jax.data.collect import episode_seed, run_episode
+from aime_jax.data.collect import run_episode
+from aime_jax.envs.seeding import episode_seed
 from aime_jax.envs.vector import VectorEnv
 from aime_jax.errors import AimeError
 from aime_jax.evaluate import (

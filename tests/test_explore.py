@@ -3,9 +3,9 @@ after a kill, recorded episodes) is tested through the explore-buffer build in t
 import numpy as np
 import pytest
 
-from aime_jax.agents import explore
 from aime_jax.data import list_episodes, load_episode
 from aime_jax.errors import AimeError, ConfigError
+from aime_jax.experts import explore
 
 KEYS = ("orientations", "height", "velocity")
 

@@ -29,7 +29,7 @@ import optax
 import pytest
 
 from aime_jax import parallel
-from aime_jax.agents import world_model as learner
+from aime_jax.agents import phase1
 from aime_jax.agents.loop import LoopConfig, train_loop
 from aime_jax.checkpoint import CheckpointError, Checkpointer
 from aime_jax.data import EpisodeStore, save_episode
@@ -167,7 +167,7 @@ def test_a_target_of_other_shapes_is_not_mistaken_for_damage(tmp_path):
 @pytest.fixture(scope="module")
 def world_model_run(walker_random_dir, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("world_model")
-    learner.train_world_model(tiny_config(), str(run / "phase1"), walker_random_dir)
+    phase1.train_world_model(tiny_config(), str(run / "phase1"), walker_random_dir)
     return run
 
 
@@ -180,7 +180,7 @@ def test_a_damaged_world_model_checkpoint_falls_back_and_the_input_stays_untouch
     _truncate_arrays(run / "phase1" / "checkpoints" / "6")
     before = snapshot(run)
     capfd.readouterr()
-    _, params, _ = learner.load_world_model(str(run), config=tiny_config())
+    _, params, _ = phase1.load_world_model(str(run), config=tiny_config())
     [line] = stderr_lines(capfd)
     assert "checkpoint step 6" in line and "damaged" in line and "using step 3" in line
     assert snapshot(run) == before
@@ -219,20 +219,20 @@ def _faster():
 ], ids=["modality", "domain", "size"])
 def test_a_world_model_that_does_not_fit_the_run_is_refused(make_config, expected):
     saved = {"config": tiny_config().to_dict()}  # as a phase-1 run saves it
-    line = refusal(lambda: learner.check_world_model_fits(make_config(), saved, "runs/wm"))
+    line = refusal(lambda: phase1.check_world_model_fits(make_config(), saved, "runs/wm"))
     assert line.startswith("the world model in runs/wm does not fit this run: ") and re.search(expected, line), line
 
 
 def test_a_world_model_computed_another_way_fits():
-    learner.check_world_model_fits(_faster(), {"config": tiny_config().to_dict()}, "runs/wm")
+    phase1.check_world_model_fits(_faster(), {"config": tiny_config().to_dict()}, "runs/wm")
 
 
 @pytest.mark.slow
 def test_phase2_refuses_a_world_model_of_another_modality_before_training(world_model_run, walker_random_dir, tmp_path):
-    from aime_jax.agents import aime
+    from aime_jax.agents import phase2
 
     before = snapshot(world_model_run)
-    line = refusal(lambda: aime.train_aime(_lpomdp(), str(tmp_path / "phase2"), str(world_model_run),
+    line = refusal(lambda: phase2.train_aime(_lpomdp(), str(tmp_path / "phase2"), str(world_model_run),
                                            walker_random_dir))
     assert f"the world model in {world_model_run} does not fit this run: modality 'mdp'" in line
     assert snapshot(world_model_run) == before and not (tmp_path / "phase2").exists()
@@ -243,7 +243,7 @@ def test_a_plain_folder_as_world_model_is_refused_without_writing_into_it(tmp_pa
     folder.mkdir()
     (folder / "notes.txt").write_text("not a run")
     before = snapshot(folder)
-    line = refusal(lambda: learner.load_world_model(str(folder), config=tiny_config()))
+    line = refusal(lambda: phase1.load_world_model(str(folder), config=tiny_config()))
     assert str(folder) in line and "holds no phase-1 checkpoints" in line
     assert snapshot(folder) == before
 
@@ -346,13 +346,13 @@ def _workdir_read_only(tmp_path: Path, walker_random_dir: str):
 
 
 def _sac_setting_not_a_list(tmp_path: Path, walker_random_dir: str):
-    from aime_jax.agents.sac import default_config
+    from aime_jax.experts.sac import default_config
 
     return lambda: default_config("walker-stand", hidden_sizes="abc"), tmp_path
 
 
 def _sac_setting_not_a_number(tmp_path: Path, walker_random_dir: str):
-    from aime_jax.agents.sac import default_config
+    from aime_jax.experts.sac import default_config
 
     return lambda: default_config("walker-stand", batch_size="many"), tmp_path
 

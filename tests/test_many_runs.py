@@ -1,4 +1,4 @@
-"""Many AIME runs as one program (aime_jax/agents/aime_runs.py, config.runs): each run equals the
+"""Many AIME runs as one program (aime_jax/agents/phase2_runs.py, config.runs): each run equals the
 same run trained alone, the program resumes bit-exact, a diverging run stops alone, the runs axis
 splits over devices, and the command line writes one results.json per run.
 
@@ -22,8 +22,7 @@ import pytest
 
 from aime_jax import config as config_lib
 from aime_jax import parallel
-from aime_jax.agents import aime, aime_runs
-from aime_jax.agents import world_model as learner
+from aime_jax.agents import phase1, phase2, phase2_runs
 from aime_jax.data import save_episode
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.world_model import rssm
@@ -61,9 +60,9 @@ def parts():
     config = tiny_phase2(tiny_config())
     wms = [rssm.init_world_model(config.world_model, SPEC, 6, jax.random.PRNGKey(s)) for s in (0, 1)]
     model = wms[0][0]
-    policy = aime.make_policy(config.phase2.policy, 6)
-    optimizer = aime.make_optimizer(config.phase2)
-    loss_config = aime.phase2_loss_config(model.config, config.phase2)
+    policy = phase2.make_policy(config.phase2.policy, 6)
+    optimizer = phase2.make_optimizer(config.phase2)
+    loss_config = phase2.phase2_loss_config(model.config, config.phase2)
     features = model.config.deter_size + model.config.stoch_size
     return config, model, [p for _, p in wms], policy, optimizer, loss_config, features
 
@@ -73,10 +72,10 @@ def test_each_run_of_a_step_equals_the_run_alone(parts, wm_index):
     config, model, wm_params, policy, optimizer, loss_config, features = parts
     seeds, steps = (0, 1, 2), 2
     mesh = parallel.make_mesh(1)
-    single = aime.jit_train_step(model, policy, loss_config, optimizer, mesh)
+    single = phase2.jit_train_step(model, policy, loss_config, optimizer, mesh)
     alone = []
     for r, seed in enumerate(seeds):
-        state = aime.create_policy_state(policy, features, optimizer, seed)
+        state = phase2.create_policy_state(policy, features, optimizer, seed)
         history = []
         for step in range(steps):
             state, metrics = single(state, wm_params[wm_index[r]], parallel.shard_batch(_batch(10 * r + step, config), mesh))
@@ -86,9 +85,9 @@ def test_each_run_of_a_step_equals_the_run_alone(parts, wm_index):
     runs_mesh = parallel.make_runs_mesh(len(seeds), 1)
     used = sorted(set(wm_index))
     stack = jax.tree.map(lambda *xs: jnp.stack(xs), *[wm_params[g] for g in used])
-    state = aime_runs.stack_states([aime.create_policy_state(policy, features, optimizer, s) for s in seeds], 3)
-    state = jax.device_put(state, aime_runs.state_shardings(state, runs_mesh))
-    step_fn = aime_runs.jit_runs_train_step(model, policy, loss_config, optimizer, runs_mesh, state)
+    state = phase2_runs.stack_states([phase2.create_policy_state(policy, features, optimizer, s) for s in seeds], 3)
+    state = jax.device_put(state, phase2_runs.state_shardings(state, runs_mesh))
+    step_fn = phase2_runs.jit_runs_train_step(model, policy, loss_config, optimizer, runs_mesh, state)
     index = jnp.asarray([used.index(g) for g in wm_index], jnp.int32)
     for step in range(steps):
         batch = {k: np.stack([_batch(10 * r + step, config)[k] for r in range(3)]) for k in _batch(0, config)}
@@ -107,11 +106,11 @@ def test_each_run_of_a_step_equals_the_run_alone(parts, wm_index):
 
 def test_the_agent_of_many_runs_acts_as_each_run_alone(parts):
     config, model, wm_params, policy, optimizer, _, features = parts
-    params = [aime.create_policy_state(policy, features, optimizer, s).params for s in (0, 1)]
+    params = [phase2.create_policy_state(policy, features, optimizer, s).params for s in (0, 1)]
     index = (1, 0)
     stack = jax.tree.map(lambda *xs: jnp.stack(xs), *wm_params)
-    together = aime_runs.RunsAgent(model, stack, index, policy, jax.tree.map(lambda *xs: jnp.stack(xs), *params))
-    alone = [aime.AimeAgent(model, wm_params[index[r]], policy, params[r]) for r in range(2)]
+    together = phase2_runs.RunsAgent(model, stack, index, policy, jax.tree.map(lambda *xs: jnp.stack(xs), *params))
+    alone = [phase2.AimeAgent(model, wm_params[index[r]], policy, params[r]) for r in range(2)]
     episodes = 3  # per run
     seeds = [100 + i for i in range(episodes)]
     carry = together.initial_carry(seeds * 2)
@@ -209,7 +208,7 @@ def world_models(walker_random_dir, tmp_path_factory):
     for seed in (0, 1):
         config = tiny_config(steps=3)
         config.seed = seed
-        learner.train_world_model(config, str(root / f"seed{seed}" / "phase1"), walker_random_dir)
+        phase1.train_world_model(config, str(root / f"seed{seed}" / "phase1"), walker_random_dir)
         dirs.append(str(root / f"seed{seed}"))
     return dirs
 
@@ -222,7 +221,7 @@ def program_config(**phase2):
 
 def make_runs(config, root, specs, demos_dirs):
     """Runs (num_demos, seed, world model, demonstrations) in `root`, as stages.program_runs makes them."""
-    return [aime_runs.Run(config_lib.run_config(config, n, s, wm), str(root / config_lib.run_dirname(n, s)), wm, demos)
+    return [phase2_runs.Run(config_lib.run_config(config, n, s, wm), str(root / config_lib.run_dirname(n, s)), wm, demos)
             for (n, s, wm), demos in zip(specs, demos_dirs)]
 
 
@@ -231,10 +230,10 @@ def test_each_run_of_a_program_equals_the_run_trained_alone(world_models, walker
     config = program_config(log_every=1)
     specs = [(1, 0, world_models[0]), (2, 1, world_models[0]), (3, 0, world_models[1])]
     runs = make_runs(config, tmp_path / "program", specs, [walker_random_dir] * 3)
-    _, state = aime_runs.train_aime_runs(config, runs, str(tmp_path / "program" / "phase2"))
+    _, state = phase2_runs.train_aime_runs(config, runs, str(tmp_path / "program" / "phase2"))
     assert int(state.step) == 4 and np.all(jax.device_get(state.active))
     for r, run in enumerate(runs):
-        _, alone = aime.train_aime(run.config, str(tmp_path / f"alone{r}"), run.world_model_dir, walker_random_dir)
+        _, alone = phase2.train_aime(run.config, str(tmp_path / f"alone{r}"), run.world_model_dir, walker_random_dir)
         assert_close(state.run(r).params, alone.params)
         ours = [json.loads(line) for line in open(os.path.join(run.phase2_dir, "metrics.jsonl"))]
         theirs = [json.loads(line) for line in open(tmp_path / f"alone{r}" / "metrics.jsonl")]
@@ -242,7 +241,7 @@ def test_each_run_of_a_program_equals_the_run_trained_alone(world_models, walker
         # Step 1 starts from the same parameters: its metrics are the same to the bit.
         assert {k: v for k, v in ours[0].items() if k != "time"} == {k: v for k, v in theirs[0].items() if k != "time"}
         # The run's own folder holds its final state as a single run's: its agent loads as one.
-        restored = aime.load_agent(run.config, run.phase2_dir, run.world_model_dir)
+        restored = phase2.load_agent(run.config, run.phase2_dir, run.world_model_dir)
         assert_close(restored.policy_params, state.run(r).params, exact=True)
 
 
@@ -253,7 +252,7 @@ def test_a_program_resumes_bit_exact(world_models, walker_random_dir, tmp_path):
     def program(folder, steps):
         config = program_config(steps=steps)
         runs = make_runs(config, tmp_path / folder, specs, [walker_random_dir] * 2)
-        return aime_runs.train_aime_runs(config, runs, str(tmp_path / folder / "phase2"))[1]
+        return phase2_runs.train_aime_runs(config, runs, str(tmp_path / folder / "phase2"))[1]
 
     full = program("full", 4)
     program("resumed", 2)  # stopped after its step-2 checkpoint, as a kill would leave it
@@ -284,9 +283,9 @@ def test_a_diverging_run_stops_alone_and_is_reported(world_models, walker_random
     bad = _overflowing(walker_random_dir, tmp_path / "bad")
     specs = [(2, 0, world_models[0]), (2, 1, world_models[0]), (3, 2, world_models[0])]
     runs = make_runs(config, tmp_path / "program", specs, [walker_random_dir, bad, walker_random_dir])
-    initial = aime.create_policy_state(
-        aime.make_policy(config.phase2.policy, 6), 40, aime.make_optimizer(config.phase2), 1).params
-    _, state = aime_runs.train_aime_runs(config, runs, str(tmp_path / "program" / "phase2"))
+    initial = phase2.create_policy_state(
+        phase2.make_policy(config.phase2.policy, 6), 40, phase2.make_optimizer(config.phase2), 1).params
+    _, state = phase2_runs.train_aime_runs(config, runs, str(tmp_path / "program" / "phase2"))
     out = capsys.readouterr().out
     assert "run demos2_seed1 went non-finite at step 1: it keeps the parameters of step 0" in out
     assert list(jax.device_get(state.active)) == [True, False, True]
@@ -294,7 +293,7 @@ def test_a_diverging_run_stops_alone_and_is_reported(world_models, walker_random
     assert_close(state.run(1).params, initial, exact=True)
     # The others trained on as if alone.
     for r in (0, 2):
-        _, alone = aime.train_aime(runs[r].config, str(tmp_path / f"alone{r}"), runs[r].world_model_dir,
+        _, alone = phase2.train_aime(runs[r].config, str(tmp_path / f"alone{r}"), runs[r].world_model_dir,
                                    walker_random_dir)
         assert_close(state.run(r).params, alone.params)
     stages.evaluate_program(config, runs)
@@ -310,7 +309,7 @@ def test_a_program_whose_every_run_diverges_stops_in_one_line(world_models, walk
     config = program_config()
     runs = make_runs(config, tmp_path / "program", [(1, 0, world_models[0])], [bad])
     with pytest.raises(AimeError, match=r"every run went non-finite \(demos1_seed0 at step 1\) at step 2 "):
-        aime_runs.train_aime_runs(config, runs, str(tmp_path / "program" / "phase2"))
+        phase2_runs.train_aime_runs(config, runs, str(tmp_path / "program" / "phase2"))
 
 
 _SHARDED = r"""
@@ -320,7 +319,7 @@ sys.path.insert(0, {repo!r})
 sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from aime_jax import parallel
-from aime_jax.agents import aime_runs
+from aime_jax.agents import phase2_runs
 from test_many_runs import program_config, make_runs, assert_close
 
 config = program_config()
@@ -330,7 +329,7 @@ results = {{}}
 for devices, data in ((1, 1), (4, 1), (4, 2), (4, 4)):
     mesh = parallel.make_runs_mesh(3, devices, data)
     runs = make_runs(config, __import__("pathlib").Path({tmp!r}) / f"d{{devices}}x{{data}}", specs, [{demos!r}] * 3)
-    _, state = aime_runs.train_aime_runs(config, runs, os.path.join(runs[0].workdir, "..", "phase2"), mesh)
+    _, state = phase2_runs.train_aime_runs(config, runs, os.path.join(runs[0].workdir, "..", "phase2"), mesh)
     leaf = jax.tree.leaves(state.params)[0]
     assert leaf.shape[0] == parallel.padded_runs(3, mesh), leaf.shape
     assert len(leaf.sharding.device_set) == devices

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from aime_jax import envs
-from aime_jax.agents import mppi
-from aime_jax.agents.sac import observation_vector
 from aime_jax.data import load_episode
 from aime_jax.data.collect import collect
 from aime_jax.errors import ConfigError
+from aime_jax.experts import mppi
+from aime_jax.experts.sac import observation_vector
 
 
 def test_simulated_returns_equal_stepping_the_environment():

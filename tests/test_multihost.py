@@ -69,13 +69,13 @@ EVALUATE = textwrap.dedent("""
     from aime_jax import parallel
     assert parallel.initialize_distributed()
     import jax
-    from aime_jax.agents import aime
+    from aime_jax.agents import phase2
     from aime_jax.evaluate import evaluate
     run, out = sys.argv[1:]
     config = ml_collections.ConfigDict(json.load(open(run + "/config.json")))
     mesh = parallel.make_mesh()
     # A 1-process run's checkpoints (world model and policy), restored by 2 processes.
-    agent = aime.load_agent(config, run + "/phase2", run, mesh)
+    agent = phase2.load_agent(config, run + "/phase2", run, mesh)
     result = evaluate(config.env, config.modality, agent, config.eval.episodes, num_envs=config.eval.num_envs,
                       seed=config.eval.seed)
     if jax.process_index() == 0:
@@ -111,11 +111,11 @@ def test_two_processes_train_like_one(runs):
     np.testing.assert_allclose([val_b[s] for s in (0, 2, 4)], [val_a[s] for s in (0, 2, 4)], rtol=2e-5)
 
     # The 2-process run's checkpoints restore in this single process (abstract restore).
-    from aime_jax.agents import aime
+    from aime_jax.agents import phase2
 
     config = ml_collections.ConfigDict(json.load(open(ref / "config.json")))
-    agent_a = aime.load_agent(config, str(ref / "phase2"), str(ref))
-    agent_b = aime.load_agent(config, str(multi / "phase2"), str(multi))
+    agent_a = phase2.load_agent(config, str(ref / "phase2"), str(ref))
+    agent_b = phase2.load_agent(config, str(multi / "phase2"), str(multi))
     for a, b in zip(jax.tree.leaves((agent_a.wm_params, agent_a.policy_params)),
                     jax.tree.leaves((agent_b.wm_params, agent_b.policy_params))):
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-6)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from aime_jax import config as config_lib
-from aime_jax.agents import world_model as learner
+from aime_jax.agents import phase1
 from aime_jax.data import save_episode
 from aime_jax.errors import AimeError
 
@@ -30,7 +30,7 @@ def tiny_config(modality="mdp", **phase1):
 
 
 def _params(run_dir, config, data_dir):
-    return jax.device_get(learner.train_world_model(config, run_dir, data_dir).params)
+    return jax.device_get(phase1.train_world_model(config, run_dir, data_dir).params)
 
 
 def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(walker_random_dir, tmp_path):
@@ -72,7 +72,7 @@ def test_resume_accepts_the_dataset_after_another_modality_is_added_to_it(walker
         with np.load(data / f"{i}.npz") as z:
             episode = {k: z[k] for k in z.files}
         save_episode(data / f"{i}.npz", {**episode, "image": np.zeros((len(episode["reward"]), 8, 8, 3), np.uint8)})
-    state = learner.train_world_model(tiny_config(), str(tmp_path / "run"), str(data))
+    state = phase1.train_world_model(tiny_config(), str(tmp_path / "run"), str(data))
     assert int(state.step) == 6
 
 
@@ -97,7 +97,7 @@ sys.path.insert(0, {tests!r})
 import jax, numpy as np
 from test_phase1 import tiny_config
 from aime_jax import parallel
-from aime_jax.agents import world_model as learner
+from aime_jax.agents import phase1
 
 config = tiny_config()
 config.data.batch_size = 8
@@ -105,13 +105,13 @@ spec = {{"orientations": (14,), "height": (1,), "velocity": (9,)}}
 rng = np.random.default_rng(0)
 batch = {{k: rng.normal(size=(8, 10) + s).astype(np.float32) for k, s in spec.items()}}
 batch["pre_action"] = rng.uniform(-1, 1, (8, 10, 6)).astype(np.float32)
-opt = learner.make_optimizer(3e-4, 100.0)
+opt = phase1.make_optimizer(3e-4, 100.0)
 results = []
 for n in (1, 4):
     mesh = parallel.make_mesh(n)
-    model, state = learner.create_train_state(config.world_model, spec, 6, opt, 0)
+    model, state = phase1.create_train_state(config.world_model, spec, 6, opt, 0)
     state = parallel.replicate(state, mesh)
-    step = learner.jit_train_step(model, config.world_model, opt, mesh)
+    step = phase1.jit_train_step(model, config.world_model, opt, mesh)
     for _ in range(3):
         state, metrics = step(state, parallel.shard_batch(batch, mesh))
     assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == n
@@ -136,7 +136,7 @@ def test_sharded_step_on_4_devices_equals_single_device():
 def test_phase1_halves_the_validation_nelbo_on_real_walker_data(walker_random_dir, tmp_path):
     config = config_lib.resolve(config_lib.make_config("walker", "mdp", "quick"))
     config.phase1.update(steps=400, eval_every=400, save_every=400)
-    learner.train_world_model(config, str(tmp_path), walker_random_dir)
+    phase1.train_world_model(config, str(tmp_path), walker_random_dir)
     val = [json.loads(l) for l in open(tmp_path / "metrics.jsonl") if '"val/nelbo"' in l]
     first, last = val[0], val[-1]
     assert first["step"] == 0 and last["step"] == 400
@@ -154,7 +154,7 @@ def test_visual_phase1_writes_an_open_loop_video(tmp_path):
     config = config_lib.resolve(config_lib.make_config("walker", "visual", "quick"))
     config.data.update(window=12, batch_size=2)
     config.phase1.update(steps=4, log_every=2, eval_every=4, save_every=4, val_batches=1, video_context=4)
-    learner.train_world_model(config, str(tmp_path / "run"), data)
+    phase1.train_world_model(config, str(tmp_path / "run"), data)
     videos = os.listdir(tmp_path / "run" / "videos")
     assert "open_loop_4.mp4" in videos
     import imageio.v3 as iio
@@ -270,12 +270,12 @@ def test_handoff_reads_the_parameters_alone(tmp_path):
 
     config = tiny_config()
     spec = {"orientations": (14,), "height": (1,), "velocity": (9,)}
-    _, state = learner.create_train_state(config.world_model, spec, 6, optax.sgd(0.1), 3)
+    _, state = phase1.create_train_state(config.world_model, spec, 6, optax.sgd(0.1), 3)
     meta = {"stage": "phase1", "action_dim": 6, "obs_spec": {k: list(v) for k, v in spec.items()},
             "config": config.to_dict()}
     with Checkpointer(str(tmp_path / "checkpoints")) as ckpt:
         ckpt.save(7, state, meta, force=True)
-    model, params, saved = learner.load_world_model(str(tmp_path), config=config)
+    model, params, saved = phase1.load_world_model(str(tmp_path), config=config)
     assert saved.world_model.deter_size == config.world_model.deter_size
     for a, b in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)

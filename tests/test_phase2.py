@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from aime_jax.agents import aime
-from aime_jax.agents import world_model as learner
+from aime_jax.agents import phase2
+from aime_jax.agents import phase1
 from aime_jax.evaluate import evaluate
 
 from test_phase1 import tiny_config
@@ -29,15 +29,15 @@ def tiny_phase2(config, **phase2):
 @pytest.fixture(scope="module")
 def phase1_run(walker_random_dir, tmp_path_factory):
     run = str(tmp_path_factory.mktemp("phase1"))
-    learner.train_world_model(tiny_config(), run, walker_random_dir)
+    phase1.train_world_model(tiny_config(), run, walker_random_dir)
     return run
 
 
 def test_world_model_is_frozen_and_only_the_policy_trains(phase1_run, walker_random_dir, tmp_path):
-    _, before, _ = learner.load_world_model(phase1_run)
+    _, before, _ = phase1.load_world_model(phase1_run)
     before = jax.device_get(before)
-    agent, state = aime.train_aime(tiny_phase2(tiny_config()), str(tmp_path), phase1_run, walker_random_dir)
-    _, after, _ = learner.load_world_model(phase1_run)
+    agent, state = phase2.train_aime(tiny_phase2(tiny_config()), str(tmp_path), phase1_run, walker_random_dir)
+    _, after, _ = phase1.load_world_model(phase1_run)
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(after))):
         np.testing.assert_array_equal(a, b)
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(jax.device_get(agent.wm_params))):
@@ -52,12 +52,12 @@ def test_world_model_is_frozen_and_only_the_policy_trains(phase1_run, walker_ran
 
 
 def test_aime_agent_batched_evaluation_equals_one_at_a_time(phase1_run, walker_random_dir, tmp_path):
-    agent, _ = aime.train_aime(tiny_phase2(tiny_config(), steps=2), str(tmp_path), phase1_run, walker_random_dir)
+    agent, _ = phase2.train_aime(tiny_phase2(tiny_config(), steps=2), str(tmp_path), phase1_run, walker_random_dir)
     batched = evaluate("walker-walk", "mdp", agent, episodes=3, num_envs=3, seed=5)
     single = evaluate("walker-walk", "mdp", agent, episodes=3, num_envs=1, seed=5)
     np.testing.assert_array_equal(batched.returns, single.returns)
     # The restored agent acts exactly like the one training returned.
-    restored = aime.load_agent(tiny_phase2(tiny_config(), steps=2), str(tmp_path), phase1_run)
+    restored = phase2.load_agent(tiny_phase2(tiny_config(), steps=2), str(tmp_path), phase1_run)
     np.testing.assert_allclose(evaluate("walker-walk", "mdp", restored, 1, seed=5).returns, single.returns[:1], rtol=1e-4)
 
 
@@ -131,7 +131,7 @@ def test_phase2_infers_the_demonstrators_actions_and_imitates_it(tmp_path):
     untrained policy's towards the demonstrator's."""
     from aime_jax import config as config_lib
     from aime_jax.data.collect import collect
-    from aime_jax.stages import expert_returns
+    from aime_jax.results import expert_returns
 
     demonstrator = LinearDemonstrator()
     collect("walker-walk", "mdp", str(tmp_path / "random"), 80, seed=1, progress=False)
@@ -147,10 +147,10 @@ def test_phase2_infers_the_demonstrators_actions_and_imitates_it(tmp_path):
     config.phase2.update(steps=1500, eval_every=1500, save_every=1500, log_every=100, lr=1e-3, eval_episodes=8)
     config.data.update(num_demos=10, demos_dir=str(tmp_path / "demos"))
     config.eval.seed = 7
-    learner.train_world_model(config, str(tmp_path / "run" / "phase1"), str(tmp_path / "random"))
+    phase1.train_world_model(config, str(tmp_path / "run" / "phase1"), str(tmp_path / "random"))
     # The model has learnt how actions move the walker: the demonstrator's true actions explain its
     # observations better than zero actions or the actions of other windows.
-    evidence = learner.action_evidence(str(tmp_path / "run"), str(tmp_path / "demos"), 10)
+    evidence = phase1.action_evidence(str(tmp_path / "run"), str(tmp_path / "demos"), 10)
     print(evidence)
     assert evidence["zero_minus_true"] > 1.0 and evidence["shuffled_minus_true"] > 1.0, evidence
 
@@ -161,7 +161,7 @@ def test_phase2_infers_the_demonstrators_actions_and_imitates_it(tmp_path):
         returns.append(result.mean)
         return {"return_mean": result.mean}
 
-    aime.train_aime(config, str(tmp_path / "run" / "phase2"), str(tmp_path / "run"), str(tmp_path / "demos"),
+    phase2.train_aime(config, str(tmp_path / "run" / "phase2"), str(tmp_path / "run"), str(tmp_path / "demos"),
                     evaluate_agent=score)
     lines = [json.loads(l) for l in open(tmp_path / "run" / "phase2" / "metrics.jsonl") if '"train/action_mse"' in l]
     last = lines[-3:]  # each line is one batch of windows: average a few

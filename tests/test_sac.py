@@ -12,12 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aime_jax.agents import sac as sac_lib
-from aime_jax.data import list_episodes, load_episode
 from aime_jax.checkpoint import CheckpointNotFoundError
-from aime_jax.data.collect import collect, load_policy
+from aime_jax.data import list_episodes, load_episode
+from aime_jax.data.collect import collect
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.evaluate import evaluate
+from aime_jax.experts import replay
+from aime_jax.experts import sac as sac_lib
 from aime_jax.nets.policy import tanh_gaussian_log_prob
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -139,7 +140,7 @@ def test_learned_temperature_brings_the_entropy_to_the_target():
 
 
 def test_replay_buffer_wraps_and_saves_oldest_first(tmp_path):
-    buf = sac_lib.ReplayBuffer(5, 2, 1)
+    buf = replay.ReplayBuffer(5, 2, 1)
     for i in range(7):
         buf.add(obs=np.full((1, 2), i, np.float32), action=np.zeros((1, 1)), reward=np.array([i]),
                 discount=np.ones(1), next_obs=np.full((1, 2), i + 1, np.float32))
@@ -150,7 +151,7 @@ def test_replay_buffer_wraps_and_saves_oldest_first(tmp_path):
     np.testing.assert_array_equal(sample["next_obs"][..., 0], sample["reward"] + 1)
     buf.save(str(tmp_path / "7"))
     assert sorted(os.listdir(tmp_path)) == ["7"]
-    smaller, larger = sac_lib.ReplayBuffer(3, 2, 1), sac_lib.ReplayBuffer(10, 2, 1)
+    smaller, larger = replay.ReplayBuffer(3, 2, 1), replay.ReplayBuffer(10, 2, 1)
     smaller.load(str(tmp_path / "7"))
     larger.load(str(tmp_path / "7"))
     np.testing.assert_array_equal(smaller.chronological()["reward"], [4, 5, 6])
@@ -183,7 +184,7 @@ def test_n_step_batches_sum_rewards_within_episodes(stride):
     # transition, a ring that has wrapped: every sampled n-step transition must equal the
     # reference walk, and chains must stop at episode ends, terminals and the newest transition.
     rng = np.random.default_rng(0)
-    buf = sac_lib.ReplayBuffer(23, 2, 1)
+    buf = replay.ReplayBuffer(23, 2, 1)
     obs = rng.normal(size=(stride, 2)).astype(np.float32)
     for t in range(30):
         next_obs = rng.normal(size=(stride, 2)).astype(np.float32)
@@ -305,8 +306,8 @@ def test_best_checkpoint_holds_the_best_evaluation(full_run, tmp_path):
     result = evaluate("walker-stand", "mdp", policy, episodes=2, num_envs=2, seed=sac_lib.EVAL_SEED)
     np.testing.assert_allclose(result.mean, top["return"], rtol=1e-4)
     # experiments/collect.py --policy=RUN/best acts with it too.
-    assert load_policy(str(work / "run" / "best")).name == policy.name
-    assert load_policy(str(work / "run")).name == "sac-expert:walker-stand@2000"
+    assert sac_lib.load_policy(str(work / "run" / "best")).name == policy.name
+    assert sac_lib.load_policy(str(work / "run")).name == "sac-expert:walker-stand@2000"
     with pytest.raises(CheckpointNotFoundError, match="no best/ checkpoint"):
         sac_lib.load_expert_policy(str(tmp_path / "nowhere"), best=True)
 
@@ -422,7 +423,7 @@ def test_demonstrations_fill_their_share_of_every_batch(tmp_path):
     # Rewarded as training is (shaped here): the task's reward is the shaped one's positive part.
     np.testing.assert_allclose(np.maximum(demos.data["reward"][500:], 0.0), ep["reward"][1:], atol=1e-6)
     assert demos.data["reward"].min() < 0.0
-    online = sac_lib.ReplayBuffer(100, 17)
+    online = replay.ReplayBuffer(100, 17)
     online.add(obs=np.full((100, 17), 7.0, np.float32), action=np.zeros((100, 6), np.float32),
                reward=np.zeros(100, np.float32), discount=np.ones(100, np.float32),
                next_obs=np.full((100, 17), 7.0, np.float32))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from aime_jax.data import build as build_lib
+from aime_jax.experts import build as build_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

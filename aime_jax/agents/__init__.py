@@ -1,1 +1,2 @@
-"""Learners: the phase-1 world-model learner (and, later, AIME phase 2, BC, BCO(0), experts)."""
+"""Learners: phase 1 (the world model), phase 2 (AIME, one run or many as one program), BC and
+BCO(0), all on one train loop."""

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from aime_jax import parallel
+from aime_jax import envs, parallel
 from aime_jax.agents.loop import LoopConfig, train_loop
 from aime_jax.checkpoint import Checkpointer
 from aime_jax.data import EpisodeStore
@@ -385,8 +385,6 @@ def load_fit(workdir: str, net_for, mesh=None) -> tuple[StackNet, Any, dict]:
 
 
 def _obs_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    from aime_jax import envs
-
     return envs.observation_keys(config.domain, config.modality)
 
 

@@ -118,7 +118,7 @@ def train_loop(
     `report(step, metrics, logger, logging_now)` replaces the default handling of the metrics
     fetched at logging and saving steps (log them, or stop on a non-finite value); it returns why
     training must stop, or None. A program of many runs masks a diverged run instead of stopping
-    (aime_jax/agents/aime_runs.py).
+    (aime_jax/agents/phase2_runs.py).
     """
     writable_dir(workdir, "run directory")
     with Checkpointer(

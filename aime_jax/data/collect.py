@@ -10,6 +10,7 @@ import numpy as np
 from aime_jax import envs
 from aime_jax.atomic import remove_stale_temporaries, writable_dir, write_json
 from aime_jax.data.episodes import episode_from_steps, save_episode
+from aime_jax.envs.seeding import episode_seed
 from aime_jax.errors import AimeError
 
 # policy(observation, proprio, rng) -> action in [-1, 1]^6
@@ -20,25 +21,7 @@ def random_policy(observation: dict, proprio: dict, rng: np.random.Generator) ->
     return rng.uniform(-1.0, 1.0, envs.dmc.ACTION_DIM).astype(np.float32)
 
 
-def load_policy(spec: str) -> Policy:
-    """'random', the run directory of an expert trained with experiments/train_expert.py (its
-    latest checkpoint), or one of its checkpoint folders (`RUN/best`: its best evaluation; a
-    dataset build's `policy-<steps>` snapshot)."""
-    if spec == "random":
-        return random_policy
-    if os.path.isdir(spec):  # load_expert_policy says what is wrong with a folder it cannot read
-        from aime_jax.agents.sac import load_expert_policy
-
-        return load_expert_policy(spec)
-    raise AimeError(
-        f"unknown policy {spec!r}: use --policy=random, the run directory of an expert trained "
-        "with experiments/train_expert.py (it holds checkpoints/), or its best/ folder"
-    )
-
-
-def episode_seed(seed: int, index: int) -> int:
-    """Seed of episode `index`, so that any episode can be collected again on its own."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+random_policy.name = "random"  # what meta.json records for it
 
 
 def run_episode(env: envs.Env, policy: Policy, seed: int) -> dict[str, np.ndarray]:
@@ -71,16 +54,18 @@ def collect(
     modality: str,
     out: str,
     episodes: int,
-    policy: str | Policy = "random",
+    policy: Policy = random_policy,
     seed: int = 0,
     action_repeat: int = 2,
     image_size: int = 64,
     progress: bool = True,
+    policy_name: str | None = None,
 ) -> list[str]:
     """Writes episodes `0.npz` ... `<episodes-1>.npz` to `out`, skipping those already there.
 
-    `policy` is 'random' or a callable `policy(observation, proprio, rng) -> action` (with an
-    optional `name` attribute for meta.json).
+    `policy(observation, proprio, rng) -> action` acts; meta.json records `policy_name`, by
+    default the policy's `name` attribute (experiments/collect.py loads an expert with
+    `aime_jax.experts.sac.load_policy` and records the folder it was given).
 
     Episode i depends only on (seed, i), so an interrupted collection continued later produces
     the same files as one that ran through.
@@ -88,8 +73,8 @@ def collect(
     if episodes < 1:
         raise AimeError(f"--episodes must be >= 1, got {episodes}")
     env = envs.make(env_name, modality, seed=seed, action_repeat=action_repeat, image_size=image_size)
-    act = load_policy(policy) if isinstance(policy, str) else policy
-    policy_name = policy if isinstance(policy, str) else getattr(policy, "name", type(policy).__name__)
+    if policy_name is None:
+        policy_name = getattr(policy, "name", type(policy).__name__)
     writable_dir(out, "--out")
     remove_stale_temporaries(out)
     _write_meta(
@@ -112,7 +97,7 @@ def collect(
         bar = tqdm(total=episodes, initial=episodes - len(todo), desc=f"collect {env_name}/{modality}", unit="ep")
     returns = []
     for i in todo:
-        ep = run_episode(env, act, episode_seed(seed, i))
+        ep = run_episode(env, policy, episode_seed(seed, i))
         save_episode(paths[i], ep)
         returns.append(float(ep["reward"].sum()))
         if bar is not None:

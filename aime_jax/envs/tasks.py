@@ -44,7 +44,7 @@ def _backward(domain: str, scale: float) -> RewardFn:
 
 
 # The rewards below read the velocity alone and also take batched velocities (..., 9), as the
-# planner (aime_jax/agents/mppi.py) scores its sampled rollouts with them.
+# planner (aime_jax/experts/mppi.py) scores its sampled rollouts with them.
 def _speed_backward(domain: str, scale: float) -> RewardFn:
     idx = _FORWARD_INDEX[domain]
     return lambda obs, summed: np.clip(-obs["velocity"][..., idx] / scale, 0.0, 1.0)

@@ -7,7 +7,7 @@ Names (`dataset_names()` lists them):
   (their mean return, the normaliser of our scores) in the card.
 - `<domain>-<task>-buffer`: the first 1000 training episodes of that task's SAC expert run.
 - `<domain>-explore-buffer`: the 1000 training episodes of the exploration agent
-  (`aime_jax.agents.explore`).
+  (`aime_jax.experts.explore`).
 - `walker-mix`: walker-random + walker-explore-buffer + walker-stand-buffer + walker-walk-buffer,
   every source episode exactly once, renumbered in that order.
 
@@ -39,7 +39,12 @@ import numpy as np
 
 from aime_jax import envs, locks
 from aime_jax.atomic import write_json
+from aime_jax.data.collect import random_policy, run_episode
+from aime_jax.data.episodes import list_episodes, save_episode
+from aime_jax.data.render import render_folder
+from aime_jax.envs.seeding import episode_seed
 from aime_jax.errors import AimeError, ConfigError, DatasetError
+from aime_jax.experts import explore, mppi, sac
 
 CARD = "card.json"
 IMAGE_SIZE = 64
@@ -77,7 +82,7 @@ EXPERT_SETTINGS: dict[str, dict] = {
     "cheetah-flipbackward": {"periodic_pitch": True},
 }
 # Tasks whose SAC expert also learns from planner demonstrations (`SACConfig.demo_dir`): SAC alone
-# rocks back and forth on the flips; this many MPPI episodes (aime_jax/agents/mppi.py, scaled
+# rocks back and forth on the flips; this many MPPI episodes (aime_jax/experts/mppi.py, scaled
 # like the training length) are planned first into `<expert workdir>-planner/`.
 EXPERT_DEMOS = {"cheetah-flip": 6, "cheetah-flipbackward": 6}
 MIXES = {"walker-mix": ("walker-random", "walker-explore-buffer", "walker-stand-buffer", "walker-walk-buffer")}
@@ -102,15 +107,13 @@ def dataset_names() -> list[str]:
 
 
 def parse_name(name: str) -> Spec:
-    from aime_jax.agents.explore import EXPLORE_TASK
-
     if name in MIXES:
         return Spec(name, "mix", envs.domain_of(MIXES[name][0].split("-")[0]), "", MIXES[name])
     for domain in envs.DOMAINS:
         if name == f"{domain}-random":
-            return Spec(name, "random", domain, EXPLORE_TASK[domain])
+            return Spec(name, "random", domain, explore.EXPLORE_TASK[domain])
         if name == f"{domain}-explore-buffer":
-            return Spec(name, "explore", domain, EXPLORE_TASK[domain])
+            return Spec(name, "explore", domain, explore.EXPLORE_TASK[domain])
     for kind in ("expert", "buffer"):
         env = name[: -len(kind) - 1] if name.endswith("-" + kind) else None
         if env in envs.ENV_NAMES:
@@ -253,8 +256,6 @@ def check_built(folder: str, wanted: dict) -> None:
 
 
 def _holds_images(folder: str) -> bool:
-    from aime_jax.data.episodes import list_episodes
-
     try:
         first = list_episodes(folder)[0]
     except DatasetError:  # no folder, or no episodes yet
@@ -277,8 +278,6 @@ def _build_locked(ctx: _Build, spec: Spec, modality: str, episodes: int | None, 
         _BUILDERS[spec.kind](ctx, spec, folder, wanted, modality)
         card = _write_card(folder, spec, wanted, extra=_card_extra(ctx, spec, folder))
     if render and card.get("image_size") != IMAGE_SIZE:
-        from aime_jax.data.render import render_folder
-
         if spec.kind == "mix":
             _build_mix(ctx, spec, folder, wanted, "visual")
         render_folder(folder, size=IMAGE_SIZE, domain=spec.domain, progress=ctx.progress)
@@ -365,9 +364,6 @@ def _bar(ctx: _Build, total: int, done: int, desc: str):
 
 def _collect(ctx: _Build, spec: Spec, folder: str, wanted: dict, policy, policy_name: str) -> None:
     """Episodes 0..n-1 of `policy` in `spec.env` (state only), skipping those already there."""
-    from aime_jax.data.collect import episode_seed, run_episode
-    from aime_jax.data.episodes import save_episode
-
     seed = wanted["episode_seed"]
     _write_meta(folder, {"env": spec.env, "modality": "mdp", "policy": policy_name, "seed": seed,
                          "action_repeat": 2, "image_size": None})
@@ -384,8 +380,6 @@ def _collect(ctx: _Build, spec: Spec, folder: str, wanted: dict, policy, policy_
 
 
 def _build_random(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: str) -> None:
-    from aime_jax.data.collect import random_policy
-
     _collect(ctx, spec, folder, wanted, random_policy, "random")
 
 
@@ -400,13 +394,9 @@ def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
 
 
 def _ensure_expert_locked(ctx: _Build, env: str, min_episodes: int, workdir: str) -> str:
-    from aime_jax.agents import sac
-
     seed = stream_seed(ctx.seed, f"sac:{env}")
     settings = _expert_settings(ctx, env)
     if env in EXPERT_DEMOS and "demo_dir" not in settings:
-        from aime_jax.agents import mppi
-
         demo_dir = workdir + "-planner"
         mppi.plan_episodes(env, demo_dir, scaled(EXPERT_DEMOS[env], ctx.expert_scale),
                            seed=stream_seed(ctx.seed, f"mppi:{env}"), progress=ctx.progress)
@@ -436,9 +426,7 @@ def _ensure_expert_locked(ctx: _Build, env: str, min_episodes: int, workdir: str
 
 
 def _build_expert(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: str) -> None:
-    from aime_jax.agents.sac import load_expert_policy
-
-    policy = load_expert_policy(ensure_expert(ctx, spec.env))
+    policy = sac.load_expert_policy(ensure_expert(ctx, spec.env))
     _collect(ctx, spec, folder, wanted, policy, policy.name)
 
 
@@ -484,15 +472,13 @@ def _build_buffer(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: 
 
 
 def _build_explore(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: str) -> None:
-    from aime_jax.agents.explore import default_config, train_explorer
-
     n = wanted["episodes"]
     workdir = explorer_workdir(ctx.root, spec.domain, ctx.seed)
     episodes = os.path.join(workdir, "episodes")
     # The training episodes are files too: on_episode sees them under the run's folder name.
     hook = None if ctx.on_episode is None else (lambda i: ctx.on_episode(os.path.basename(workdir), i))
-    train_explorer(spec.domain, workdir, n * EPISODE_STEPS, wanted["episode_seed"],
-                   default_config(**ctx.explore_config), episode_dir=episodes, on_episode=hook)
+    explore.train_explorer(spec.domain, workdir, n * EPISODE_STEPS, wanted["episode_seed"],
+                           explore.default_config(**ctx.explore_config), episode_dir=episodes, on_episode=hook)
     _link_episodes(ctx, spec.name, folder, [(episodes, n)],
                    {"env": spec.env, "modality": "mdp", "policy": "explore-training",
                     "seed": wanted["episode_seed"], "action_repeat": 2, "image_size": None})
@@ -518,9 +504,7 @@ def _card_extra(ctx: _Build, spec: Spec, folder: str) -> dict[str, Any]:
         snapshot = ensure_expert(ctx, spec.env)
         with open(os.path.join(snapshot, "summary.json")) as f:
             summary = json.load(f)
-        from aime_jax.agents.sac import checkpoint_eval
-
-        chosen = checkpoint_eval(snapshot)
+        chosen = sac.checkpoint_eval(snapshot)
         extra["expert"] = {"workdir": os.path.dirname(snapshot), "policy": snapshot,
                            "env_steps": summary["env_steps"], "eval_return": summary["eval_return"],
                            "policy_env_steps": chosen["env_steps"], "policy_eval_return": chosen["return"],
@@ -548,8 +532,6 @@ def _image_size(path: str) -> int | None:
 
 def _write_card(folder: str, spec: Spec, wanted: dict, extra: dict) -> dict:
     """Statistics of the episodes on disk; written last, it marks the dataset complete."""
-    from aime_jax.data.episodes import list_episodes
-
     files = list_episodes(folder)
     if len(files) != wanted["episodes"]:
         raise DatasetError(f"{folder} holds {len(files)} episodes, {wanted['episodes']} expected; delete the extra files")

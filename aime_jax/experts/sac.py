@@ -25,7 +25,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from typing import Any, Sequence
 
@@ -40,11 +39,13 @@ import optax
 from aime_jax import envs
 from aime_jax.atomic import remove_stale_temporaries, writable_dir
 from aime_jax.checkpoint import CheckpointNotFoundError, Checkpointer, restore_params_tree
-from aime_jax.data.collect import episode_seed
-from aime_jax.data.episodes import episode_from_steps, save_episode
+from aime_jax.data.collect import Policy, random_policy
+from aime_jax.data.episodes import episode_from_steps, list_episodes, load_episode, save_episode
 from aime_jax.envs.dmc import ACTION_DIM
+from aime_jax.envs.seeding import episode_seed
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS, evaluate, normalised, write_results
+from aime_jax.experts.replay import ReplayBuffer, prune_replay, replay_dir
 from aime_jax.logging import RunLogger
 from aime_jax.nets.mlp import MLP
 from aime_jax.nets.policy import tanh_gaussian_mode
@@ -304,14 +305,11 @@ class SACState:
     rng: jax.Array
 
 
-BATCH_KEYS = ("obs", "action", "reward", "discount", "next_obs")
-
-
 class SAC:
     """The networks, optimisers and jitted pure functions of one SAC learner.
 
     `update(state, batch)` and `update_many(state, batches)` donate the state; batches are dicts
-    of `BATCH_KEYS` with shapes (B, ...) and (K, B, ...) respectively.
+    of `replay.BATCH_KEYS` with shapes (B, ...) and (K, B, ...) respectively.
     """
 
     def __init__(self, config: SACConfig, obs_dim: int, action_dim: int = ACTION_DIM):
@@ -442,111 +440,6 @@ def periodic_pitch(vector: np.ndarray, index: int | None) -> np.ndarray:
     return np.concatenate([vector[..., :index], np.sin(angle), np.cos(angle), vector[..., index + 1:]], axis=-1)
 
 
-class ReplayBuffer:
-    """A preallocated numpy ring of transitions; indices are drawn on the host.
-
-    `save` writes the contents oldest first as one `.npy` per key into a temporary folder and
-    renames it into place, so a folder that exists is complete.
-    """
-
-    def __init__(self, capacity: int, obs_dim: int, action_dim: int = ACTION_DIM):
-        if capacity < 1:
-            raise ConfigError(f"replay buffer capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self.data = {
-            "obs": np.zeros((capacity, obs_dim), np.float32),
-            "action": np.zeros((capacity, action_dim), np.float32),
-            "reward": np.zeros((capacity,), np.float32),
-            "discount": np.zeros((capacity,), np.float32),
-            "next_obs": np.zeros((capacity, obs_dim), np.float32),
-        }
-        self.size = 0
-        self.ptr = 0
-
-    def add(self, **batch: np.ndarray) -> None:
-        """Adds N transitions; every key of `BATCH_KEYS` with a leading axis of N."""
-        n = len(batch["obs"])
-        idx = (self.ptr + np.arange(n)) % self.capacity
-        for k in BATCH_KEYS:
-            self.data[k][idx] = batch[k]
-        self.ptr = int((self.ptr + n) % self.capacity)
-        self.size = min(self.size + n, self.capacity)
-
-    def sample(
-        self, rng: np.random.Generator, shape: tuple[int, ...], n_step: int = 1, gamma: float = 1.0, stride: int = 1
-    ) -> dict[str, np.ndarray]:
-        """A batch of `shape` transitions drawn uniformly. With `n_step` > 1 each one is extended
-        by up to n_step - 1 following transitions of the same episode (`stride` apart: the number
-        of environments stepped together): `reward` becomes sum_j gamma^j r_j, `next_obs` the
-        last one's and `discount` gamma^(n'-1) times the product of the discounts over the n'
-        steps, so that `soft_target`'s r + gamma * discount * V(next_obs) is the n'-step target.
-        A transition continues its episode when it is stored after it and starts where it ended
-        (its obs equals the other's next_obs exactly); a terminal transition ends the chain."""
-        if self.size == 0:
-            raise AimeError("cannot sample from an empty replay buffer")
-        idx = rng.integers(0, self.size, shape)
-        batch = {k: v[idx] for k, v in self.data.items()}
-        if n_step == 1:
-            return batch
-        oldest = self.ptr if self.size == self.capacity else 0
-        cur, scale = idx, np.ones(idx.shape, np.float32)
-        alive = batch["discount"] > 0
-        for _ in range(n_step - 1):
-            nxt = (cur + stride) % self.capacity
-            alive = alive & ((cur - oldest) % self.capacity + stride < self.size)
-            alive = alive & np.all(self.data["obs"][nxt] == batch["next_obs"], axis=-1)
-            scale = np.where(alive, scale * gamma, scale)
-            batch["reward"] = np.where(alive, batch["reward"] + scale * self.data["reward"][nxt], batch["reward"])
-            batch["discount"] = np.where(alive, gamma * batch["discount"] * self.data["discount"][nxt], batch["discount"])
-            batch["next_obs"] = np.where(alive[..., None], self.data["next_obs"][nxt], batch["next_obs"])
-            alive = alive & (self.data["discount"][nxt] > 0)
-            cur = np.where(alive, nxt, cur)
-        return batch
-
-    def chronological(self) -> dict[str, np.ndarray]:
-        if self.size < self.capacity:
-            return {k: v[: self.size] for k, v in self.data.items()}
-        return {k: np.roll(v, -self.ptr, axis=0) for k, v in self.data.items()}
-
-    def save(self, directory: str) -> None:
-        parent = os.path.dirname(os.path.abspath(directory))
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".tmp-{os.path.basename(directory)}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        try:
-            for k, v in self.chronological().items():
-                with open(os.path.join(tmp, f"{k}.npy"), "wb") as f:
-                    np.save(f, v)
-                    f.flush()
-                    os.fsync(f.fileno())
-            shutil.rmtree(directory, ignore_errors=True)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-    def load(self, directory: str) -> None:
-        """Replaces the contents with a saved buffer (its newest `capacity` transitions)."""
-        try:
-            saved = {k: np.load(os.path.join(directory, f"{k}.npy")) for k in BATCH_KEYS}
-        except (OSError, ValueError) as e:
-            raise AimeError(
-                f"replay buffer {directory} is missing or unreadable ({e}); the checkpoint next to it "
-                "cannot be resumed: start a new workdir"
-            ) from None
-        n = len(saved["obs"])
-        keep = min(n, self.capacity)
-        for k in BATCH_KEYS:
-            if saved[k].shape[1:] != self.data[k].shape[1:]:
-                raise AimeError(
-                    f"replay buffer {directory}: {k} has shape {saved[k].shape}, expected (N, *{self.data[k].shape[1:]})"
-                )
-            self.data[k][:keep] = saved[k][n - keep :]
-        self.size = keep
-        self.ptr = keep % self.capacity
-
-
 class SACAgent:
     """The mode (deterministic) policy of a SAC actor.
 
@@ -582,20 +475,6 @@ def _checkpoint_dir(workdir: str) -> str:
 
 def _best_dir(workdir: str) -> str:
     return os.path.join(workdir, "best")
-
-
-def _replay_dir(workdir: str, step: int) -> str:
-    return os.path.join(workdir, "replay", str(step))
-
-
-def _prune_replay(workdir: str, keep: int | None) -> None:
-    """Removes every saved buffer but the one of checkpoint `keep`, and half-written ones."""
-    root = os.path.join(workdir, "replay")
-    if not os.path.isdir(root):
-        return
-    for name in os.listdir(root):
-        if name != str(keep):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 def _obs_spec(env_name: str, periodic: bool = False) -> tuple[tuple[str, ...], int, int | None]:
@@ -715,11 +594,11 @@ def train_expert(
     best = Checkpointer(_best_dir(workdir), max_to_keep=None, save_interval_steps=1)
     try:
         latest = ckpt.latest_step()
-        _prune_replay(workdir, latest)
+        prune_replay(workdir, latest)
         if latest is not None:
             _check_resume(ckpt.restore_meta(), env_name, seed, config, workdir)
             state, meta = ckpt.restore(state)
-            buffer.load(_replay_dir(workdir, latest))
+            buffer.load(replay_dir(workdir, latest))
             prog = _Progress(**meta["progress"])
         _prune_best(best, prog)
         if prog.env_steps < total:
@@ -771,8 +650,6 @@ def load_demos(config: SACConfig, env_name: str, obs_keys: Sequence[str], pitch_
     transitions, with the reward training uses (the task's stored one, or the shaped one)."""
     if not config.demo_dir:
         return None
-    from aime_jax.data.episodes import list_episodes, load_episode
-
     task = envs.tasks.get_task(env_name)
     shaped = task.shaped if config.shaped_reward else None
     sizes = envs.PROPRIO_KEYS[task.domain]
@@ -920,10 +797,10 @@ def _train(sac, state, buffer, prog, checkpointers, env_name, workdir, total, se
                     best.wait()
             if done or _crossed(round_start, prog.env_steps, config.save_every):
                 prog.wall_s = wall0 + time.perf_counter() - start
-                buffer.save(_replay_dir(workdir, prog.env_steps))
+                buffer.save(replay_dir(workdir, prog.env_steps))
                 ckpt.save(prog.env_steps, state, meta(), force=True)
                 ckpt.wait()
-                _prune_replay(workdir, prog.env_steps)
+                prune_replay(workdir, prog.env_steps)
                 _prune_best(best, prog)
     finally:
         logger.close()
@@ -980,3 +857,17 @@ def load_expert_policy(workdir: str, best: bool = False) -> SACAgent:
     params = restore_params_tree(directory, {"actor_params": abstract}, step)["actor_params"]
     return SACAgent(sac, params, meta["obs_keys"], name=f"sac-expert:{meta['env']}@{step}",
                     pitch_index=meta.get("pitch_index"))
+
+
+def load_policy(spec: str) -> Policy:
+    """'random', the run directory of an expert trained with experiments/train_expert.py (its
+    latest checkpoint), or one of its checkpoint folders (`RUN/best`: its best evaluation; a
+    dataset build's `policy-<steps>` snapshot)."""
+    if spec == "random":
+        return random_policy
+    if os.path.isdir(spec):  # load_expert_policy says what is wrong with a folder it cannot read
+        return load_expert_policy(spec)
+    raise AimeError(
+        f"unknown policy {spec!r}: use --policy=random, the run directory of an expert trained "
+        "with experiments/train_expert.py (it holds checkpoints/), or its best/ folder"
+    )

@@ -22,7 +22,8 @@ from jax.sharding import Mesh
 
 from aime_jax import parallel
 from aime_jax.agents.loop import LoopConfig, train_loop
-from aime_jax.agents.world_model import ACTION_KEY
+from aime_jax.agents.phase1 import ACTION_KEY, load_world_model
+from aime_jax.checkpoint import Checkpointer
 from aime_jax.data import EpisodeStore, WindowSampler
 from aime_jax.errors import ConfigError, DatasetError
 from aime_jax.nets.policy import TanhGaussianPolicy, tanh_gaussian_mode, tanh_gaussian_sample
@@ -278,9 +279,6 @@ def _pad_rows(x, rows: int):
 def load_agent(config: ml_collections.ConfigDict, workdir: str, world_model_dir: str, mesh=None) -> AimeAgent:
     """The agent of the latest phase-2 checkpoint in `workdir` (its world model from
     `world_model_dir`), restored into an abstract target."""
-    from aime_jax.agents.world_model import load_world_model
-    from aime_jax.checkpoint import Checkpointer
-
     model, wm_params, _ = load_world_model(world_model_dir, mesh, config)
     policy = make_policy(config.phase2.policy, model.action_dim)
     optimizer = make_optimizer(config.phase2)
@@ -304,8 +302,6 @@ def train_aime(
     `evaluate_agent(agent, episodes) -> dict` scores an agent in the simulator; when given, it
     runs with `config.phase2.eval_episodes` episodes every `phase2.eval_every` steps.
     """
-    from aime_jax.agents.world_model import load_world_model
-
     mesh = mesh or parallel.make_mesh(config.mesh.num_devices or None)
     model, wm_params, _ = load_world_model(world_model_dir, mesh, config)
     obs_keys = tuple(model.config.obs_keys)

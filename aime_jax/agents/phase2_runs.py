@@ -1,6 +1,6 @@
 """Phase 2 of many AIME runs as one program: a demonstration-count curve and its seeds at once.
 
-Each run is an ordinary phase-2 run (aime.py): its own demonstrations (the first `num_demos`),
+Each run is an ordinary phase-2 run (phase2.py): its own demonstrations (the first `num_demos`),
 seed, policy initialisation and window stream, on a frozen world model that several runs may
 share. Their policy states are stacked on a leading runs axis and one compiled step, `jax.vmap`
 of the single run's step, trains them all; on a ('runs', 'data') mesh the runs are split over
@@ -32,13 +32,12 @@ import optax
 from jax.sharding import Mesh
 
 from aime_jax import parallel
-from aime_jax.agents import aime
+from aime_jax.agents import phase2
 from aime_jax.agents.loop import LoopConfig, train_loop
-from aime_jax.agents.world_model import ACTION_KEY, load_world_model
+from aime_jax.agents.phase1 import ACTION_KEY, load_world_model
 from aime_jax.checkpoint import Checkpointer
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.logging import RunLogger
-from aime_jax.world_model import rssm
 
 # What the program's summary line shows: means over the runs still training.
 SUMMARY = ("loss", "nelbo_per_step", "action_mse", "grad_norm", "runs_active")
@@ -75,13 +74,13 @@ class RunsState:
     active: jax.Array  # (runs,) bool: False once a run went non-finite, and for the idle runs
     diverged_at: jax.Array  # (runs,) int32: the step whose update was non-finite; 0: none
 
-    def run(self, r: int) -> aime.PolicyState:
+    def run(self, r: int) -> phase2.PolicyState:
         """Run r's state as a single run holds it."""
         take = functools.partial(jax.tree.map, lambda x: x[r])
-        return aime.PolicyState(self.step, take(self.params), take(self.opt_state), self.rng[r])
+        return phase2.PolicyState(self.step, take(self.params), take(self.opt_state), self.rng[r])
 
 
-def stack_states(states: Sequence[aime.PolicyState], real: int) -> RunsState:
+def stack_states(states: Sequence[phase2.PolicyState], real: int) -> RunsState:
     """The single runs' states stacked; the runs from index `real` on are idle (filling the mesh)."""
     stack = lambda *xs: jnp.stack(xs)  # noqa: E731
     runs = len(states)
@@ -116,7 +115,7 @@ def _keep_where(ok, new, old):
 
 def make_runs_train_step(model, policy, loss_config, optimizer, mesh: Mesh):
     """(state, wm_stack, wm_index, batch) -> (state, metrics): the single run's step
-    (`aime.make_train_step`) vmapped over the runs, with the non-finite runs masked.
+    (`phase2.make_train_step`) vmapped over the runs, with the non-finite runs masked.
 
     `wm_stack` holds the world models stacked on a leading axis, `wm_index` (runs,) which one each
     run uses; `batch` is {key: (runs, batch, T, ...)}. Metrics are (runs,) arrays, with `active`
@@ -127,7 +126,7 @@ def make_runs_train_step(model, policy, loss_config, optimizer, mesh: Mesh):
 
         def one(params, rng, index, batch):
             wm_params = _world_model_of(wm_stack, index)
-            return aime.shard_grads(model, policy, loss_config, params, wm_params, rng, batch)
+            return phase2.shard_grads(model, policy, loss_config, params, wm_params, rng, batch)
 
         return jax.vmap(one)(params, rng, index, batch)
 
@@ -136,7 +135,7 @@ def make_runs_train_step(model, policy, loss_config, optimizer, mesh: Mesh):
     def train_step(state: RunsState, wm_stack, wm_index, batch):
         rng = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.rng, state.step)
         grads, metrics = mean_grads((state.params, rng, wm_index), wm_stack, batch)
-        metrics = aime.with_action_std(metrics)
+        metrics = phase2.with_action_std(metrics)
         updates, opt_state = jax.vmap(optimizer.update)(grads, state.opt_state, state.params)
         metrics["grad_norm"] = jax.vmap(optax.tree.norm)(grads)
         params = jax.vmap(optax.apply_updates)(state.params, updates)
@@ -174,7 +173,7 @@ class RunsAgent:
     Each run acts on chunks of `AimeAgent.CHUNK` rows, as a single run's agent does, so an
     episode goes through the same computation whichever batch it ran in."""
 
-    CHUNK = aime.AimeAgent.CHUNK
+    CHUNK = phase2.AimeAgent.CHUNK
 
     def __init__(self, model, wm_stack, wm_index, policy, params_stack):
         self.model = model
@@ -182,7 +181,7 @@ class RunsAgent:
         self.wm_stack, self.params, self.wm_index = parallel.host_local(
             (wm_stack, params_stack, jnp.asarray(wm_index, jnp.int32))
         )
-        act = functools.partial(aime.act_step, model, policy)
+        act = functools.partial(phase2.act_step, model, policy)
 
         def act_runs(wm_stack, wm_index, params, state, keys, observation, prev_action):
             def one(index, params, state, keys, observation, prev_action):
@@ -193,7 +192,7 @@ class RunsAgent:
         self._act = jax.jit(act_runs)
 
     def initial_carry(self, episode_seeds):
-        return aime.initial_carry(self.model.config, episode_seeds)
+        return phase2.initial_carry(self.model.config, episode_seeds)
 
     def act(self, carry, observation, prev_action, is_first):
         state, keys = carry
@@ -276,7 +275,7 @@ def train_aime_runs(
     `config` holds the settings the runs share (phase 2, window, batch size, policy); `workdir`
     the program's checkpoints and metrics. Each run logs to its own phase2/metrics.jsonl and
     ends with its final state in its own phase2/checkpoints. `evaluate_runs(agent, episodes)`
-    scores every run together (one summary dict per run) when given, as `aime.train_aime`'s
+    scores every run together (one summary dict per run) when given, as `phase2.train_aime`'s
     `evaluate_agent` does for one.
     """
     if not runs:
@@ -289,10 +288,10 @@ def train_aime_runs(
     model = wms.model
     obs_keys = tuple(model.config.obs_keys)
     spec = {k: dict(model.obs_spec)[k] for k in obs_keys}
-    stores = [aime.demos_store(run.demos_dir, run.config.data.num_demos, spec) for run in runs]
+    stores = [phase2.demos_store(run.demos_dir, run.config.data.num_demos, spec) for run in runs]
     # One set of keys for the stacked batch: the true actions (for analysis) only if every run has them.
     keys = obs_keys + ((ACTION_KEY,) if all(ACTION_KEY in s.keys for s in stores) else ())
-    samplers = [aime.demo_sampler(store, run.config, keys) for store, run in zip(stores, runs)]
+    samplers = [phase2.demo_sampler(store, run.config, keys) for store, run in zip(stores, runs)]
     padded = parallel.padded_runs(len(runs), mesh)
 
     def batches(start: int):
@@ -305,16 +304,16 @@ def train_aime_runs(
             step += 1
 
     p = config.phase2
-    policy = aime.make_policy(p.policy, model.action_dim)
-    optimizer = aime.make_optimizer(p)
+    policy = phase2.make_policy(p.policy, model.action_dim)
+    optimizer = phase2.make_optimizer(p)
     features_size = model.config.deter_size + model.config.stoch_size
-    singles = [aime.create_policy_state(policy, features_size, optimizer, run.config.seed) for run in runs]
+    singles = [phase2.create_policy_state(policy, features_size, optimizer, run.config.seed) for run in runs]
     state = stack_states(singles + [singles[0]] * (padded - len(runs)), len(runs))
     state = jax.device_put(state, state_shardings(state, mesh))
     wm_stack = parallel.replicate(wms.stack, mesh)
     wm_index = jax.device_put(np.concatenate([wms.index, np.zeros(padded - len(runs), np.int32)]),
                               parallel.runs_sharding(mesh))
-    step_fn = jit_runs_train_step(model, policy, aime.phase2_loss_config(model.config, p), optimizer, mesh, state)
+    step_fn = jit_runs_train_step(model, policy, phase2.phase2_loss_config(model.config, p), optimizer, mesh, state)
 
     def train_step(state, batch):
         return step_fn(state, wm_stack, wm_index, batch)
@@ -412,12 +411,12 @@ def load_runs_agent(config: ml_collections.ConfigDict, runs: Sequence[Run]) -> t
     checkpoints' metadata, each restored into an abstract target."""
     wms = _load_world_models(config, runs)
     model = wms.model
-    policy = aime.make_policy(config.phase2.policy, model.action_dim)
-    optimizer = aime.make_optimizer(config.phase2)
+    policy = phase2.make_policy(config.phase2.policy, model.action_dim)
+    optimizer = phase2.make_optimizer(config.phase2)
     features_size = model.config.deter_size + model.config.stoch_size
     params, metas = [], []
     for run in runs:
-        target = jax.eval_shape(lambda: aime.create_policy_state(policy, features_size, optimizer, run.config.seed))
+        target = jax.eval_shape(lambda: phase2.create_policy_state(policy, features_size, optimizer, run.config.seed))
         with Checkpointer(os.path.join(run.phase2_dir, "checkpoints")) as ckpt:
             single, meta = ckpt.restore(target)
         params.append(single.params)

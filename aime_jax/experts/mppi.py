@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from aime_jax import envs
-from aime_jax.data.collect import episode_seed, run_episode
+from aime_jax.data.collect import run_episode
 from aime_jax.data.episodes import save_episode
+from aime_jax.envs.seeding import episode_seed
 from aime_jax.errors import ConfigError
 
 

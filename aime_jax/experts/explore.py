@@ -1,5 +1,5 @@
 """An exploration agent for the `<domain>-explore-buffer` datasets: a Plan2Explore-style
-disagreement objective on proprioceptive state, optimised by the SAC of `aime_jax.agents.sac`.
+disagreement objective on proprioceptive state, optimised by the SAC of `aime_jax.experts.sac`.
 
 An ensemble of `ensemble_size` one-step models predicts the (normalised) change of the MDP state
 from (state, action); each member is an MLP with its own initialisation, all trained on the same
@@ -41,24 +41,22 @@ import numpy as np
 import optax
 
 from aime_jax import envs
-from aime_jax.agents.sac import (
-    settings_from_dict,
-    SAC,
-    SACConfig,
-    SACState,
-    ReplayBuffer,
-    _episode_dir_meta,
-    _prune_replay,
-    _replay_dir,
-    observation_vector,
-    SIMULATOR_STEPS_PER_EPISODE,
-)
 from aime_jax.atomic import remove_stale_temporaries, writable_dir, write_json
 from aime_jax.checkpoint import Checkpointer
-from aime_jax.data.collect import episode_seed
 from aime_jax.data.episodes import episode_from_steps, save_episode
 from aime_jax.envs.dmc import ACTION_DIM
+from aime_jax.envs.seeding import episode_seed
 from aime_jax.errors import AimeError, ConfigError
+from aime_jax.experts.replay import ReplayBuffer, prune_replay, replay_dir
+from aime_jax.experts.sac import (
+    SAC,
+    SIMULATOR_STEPS_PER_EPISODE,
+    SACConfig,
+    SACState,
+    _episode_dir_meta,
+    observation_vector,
+    settings_from_dict,
+)
 from aime_jax.logging import RunLogger
 from aime_jax.nets.mlp import MLP
 
@@ -305,7 +303,7 @@ def train_explorer(
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, save_interval_steps=1)
     try:
         latest = ckpt.latest_step()
-        _prune_replay(workdir, latest)
+        prune_replay(workdir, latest)
         if latest is not None:
             meta = ckpt.restore_meta()
             if meta["seed"] != seed or meta["domain"] != domain or meta["config"] != config.to_dict():
@@ -314,7 +312,7 @@ def train_explorer(
                     f"{meta['seed']}); use a new workdir or the same settings"
                 )
             state, meta = ckpt.restore(state)
-            buffer.load(_replay_dir(workdir, latest))
+            buffer.load(replay_dir(workdir, latest))
             prog = _Progress(**meta["progress"])
         if prog.env_steps < total:
             prog = _train(explorer, state, buffer, prog, ckpt, domain, env_name, workdir, total, seed, config,
@@ -396,12 +394,12 @@ def _train(explorer, state, buffer, prog, ckpt, domain, env_name, workdir, total
             done = prog.env_steps >= total or out_of_time
             if done or _crossed(round_start, prog.env_steps, cfg.save_every):
                 prog.wall_s = wall0 + time.perf_counter() - start
-                buffer.save(_replay_dir(workdir, prog.env_steps))
+                buffer.save(replay_dir(workdir, prog.env_steps))
                 meta = {"domain": domain, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
                         "progress": dataclasses.asdict(prog)}
                 ckpt.save(prog.env_steps, state, meta, force=True)
                 ckpt.wait()
-                _prune_replay(workdir, prog.env_steps)
+                prune_replay(workdir, prog.env_steps)
             if on_episode is not None:
                 on_episode(index)
     finally:
