@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from aime_jax import envs, locks
-from aime_jax.atomic import write_json
+from aime_jax.atomic import check_local_path, write_json
 from aime_jax.errors import AimeError, ConfigError, DatasetError
 
 CARD = "card.json"
@@ -195,6 +195,7 @@ def build(
     (its first N episodes are the smaller dataset).
     """
     envs.tasks.check_modality(modality)
+    check_local_path(root, "the data root")
     spec = parse_name(name)
     if not scale > 0 or (expert_scale is not None and not expert_scale > 0):
         raise ConfigError(f"scale and expert_scale must be > 0, got {scale}, {expert_scale}")
