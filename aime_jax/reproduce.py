@@ -43,7 +43,7 @@ import ml_collections
 import numpy as np
 
 from aime_jax import envs, parallel, stages
-from aime_jax.atomic import write_json
+from aime_jax.atomic import check_local_path, write_json
 from aime_jax.errors import AimeError, ConfigError
 
 # (phase-1 steps, phase-2 steps) of each budget; `config` keeps the config's own.
@@ -157,6 +157,7 @@ def make_block(
     recorded in the report, and the block gets a folder of its own."""
     from aime_jax.data.build import parse_name
 
+    check_local_path(out, "--out")
     spec = parse_name(dataset)
     if spec.domain != config.domain:
         raise ConfigError(
@@ -202,7 +203,7 @@ def make_block(
 # Overrides that leave the experiment the paper's: where data lives, the seed, logging and
 # checkpointing cadence, devices, and settings that change only the speed of the same computation.
 NOT_DEVIATIONS = (
-    "data.root", "seed", "wandb.", "mesh.", "data.prefetch", "eval.num_envs", "eval.workers",
+    "data.root", "seed", "wandb.", "mesh.", "compile_cache_dir", "data.prefetch", "eval.num_envs", "eval.workers",
     *(f"{stage}.{key}" for stage in ("phase1", "phase2") for key in ("log_every", "eval_every", "save_every", "keep")),
 )
 
