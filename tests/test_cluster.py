@@ -2,7 +2,6 @@
 in multi-process runs, the dry run's process count, the compilation cache setting, and the TPU
 requirements file."""
 import ast
-import importlib.util
 import json
 import os
 import re
@@ -21,10 +20,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _main_module():
-    spec = importlib.util.spec_from_file_location("aime_main_for_tests", os.path.join(REPO, "experiments", "main.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """experiments/main.py as experiments/sweep.py loads it: once per process (absl flags)."""
+    sys.path.insert(0, os.path.join(REPO, "experiments"))
+    try:
+        import sweep
+    finally:
+        sys.path.pop(0)
+    return sweep._main_module()
 
 
 def _one_line(excinfo) -> str:
