@@ -12,7 +12,10 @@ import re
 import tempfile
 from typing import IO, Any, Iterator
 
-from aime_jax.errors import AimeError
+from aime_jax.errors import AimeError, ConfigError
+
+# A URL such as gs://bucket/runs or s3://...: os.makedirs would create a local folder named "gs:".
+_CLOUD_PATH = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 # The names atomic_open gives its temporaries: "." + target name + "." + mkstemp's 8 characters + ".tmp".
 _TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
@@ -28,10 +31,23 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+def check_local_path(path: str | os.PathLike, what: str) -> None:
+    """Refuses a cloud URL (gs://, s3://, ...) where a folder on a filesystem is needed: run
+    directories, datasets and their locks are written with the operating system's file calls,
+    which would turn gs://bucket into a local folder named "gs:"."""
+    path = os.fspath(path)
+    if _CLOUD_PATH.match(path):
+        raise ConfigError(
+            f"{what}: {path!r} is a cloud URL, and aime-jax reads and writes runs and datasets as local files; "
+            "mount the bucket (e.g. with gcsfuse, on every host) and give the mounted folder's path"
+        )
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """A file object whose contents replace `path` only when the block completes."""
     path = os.fspath(path)
+    check_local_path(path, "file")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
@@ -69,6 +85,7 @@ def writable_dir(path: str | os.PathLike, what: str) -> None:
     """Creates the folder `path` if needed and proves that it can be written, by writing there,
     so that a run refuses a file, a read-only disk or a missing permission before it starts."""
     path = os.fspath(path)
+    check_local_path(path, what)
     if os.path.exists(path) and not os.path.isdir(path):
         raise AimeError(f"{what} {path} is a file, not a folder; choose another {what}")
     try:

@@ -125,7 +125,12 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     c.eval.seed = 12345
 
     c.mesh = ml_collections.ConfigDict()
-    c.mesh.num_devices = 0  # 0: every device
+    # 0: every device (of every process). A single-process run may use the first N devices.
+    c.mesh.num_devices = 0
+    # JAX's persistent compilation cache (a folder, or a gs:// URL, which JAX writes itself):
+    # runs that compile the same steps (a sweep's runs, a resumed run) load them from there
+    # instead of compiling again. Empty: off.
+    c.compile_cache_dir = ""
 
     # Many AIME runs as one program (docs/many_runs.md): one run per number of demonstrations x
     # seed, e.g. num_demos="1,2,5,10,20,50,100", seeds="0,1,2"; one world model per seed, every
@@ -292,23 +297,32 @@ def world_model_dirs(config: ml_collections.ConfigDict) -> list[str]:
     return [config.world_model_dir]
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
-    """Checks that need no compilation; raises ConfigError naming the value and the fix."""
+def validate(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1,
+             available: int | None = None) -> None:
+    """Checks that need no compilation; raises ConfigError naming the value and the fix.
+
+    `num_devices`: the devices of the run's mesh; `available`: all the devices of its processes
+    (checked against config.mesh.num_devices), when known. A batch the devices do not divide is
+    padded with masked rows (aime_jax/parallel.py, `padded_batch`), so any batch size runs on any
+    number of devices."""
+    from aime_jax.atomic import check_local_path
+    from aime_jax.parallel import check_num_devices
+
     validate_names(config)
     stage_names = stages(config)
     d = config.data
     for name in ("window", "batch_size"):
         if d[name] < 1:
             raise ConfigError(f"config.data.{name} must be >= 1, got {d[name]}")
+    if not isinstance(config.mesh.num_devices, int) or config.mesh.num_devices < 0:
+        raise ConfigError(f"config.mesh.num_devices={config.mesh.num_devices!r}; use a number of devices, or 0 for all")
+    if available is not None:
+        check_num_devices(config.mesh.num_devices, available, process_count)
+    for name, path in (("config.data.root", d.root), ("config.data.embodiment_dir", d.embodiment_dir),
+                       ("config.data.demos_dir", d.demos_dir), ("config.world_model_dir", config.world_model_dir)):
+        check_local_path(path, name)
     if many_runs(config):
         validate_runs(config, num_devices, process_count)
-    elif d.batch_size % num_devices:
-        raise ConfigError(
-            f"config.data.batch_size={d.batch_size} is not divisible by the {num_devices} devices; "
-            f"use a multiple of {num_devices} or set config.mesh.num_devices"
-        )
-    if d.batch_size % process_count:
-        raise ConfigError(f"config.data.batch_size={d.batch_size} is not divisible by {process_count} processes")
     if not (d.scale > 0 and d.expert_scale > 0):
         raise ConfigError(f"config.data.scale and expert_scale must be > 0, got {d.scale}, {d.expert_scale}")
     if not 0.0 < d.val_fraction < 1.0:
@@ -336,7 +350,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
         raise ConfigError(f"config.wandb.mode={config.wandb.mode!r}; use disabled, online or offline")
     if config.world_model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"config.world_model.dtype={config.world_model.dtype!r}; use float32 or bfloat16")
-    validate_bc(config, num_devices, process_count)
+    validate_bc(config)
     if config.world_model.variant not in ("rssm", "rssmo"):
         raise ConfigError(f"config.world_model.variant={config.world_model.variant!r}; use rssm or rssmo")
     if config.world_model.cnn_impl not in ("auto", "gemm", "lax"):
@@ -369,9 +383,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int, process_count:
 
 def validate_runs(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
     """config.runs: the grid, the algorithm, and how the runs share the devices."""
-    from aime_jax.parallel import runs_layout
-
-    grid = run_grid(config)
+    run_grid(config)  # refuses a malformed grid
     if config.algo != "aime":
         raise ConfigError(
             f"config.runs trains many AIME runs as one program, not {config.algo}; run the baselines one by "
@@ -388,15 +400,9 @@ def validate_runs(config: ml_collections.ConfigDict, num_devices: int, process_c
             f"config.runs.data_devices={data_devices} does not divide the {num_devices} devices; use a divisor "
             f"of {num_devices}, or 0 to choose"
         )
-    _, data = runs_layout(len(grid), num_devices, data_devices)
-    if config.data.batch_size % data:
-        raise ConfigError(
-            f"config.data.batch_size={config.data.batch_size} is not divisible by the {data} devices that "
-            f"split each run's batch; use a multiple of {data}, or set config.runs.data_devices"
-        )
 
 
-def validate_bc(config: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+def validate_bc(config: ml_collections.ConfigDict) -> None:
     """The algorithm choice and the baselines' settings."""
     if config.algo not in ALGOS:
         raise ConfigError(f"config.algo={config.algo!r}; choose one of {', '.join(ALGOS)}")
@@ -419,11 +425,6 @@ def validate_bc(config: ml_collections.ConfigDict, num_devices: int, process_cou
         raise ConfigError(f"config.bc.val_fraction must be in (0, 1), got {bc.val_fraction}")
     if bc.activation not in ("elu", "silu", "relu", "tanh"):
         raise ConfigError(f"config.bc.activation={bc.activation!r}; use elu, silu, relu or tanh")
-    if bc.batch_size % num_devices or bc.batch_size % process_count:
-        raise ConfigError(
-            f"config.bc.batch_size={bc.batch_size} is not divisible by the {num_devices} devices and "
-            f"{process_count} processes; use a multiple of both or set config.mesh.num_devices"
-        )
     if config.data.num_demos < 2:
         raise ConfigError(
             f"config.data.num_demos={config.data.num_demos}, but {config.algo} holds out "

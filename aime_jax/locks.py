@@ -27,6 +27,7 @@ import threading
 import time
 from typing import Callable, Iterator
 
+from aime_jax.atomic import check_local_path
 from aime_jax.errors import AimeError
 
 HEARTBEAT_S = 30.0
@@ -189,6 +190,7 @@ def hold(
     """Holds `target`'s lock for the block, waiting (and saying for what, and for whom) while
     another live process holds it; takes a stale lock over. `what` names the work, e.g.
     "building data/walker-random". `timeout_s` bounds the wait (AimeError after it)."""
+    check_local_path(target, what)
     path = lock_path(target)
     with _held_guard:
         if _held.get(path):

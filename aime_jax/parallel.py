@@ -5,6 +5,11 @@ only its own slice of the global batch; `shard_batch` stitches the slices into g
 A train step computes each shard's loss and gradients on its own device and averages them over
 the devices once (`data_parallel`).
 
+A global batch that the devices do not divide (the paper's 50 windows on 8, 16 or 32 devices)
+is padded to the next multiple of their number (`padded_batch`): the padding rows repeat real
+windows and carry weight 0 in every loss and metric (`row_weights`), so a step equals the step
+of the real rows alone on one device.
+
 Many independent runs (seeds, demonstration counts) train as one program on a 2-D mesh
 ('runs', 'data'): their states are stacked on a leading runs axis split over 'runs', each run's
 batch split over 'data' (`make_runs_mesh`, `runs_data_parallel`).
@@ -91,6 +96,15 @@ def initialize_distributed(
     return True
 
 
+def use_compile_cache(folder: str) -> None:
+    """Turns on JAX's persistent compilation cache in `folder` (a path or a URL JAX's file
+    layer understands, such as gs://...): a later run that compiles the same step (the next run
+    of a sweep, a resumed run) loads it instead of compiling. Call it before the first
+    compilation; '' leaves the cache off."""
+    if folder:
+        jax.config.update("jax_compilation_cache_dir", folder)
+
+
 def barrier(name: str) -> None:
     """Waits until every process reaches the barrier `name`; nothing in a single-process run."""
     if jax.process_count() > 1:
@@ -152,20 +166,43 @@ def allgather_rows(rows: np.ndarray) -> np.ndarray:
     return gathered.view(rows.dtype) if rows.dtype.itemsize == 8 else gathered.astype(rows.dtype)
 
 
+def launched_process_count() -> int:
+    """The number of processes a launcher started for this run, read from the environment (as
+    `initialize_distributed` finds it) without connecting them: for checks made before JAX's
+    runtime starts (`main.py --dry_run`)."""
+    env = os.environ
+    for name in ("JAX_NUM_PROCESSES", "SLURM_NTASKS"):
+        if env.get(name, "").isdigit():
+            return max(1, int(env[name]))
+    tpu_hosts = env.get("TPU_PROCESS_ADDRESSES") or env.get("TPU_WORKER_HOSTNAMES") or ""
+    return max(1, len([h for h in tpu_hosts.split(",") if h]))
+
+
+def check_num_devices(num_devices: int, available: int, process_count: int) -> None:
+    """Refuses a `config.mesh.num_devices` that the devices (`available`, over all processes)
+    cannot give: more than there are, or part of them in a multi-process run."""
+    if not 0 <= num_devices <= available:
+        raise ConfigError(
+            f"config.mesh.num_devices={num_devices} but {available} devices are available; set it between "
+            f"1 and {available}, or 0 for every device"
+        )
+    if 0 < num_devices < available and process_count > 1:
+        raise ConfigError(
+            f"config.mesh.num_devices={num_devices} selects part of the {available} devices of this "
+            f"{process_count}-process run, which only a single-process run can do; set it to 0 (or "
+            f"{available}) and choose the devices with the launcher (fewer processes or hosts, "
+            "AIME_LOCAL_DEVICE_IDS on GPUs)"
+        )
+
+
 def make_mesh(num_devices: int | None = None) -> Mesh:
-    """A 1-D mesh named 'data' over all global devices, or the first `num_devices` of them."""
+    """A 1-D mesh named 'data' over all global devices, or the first `num_devices` of them (in a
+    multi-process run only all of them: every process must hold a part of the mesh)."""
     devices = jax.devices()
     if num_devices is not None:
-        if not 1 <= num_devices <= len(devices):
-            raise ConfigError(
-                f"asked for a mesh of {num_devices} devices but {len(devices)} are available; "
-                f"set the device count between 1 and {len(devices)}, or leave it unset for all"
-            )
-        if num_devices < len(devices) and jax.process_count() > 1:
-            raise ConfigError(
-                f"a mesh over {num_devices} of {len(devices)} devices is only supported in a "
-                "single-process run; leave the device count unset in a multi-process run"
-            )
+        if num_devices < 1:
+            raise ConfigError(f"a mesh needs at least 1 device, got {num_devices}; give a device count, or None for all")
+        check_num_devices(num_devices, len(devices), jax.process_count())
         devices = devices[:num_devices]
     # Auto axes: the train step is written without sharding-in-types, XLA propagates shardings.
     return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
@@ -179,6 +216,37 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 def replicated(mesh: Mesh) -> NamedSharding:
     """A full copy on every device of the mesh."""
     return NamedSharding(mesh, P())
+
+
+def padded_batch(batch_size: int, devices: int) -> int:
+    """The rows a step computes for a global batch of `batch_size` windows split over `devices`
+    devices: `batch_size` rounded up to a multiple of `devices`. The rows past `batch_size` are
+    padding (weight 0, see `row_weights`)."""
+    return -(-batch_size // devices) * devices
+
+
+def mesh_batch(batch_size: int, mesh: Mesh) -> int:
+    """`padded_batch` for the 'data' axis of `mesh`."""
+    return padded_batch(batch_size, mesh.shape[DATA_AXIS])
+
+
+def row_weights(rows: jax.Array, real: int, padded: int) -> jax.Array | None:
+    """(len(rows),) float32 weights of the global batch rows `rows` of a batch of `real` windows
+    padded to `padded` rows: padded / real for a real row, 0 for a padding row; None when
+    nothing is padded (every loss then stays a plain mean).
+
+    A mean over the padded rows of weight * x is the mean of x over the real rows alone; the mean
+    over the devices of each shard's weighted mean is too (`data_parallel`), so the padding
+    changes no loss, gradient or metric."""
+    if padded == real:
+        return None
+    return jnp.where(rows < real, padded / real, 0.0).astype(jnp.float32)
+
+
+def shard_row_weights(rows: int, real: int) -> jax.Array | None:
+    """`row_weights` of this device's `rows` rows of a global batch of `real` windows (padded to
+    the devices); only inside `data_parallel`."""
+    return row_weights(shard_rows(rows), real, rows * jax.lax.axis_size(DATA_AXIS))
 
 
 def shard_batch(local_batch: Any, mesh: Mesh) -> Any:
@@ -276,7 +344,9 @@ def data_parallel(fn: Callable[[Any, Any], T], mesh: Mesh | AbstractMesh) -> Cal
     over the devices of its outputs, in one all-reduce.
 
     `fn` must return means over its shard's rows (a loss, its gradients, metrics): shards are
-    equal (`shard_batch` checks it), so the mean of the shards' means is the global batch's.
+    equal (`shard_batch` checks it), so the mean of the shards' means is the global batch's. A
+    padded batch's `fn` weights its rows with `shard_row_weights`, which keeps that true of the
+    real rows.
     `replicated` (parameters, keys) is whole on every device, `batch` is split on axis 0 over
     'data'. Use it inside `jax.jit`; `shard_rows` gives a shard the global indices of its rows.
     A `mesh.abstract_mesh` lowers the same program without devices (e.g. to count FLOPs).

@@ -17,6 +17,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from aime_jax.atomic import check_local_path
 from aime_jax.errors import AimeError
 
 METHODS = ("aime", "bco", "bc")
@@ -393,6 +394,7 @@ def write_report(paths: Sequence[str], out: str, normaliser: str = "ours") -> di
     rows = build_rows(results, normaliser)
     if not rows:
         raise AimeError(f"every run under {', '.join(map(repr, paths))} went non-finite; there is nothing to report")
+    check_local_path(out, "--out")
     os.makedirs(out, exist_ok=True)
     files = {k: os.path.join(out, name) for k, name in
              (("markdown", "results.md"), ("csv", "results.csv"), ("plot", "demos_plot.png"))}
@@ -593,6 +595,7 @@ def plot_phase1_curve(record: dict, path: str) -> bool:
 def write_block_tables(paths: Sequence[str], out: str) -> list[str]:
     """A markdown and a CSV table per block report under `paths`, written to `out` (and a plot of
     AIME against the phase-1 length where a report has several)."""
+    check_local_path(out, "--out")
     os.makedirs(out, exist_ok=True)
     written = []
     for path in find_blocks(paths):

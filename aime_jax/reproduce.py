@@ -44,7 +44,7 @@ import numpy as np
 
 from aime_jax import envs, parallel, stages
 from aime_jax.agents.phase1 import action_evidence
-from aime_jax.atomic import write_json
+from aime_jax.atomic import check_local_path, write_json
 from aime_jax.checkpoint import Checkpointer
 from aime_jax.data.episodes import list_episodes
 from aime_jax.errors import AimeError, ConfigError
@@ -161,6 +161,7 @@ def make_block(
 
     `deviations` (the settings changed from the paper's, as `key=value`) need a `name`: they are
     recorded in the report, and the block gets a folder of its own."""
+    check_local_path(out, "--out")
     spec = parse_name(dataset)
     if spec.domain != config.domain:
         raise ConfigError(
@@ -206,7 +207,7 @@ def make_block(
 # Overrides that leave the experiment the paper's: where data lives, the seed, logging and
 # checkpointing cadence, devices, and settings that change only the speed of the same computation.
 NOT_DEVIATIONS = (
-    "data.root", "seed", "wandb.", "mesh.", "data.prefetch", "eval.num_envs", "eval.workers",
+    "data.root", "seed", "wandb.", "mesh.", "compile_cache_dir", "data.prefetch", "eval.num_envs", "eval.workers",
     *(f"{stage}.{key}" for stage in ("phase1", "phase2") for key in ("log_every", "eval_every", "save_every", "keep")),
 )
 

@@ -84,7 +84,7 @@ def world_model_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
 WORLD_MODEL_STATUS = "world_model.json"
 # Settings phase 1 never reads (the other stages', logging, where and how fast it computes).
 NOT_PHASE1 = (
-    "stages", "algo", "env", "world_model_dir", "phase2", "bc", "eval", "wandb", "mesh",
+    "stages", "algo", "env", "world_model_dir", "phase2", "bc", "eval", "wandb", "mesh", "compile_cache_dir",
     "data.num_demos", "data.demos", "data.demos_dir", "data.prefetch",
     "phase1.log_every", "phase1.eval_every", "phase1.save_every", "phase1.keep", "phase1.val_batches",
     "phase1.video_context",
@@ -463,7 +463,7 @@ def config_changes(old: dict, config: ml_collections.ConfigDict) -> list[str]:
     new = json.loads(config.to_json())
     changed = sorted(_diff(old, new))
     harmless = (
-        "stages", "wandb.", "data.prefetch", "eval.", "runs.data_devices",
+        "stages", "wandb.", "data.prefetch", "eval.", "runs.data_devices", "compile_cache_dir",
         *(f"world_model.{key}" for key in wm_config.SPEED_ONLY),
         *(f"{stage}.{key}" for stage in ("phase1", "phase2") for key in ("steps", "log_every", "eval_every")),
         "phase2.eval_episodes",

@@ -46,7 +46,7 @@ FLAGS = flags.FLAGS
 def load_config(flag_values: flags.FlagValues):
     """(config, workdir) of parsed flags, resolved; exits with one line on a bad config file."""
     from aime_jax import config as config_lib
-    from aime_jax.errors import ConfigError
+    from aime_jax.atomic import check_local_path
 
     try:
         config = flag_values.config
@@ -60,6 +60,7 @@ def load_config(flag_values: flags.FlagValues):
     # configs/walker_mdp.py:quick -> runs/walker_mdp_quick
     name = os.path.basename(config_flags.get_config_filename(flag_values["config"])).replace(".py", "").replace(":", "_")
     workdir = _fill(flag_values.workdir or os.path.join("runs", name), "--workdir", config)
+    check_local_path(workdir, "--workdir")
     # e.g. runs/sweep/world_model_seed{seed}: one world model per seed, shared by the runs that
     # differ in what phase 1 does not read (config.world_model_dir in aime_jax/config.py).
     filled = _fill(config.world_model_dir, "--config.world_model_dir", config)
@@ -88,13 +89,14 @@ def _fill(pattern: str, flag: str, config) -> str:
         ) from None
 
 
-def check_command(argv: list[str], num_devices: int = 1, process_count: int = 1, plan: dict | None = None):
+def check_command(argv: list[str], num_devices: int | None = None, process_count: int = 1, plan: dict | None = None):
     """Parses a command line of this program (argv[0] is the program) with its own flags and
     makes the checks the run makes before it computes anything (the config, and what is on disk:
     the run directory, the datasets it would build, a shared world model), without writing;
-    returns (config, workdir, stage names). `plan` collects what the commands checked so far
-    will write, so that a sweep's later run that clashes with an earlier one is refused too.
-    Raises SystemExit with one line on a bad command (what `experiments/sweep.py --dry_run` uses)."""
+    returns (config, workdir, stage names). `num_devices`: the devices of all `process_count`
+    processes (None: unknown, as one). `plan` collects what the commands checked so far will write, so that a sweep's
+    later run that clashes with an earlier one is refused too. Raises SystemExit with one line on
+    a bad command (what `experiments/sweep.py --dry_run` uses)."""
     from aime_jax import config as config_lib
     from aime_jax import stages
     from aime_jax.errors import AimeError
@@ -104,7 +106,7 @@ def check_command(argv: list[str], num_devices: int = 1, process_count: int = 1,
     parse_flags(list(argv), flag_values)
     try:
         config, workdir = load_config(flag_values)
-        config_lib.validate(config, config.mesh.num_devices or num_devices, process_count)
+        config_lib.validate(config, config.mesh.num_devices or num_devices or 1, process_count, num_devices)
         stages.preflight(config, workdir, plan)
         return config, workdir, config_lib.stages(config)
     except AimeError as e:
@@ -119,12 +121,20 @@ def main(argv):
     if FLAGS.dry_run:
         import jax
 
-        config, workdir, names = check_command(sys.argv, jax.device_count(), FLAGS.num_processes or 1)
+        from aime_jax import parallel
+
+        # The processes a launcher started (no connection is made): with the devices of this
+        # process standing for all of them, e.g. fake CPU devices for a cluster's command.
+        processes = FLAGS.num_processes or parallel.launched_process_count()
+        config, workdir, names = check_command(sys.argv, jax.device_count(), processes)
         from aime_jax import config as config_lib
 
         runs = len(config_lib.run_grid(config))
         many = f" for {runs} runs as one program" if config_lib.many_runs(config) else ""
-        print(f"dry run: stages {','.join(names)}{many} in {workdir}; the command is valid")
+        devices = config.mesh.num_devices or jax.device_count()
+        print(f"dry run: stages {','.join(names)}{many} in {workdir} on {devices} devices "
+              f"({processes} process{'es' if processes > 1 else ''}){_padding_note(config, devices)}; "
+              "the command is valid")
         return
     from aime_jax import parallel
 
@@ -143,9 +153,24 @@ def main(argv):
     with one_line():
         config, workdir = load_config(FLAGS)
         mesh_devices = config.mesh.num_devices or jax.device_count()
-        config_lib.validate(config, mesh_devices, jax.process_count())
+        config_lib.validate(config, mesh_devices, jax.process_count(), jax.device_count())
+        parallel.use_compile_cache(config.compile_cache_dir)
+        note = _padding_note(config, mesh_devices)
+        if note and not config_lib.many_runs(config):
+            print(f"{mesh_devices} devices{note}", flush=True)
         names = stages.run(config, workdir, parallel.make_mesh(config.mesh.num_devices or None))
     print(f"done: {', '.join(names)} in {workdir}")
+
+
+def _padding_note(config, devices: int) -> str:
+    """', the global batch of B windows is padded to P rows (...)' when the devices do not divide it."""
+    from aime_jax import parallel
+
+    padded = parallel.padded_batch(config.data.batch_size, devices)
+    if padded == config.data.batch_size:
+        return ""
+    return (f", the global batch of {config.data.batch_size} windows is padded to {padded} rows "
+            f"({padded - config.data.batch_size} masked, weight 0)")
 
 
 def parse_flags(argv, flag_values: flags.FlagValues = FLAGS):

@@ -72,7 +72,9 @@ def main(argv):
                                      steps, FLAGS.data_seed, FLAGS.name, deviations)
         if jax.process_index() != 0:
             sys.stdout = open(os.devnull, "w")
-        config_lib.validate(block.config, config.mesh.num_devices or jax.device_count(), jax.process_count())
+        config_lib.validate(block.config, config.mesh.num_devices or jax.device_count(), jax.process_count(),
+                            jax.device_count())
+        parallel.use_compile_cache(config.compile_cache_dir)
         if FLAGS.report_only:
             record = reproduce.write_report(block)
         else:

@@ -9,8 +9,8 @@ ${args_no_hyphens}). Runs go one after another; each is an ordinary experiments/
 so a finished run is skipped and an interrupted one resumes when the sweep is started again.
 Several workers may run the same sweep on a shared disk: a run whose directory another process
 is working in is put off until the others are done. Arguments after `--` are added to every run;
-`--workdir_root` moves the run directories and the world models they share
-(`--config.world_model_dir`). `--dry_run` prints the commands and checks each one as main.py
+`--workdir_root` moves the run directories, the world models they share
+(`--config.world_model_dir`) and their compilation cache (`--config.compile_cache_dir`). `--dry_run` prints the commands and checks each one as main.py
 does before it computes anything (parser, config, and the run directories, datasets and shared
 world models on disk or planned by earlier runs of the sweep), without running or writing.
 """
@@ -115,9 +115,9 @@ def expand(
             command.append(mode)
     workdirs = [i for i, a in enumerate(command) if a.startswith("--workdir=")]
     if workdir_root is not None:
-        # The run directories and the world models they share move together.
+        # The run directories, the world models and the compilation cache they share move together.
         for i, a in enumerate(command):
-            if a.startswith(("--workdir=", "--config.world_model_dir=")):
+            if a.startswith(("--workdir=", "--config.world_model_dir=", "--config.compile_cache_dir=")):
                 flag, path = a.split("=", 1)
                 command[i] = f"{flag}={os.path.join(workdir_root, os.path.basename(path))}"
     if not workdirs:

@@ -11,8 +11,10 @@
 # runs as one process. Every
 # process reads its own shard of each batch, so the datasets must be readable from every
 # worker (a copy on each, or a shared filesystem such as NFS or a gcsfuse-mounted bucket), and
-# --workdir must be on a filesystem all workers share: Orbax writes each checkpoint collectively from all workers and
-# process 0 writes config.json, metrics.jsonl, videos and results.json.
+# --workdir must be on a filesystem all workers share (a gs:// URL is refused: mount the bucket):
+# Orbax writes each checkpoint collectively from all workers and process 0 writes config.json,
+# metrics.jsonl, videos and results.json. A v4-32 slice is 16 chips (JAX devices) on 4 workers;
+# the paper's batch of 50 is padded to 64 rows there, 14 of them masked (docs/scaling.md).
 #
 # Environment:
 #   TPU_NAME   the TPU VM (required)

@@ -202,10 +202,10 @@ def test_config_errors():
     c.algo, c.data.num_demos = "bco", 1
     with pytest.raises(ConfigError, match="num_demos=1, but bco holds out 30% .* use at least 2"):
         config_lib.validate(c, 1)
+    # A batch the devices do not divide is padded with masked rows (tests/test_padding.py).
     c = quick(batch_size=50)
     c.algo = "bc"
-    with pytest.raises(ConfigError, match="config.bc.batch_size=50 is not divisible by the 4 devices"):
-        config_lib.validate(c, 4)
+    config_lib.validate(c, 4)
     # AIME ignores the baselines' section.
     c = quick(stack=0)
     config_lib.validate(c, 1)

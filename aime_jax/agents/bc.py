@@ -37,6 +37,7 @@ from aime_jax.data import EpisodeStore
 from aime_jax.errors import ConfigError, DatasetError
 from aime_jax.nets.cnn import ConvEncoder
 from aime_jax.nets.mlp import MLP
+from aime_jax.world_model import rssm
 
 ACTION_KEY = "pre_action"
 IMAGE_KEY = "image"
@@ -154,11 +155,15 @@ def split_demos(store: EpisodeStore, val_fraction: float) -> tuple[EpisodeStore,
 class EpochSampler:
     """Batches of sample indices as a pure function of (seed, step): epoch e = step // steps_per_epoch
     goes through a permutation drawn from (seed, e), so each sample is seen once per epoch (the last
-    batch topped up from the permutation's start). Process p takes the p-th slice of each batch."""
+    batch topped up from the permutation's start). Each batch is padded to `padded_batch` rows
+    (default: none) by repeating its samples, which the train step weighs 0; process p takes the
+    p-th slice of each (padded) batch."""
 
-    def __init__(self, num: int, global_batch: int, seed: int, process_index: int = 0, process_count: int = 1):
-        if global_batch % process_count:
-            raise ConfigError(f"batch size {global_batch} is not divisible by the {process_count} processes")
+    def __init__(self, num: int, global_batch: int, seed: int, process_index: int = 0, process_count: int = 1,
+                 padded_batch: int | None = None):
+        self.padded_batch = global_batch if padded_batch is None else padded_batch
+        if self.padded_batch % process_count:
+            raise ConfigError(f"batch size {self.padded_batch} is not divisible by the {process_count} processes")
         self.num, self.global_batch, self.seed = num, global_batch, seed
         self.process_index, self.process_count = process_index, process_count
         self.steps_per_epoch = max(1, math.ceil(num / global_batch))
@@ -173,7 +178,8 @@ class EpochSampler:
     def indices(self, step: int) -> np.ndarray:
         epoch, i = divmod(step, self.steps_per_epoch)
         chosen = self._permutation(epoch)[i * self.global_batch : (i + 1) * self.global_batch]
-        per = self.global_batch // self.process_count
+        chosen = np.resize(chosen, self.padded_batch)
+        per = self.padded_batch // self.process_count
         return chosen[self.process_index * per : (self.process_index + 1) * per]
 
     def iterate(self, data: StackData, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
@@ -227,17 +233,20 @@ def create_state(net: StackNet, spec: dict[str, tuple[int, ...]], frames: int, o
     )
 
 
-def make_train_step(net: StackNet, optimizer, mesh: Mesh):
+def make_train_step(net: StackNet, optimizer, mesh: Mesh, batch_size: int | None = None):
     """(state, batch) -> (state, metrics) over `mesh`: each device's shard's MSE and gradients,
     averaged over the devices once (`parallel.data_parallel`); jit it with the batch split over
-    'data' (see `jit_train_step`)."""
+    'data' (see `jit_train_step`). A global batch of `batch_size` samples padded to the devices
+    weighs its padding rows 0."""
 
     def shard_grads(params, batch):
         inputs = {k: batch[k] for k in net.obs_keys}
+        rows = batch[TARGET].shape[0]
+        weights = None if batch_size is None else parallel.shard_row_weights(rows, batch_size)
 
         def loss_fn(params):
             pred = net.apply({"params": params}, inputs)
-            return jnp.mean(jnp.square(pred - batch[TARGET]))
+            return rssm.batch_mean(jnp.square(pred - batch[TARGET]), weights)
 
         return jax.value_and_grad(loss_fn)(params)
 
@@ -253,11 +262,11 @@ def make_train_step(net: StackNet, optimizer, mesh: Mesh):
     return train_step
 
 
-def jit_train_step(net: StackNet, optimizer, mesh: Mesh):
+def jit_train_step(net: StackNet, optimizer, mesh: Mesh, batch_size: int | None = None):
     """The step as `fit` runs it: jitted over `mesh`, the state replicated and donated, the batch
-    split over 'data'."""
+    (of `batch_size` real samples, padded to the devices) split over 'data'."""
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    return jax.jit(make_train_step(net, optimizer, mesh), in_shardings=(repl, data),
+    return jax.jit(make_train_step(net, optimizer, mesh, batch_size), in_shardings=(repl, data),
                    out_shardings=(repl, repl), donate_argnums=0)
 
 
@@ -328,12 +337,13 @@ def fit(
     optimizer = optax.adam(lr)
     state = parallel.replicate(create_state(net, spec, train.frames, optimizer, seed, init_params), mesh)
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-    train_step = jit_train_step(net, optimizer, mesh)
+    train_step = jit_train_step(net, optimizer, mesh, batch_size)
     error_sums = jax.jit(make_error_sums(net), in_shardings=(repl, data), out_shardings=repl)
     keep_best = jax.jit(_keep_best, in_shardings=(repl, repl), out_shardings=repl, donate_argnums=0)
-    sampler = EpochSampler(len(train), batch_size, seed, jax.process_index(), jax.process_count())
+    padded = parallel.mesh_batch(batch_size, mesh)
+    sampler = EpochSampler(len(train), batch_size, seed, jax.process_index(), jax.process_count(), padded)
     baselines = baseline_mses(train, val)
-    val_chunk = batch_size * max(1, 1024 // batch_size)
+    val_chunk = padded * max(1, 1024 // padded)
 
     def validation_mse(params) -> float:
         total, count = 0.0, 0.0

@@ -90,17 +90,22 @@ def make_train_step(
     wm_config: ml_collections.ConfigDict,
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
+    batch_size: int | None = None,
 ) -> Callable[[TrainState, Mapping[str, jax.Array]], tuple[TrainState, dict]]:
     """The phase-1 step over `mesh` (jit it with the batch split over 'data', see `jit_train_step`);
     every window draws its noise from the step key folded with its row in the global batch, so
-    the result does not depend on the number of devices."""
+    the result does not depend on the number of devices. `batch_size`: the real windows of a
+    global batch padded to the devices (`parallel.padded_batch`; the rows past it weigh 0), or
+    None when every row is real."""
 
     def shard_grads(replicated, batch: Mapping[str, jax.Array]):
         params, rng = replicated
-        keys = rssm.row_keys(rng, parallel.shard_rows(batch[ACTION_KEY].shape[0]))
+        rows = batch[ACTION_KEY].shape[0]
+        keys = rssm.row_keys(rng, parallel.shard_rows(rows))
+        weights = None if batch_size is None else parallel.shard_row_weights(rows, batch_size)
 
         def loss_fn(params):
-            return rssm.elbo_loss(model, params, batch, keys, wm_config)
+            return rssm.elbo_loss(model, params, batch, keys, wm_config, weights)
 
         (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, metrics
@@ -122,22 +127,28 @@ def make_train_step(
 
 
 def jit_train_step(
-    model: rssm.WorldModel, wm_config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation, mesh: Mesh
+    model: rssm.WorldModel, wm_config: ml_collections.ConfigDict, optimizer: optax.GradientTransformation, mesh: Mesh,
+    batch_size: int | None = None,
 ):
     """The phase-1 step as training runs it: jitted over `mesh`, the train state replicated and
-    donated, the batch split over 'data'."""
+    donated, the batch (of `batch_size` real windows, padded to the devices) split over 'data'."""
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     return jax.jit(
-        make_train_step(model, wm_config, optimizer, mesh),
+        make_train_step(model, wm_config, optimizer, mesh, batch_size),
         in_shardings=(repl, data),
         out_shardings=(repl, repl),
         donate_argnums=0,
     )
 
 
-def make_eval_step(model: rssm.WorldModel, wm_config: ml_collections.ConfigDict):
+def make_eval_step(model: rssm.WorldModel, wm_config: ml_collections.ConfigDict, batch_size: int | None = None):
+    """(params, batch, rng) -> the phase-1 metrics of a batch; of its first `batch_size` rows
+    when it is padded (the others weigh 0)."""
+
     def eval_step(params, batch, rng):
-        return rssm.elbo_loss(model, params, batch, rng, wm_config)[1]
+        rows = batch[ACTION_KEY].shape[0]
+        weights = None if batch_size is None else parallel.row_weights(jnp.arange(rows), batch_size, rows)
+        return rssm.elbo_loss(model, params, batch, rng, wm_config, weights)[1]
 
     return eval_step
 
@@ -187,21 +198,24 @@ class _Phase1:
         self.optimizer = make_optimizer(config.phase1.lr, config.phase1.grad_clip)
         self.model, state = create_train_state(wm, spec, self.action_dim, self.optimizer, config.seed)
         self.state = parallel.replicate(state, mesh)
+        # A batch the devices do not divide is padded (masked rows); its real windows stay those
+        # of a one-device run.
+        batch_size, padded = config.data.batch_size, parallel.mesh_batch(config.data.batch_size, mesh)
         self.sampler = WindowSampler(
-            self.train_store, config.data.window, config.data.batch_size, config.seed, self.keys,
-            jax.process_index(), jax.process_count(),
+            self.train_store, config.data.window, batch_size, config.seed, self.keys,
+            jax.process_index(), jax.process_count(), padded,
         )
         val_sampler = WindowSampler(
-            self.val_store, config.data.window, config.data.batch_size, config.seed + 1, self.keys,
-            jax.process_index(), jax.process_count(),
+            self.val_store, config.data.window, batch_size, config.seed + 1, self.keys,
+            jax.process_index(), jax.process_count(), padded,
         )
         # Host copies stay for the video; the device copies are made once, not at every evaluation.
         self.val_batches = [val_sampler.batch(i) for i in range(config.phase1.val_batches)]
         self.val_device = [parallel.shard_batch(b, mesh) for b in self.val_batches]
         repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-        self.train_step = jit_train_step(self.model, wm, self.optimizer, mesh)
+        self.train_step = jit_train_step(self.model, wm, self.optimizer, mesh, batch_size)
         self.eval_step = jax.jit(
-            make_eval_step(self.model, wm), in_shardings=(repl, data, repl), out_shardings=repl
+            make_eval_step(self.model, wm, batch_size), in_shardings=(repl, data, repl), out_shardings=repl
         )
         self.video_fn = None
         if rssm.IMAGE_KEY in wm.obs_keys:

@@ -85,27 +85,28 @@ def infer_actions(model: rssm.WorldModel, wm_params, policy: TanhGaussianPolicy,
     return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), outputs)
 
 
-def phase2_loss(model, wm_params, policy, policy_params, batch: Mapping[str, jax.Array], rng, loss_config):
+def phase2_loss(model, wm_params, policy, policy_params, batch: Mapping[str, jax.Array], rng, loss_config,
+                row_weight=None):
     """Negative ELBO of the demonstration observations under policy-inferred actions.
 
-    Every metric is a mean over the batch's windows, so that a data-parallel step can average
-    them over its shards; the sampled actions' std comes as their first two moments (see
-    `with_action_std`).
+    Every metric is a mean over the batch's windows (weighted by `row_weight`, (B,), when the
+    batch is padded), so that a data-parallel step can average them over its shards; the sampled
+    actions' std comes as their first two moments (see `with_action_std`).
     """
     obs = {k: batch[k] for k in model.config.obs_keys}
     embeds = model.apply({"params": wm_params}, obs, method=rssm.WorldModel.embed)
     states, outs, actions, modes = infer_actions(model, wm_params, policy, policy_params, embeds, rng)
-    loss, metrics = rssm.negative_elbo(model, wm_params, obs, states, outs, loss_config)
+    loss, metrics = rssm.negative_elbo(model, wm_params, obs, states, outs, loss_config, row_weight)
     metrics["loss"] = loss
-    metrics["action_mean"] = jnp.mean(actions)
-    metrics["action_mean_square"] = jnp.mean(jnp.square(actions))
+    metrics["action_mean"] = rssm.batch_mean(actions, row_weight)
+    metrics["action_mean_square"] = rssm.batch_mean(jnp.square(actions), row_weight)
     if ACTION_KEY in batch:
         # For analysis only (a real user's demonstrations carry no actions). Step 0 is skipped:
         # its action precedes the window and is guessed from the zero state.
         true = batch[ACTION_KEY][:, 1:].astype(jnp.float32)
-        metrics["action_mse"] = jnp.mean(jnp.square(modes[:, 1:].astype(jnp.float32) - true))
+        metrics["action_mse"] = rssm.batch_mean(jnp.square(modes[:, 1:].astype(jnp.float32) - true), row_weight)
         # What a uniform random policy would score: E[(u - a)^2] = 1/3 + a^2 for u ~ U[-1, 1].
-        metrics["action_mse_random"] = 1.0 / 3.0 + jnp.mean(jnp.square(true))
+        metrics["action_mse_random"] = 1.0 / 3.0 + rssm.batch_mean(jnp.square(true), row_weight)
     return loss, metrics
 
 
@@ -122,27 +123,30 @@ def make_optimizer(phase2: ml_collections.ConfigDict) -> optax.GradientTransform
     return optax.chain(optax.clip_by_global_norm(phase2.grad_clip), optax.adam(phase2.lr))
 
 
-def shard_grads(model, policy, loss_config, params, wm_params, rng, batch):
+def shard_grads(model, policy, loss_config, params, wm_params, rng, batch, batch_size: int | None = None):
     """The policy's gradients and metrics on this device's shard of the batch (inside
     `parallel.data_parallel`): every window draws its noise from the step key folded with its
-    row in the global batch, so the result does not depend on the number of devices."""
+    row in the global batch, so the result does not depend on the number of devices. A global
+    batch of `batch_size` windows padded to the devices weighs its padding rows 0."""
     rows = next(iter(batch.values())).shape[0]
     keys = rssm.row_keys(rng, parallel.shard_rows(rows))
+    weights = None if batch_size is None else parallel.shard_row_weights(rows, batch_size)
 
     def loss_fn(params):
-        return phase2_loss(model, wm_params, policy, params, batch, keys, loss_config)
+        return phase2_loss(model, wm_params, policy, params, batch, keys, loss_config, weights)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return grads, metrics
 
 
-def make_train_step(model, policy, loss_config, optimizer, mesh: Mesh):
+def make_train_step(model, policy, loss_config, optimizer, mesh: Mesh, batch_size: int | None = None):
     """(state, wm_params, batch) -> (state, metrics) over `mesh`; only the policy is
-    differentiated. Jit it with the batch split over 'data' (see `jit_train_step`)."""
+    differentiated. Jit it with the batch split over 'data' (see `jit_train_step`); `batch_size`
+    as in `shard_grads`."""
 
     def local(replicated, batch):
         params, wm_params, rng = replicated
-        return shard_grads(model, policy, loss_config, params, wm_params, rng, batch)
+        return shard_grads(model, policy, loss_config, params, wm_params, rng, batch, batch_size)
 
     mean_grads = parallel.data_parallel(local, mesh)
 
@@ -158,12 +162,13 @@ def make_train_step(model, policy, loss_config, optimizer, mesh: Mesh):
     return train_step
 
 
-def jit_train_step(model, policy, loss_config, optimizer, mesh: Mesh):
+def jit_train_step(model, policy, loss_config, optimizer, mesh: Mesh, batch_size: int | None = None):
     """The phase-2 step as training runs it: jitted over `mesh`, the policy state replicated and
-    donated, the world model's parameters replicated, the batch split over 'data'."""
+    donated, the world model's parameters replicated, the batch (of `batch_size` real windows,
+    padded to the devices) split over 'data'."""
     repl, data = parallel.replicated(mesh), parallel.batch_sharding(mesh)
     return jax.jit(
-        make_train_step(model, policy, loss_config, optimizer, mesh),
+        make_train_step(model, policy, loss_config, optimizer, mesh, batch_size),
         in_shardings=(repl, repl, data), out_shardings=(repl, repl), donate_argnums=0,
     )
 
@@ -197,11 +202,12 @@ def demos_store(demos_dir: str, num_demos: int, obs_spec: Mapping[str, tuple[int
     return store.select(range(num_demos))
 
 
-def demo_sampler(store: EpisodeStore, config: ml_collections.ConfigDict, keys) -> WindowSampler:
-    """The run's stream of demonstration windows: a function of (seed, step) alone."""
+def demo_sampler(store: EpisodeStore, config: ml_collections.ConfigDict, keys, data_devices: int = 1) -> WindowSampler:
+    """The run's stream of demonstration windows: a function of (seed, step) alone, each batch
+    padded to a multiple of the `data_devices` devices that split it."""
     return WindowSampler(
         store, config.data.window, config.data.batch_size, config.seed + 2, keys,
-        jax.process_index(), jax.process_count(),
+        jax.process_index(), jax.process_count(), parallel.padded_batch(config.data.batch_size, data_devices),
     )
 
 
@@ -307,13 +313,13 @@ def train_aime(
     obs_keys = tuple(model.config.obs_keys)
     store = demos_store(demos_dir, config.data.num_demos, {k: dict(model.obs_spec)[k] for k in obs_keys})
     keys = obs_keys + ((ACTION_KEY,) if ACTION_KEY in store.keys else ())
-    sampler = demo_sampler(store, config, keys)
+    sampler = demo_sampler(store, config, keys, mesh.shape[parallel.DATA_AXIS])
     p = config.phase2
     policy = make_policy(p.policy, model.action_dim)
     optimizer = make_optimizer(p)
     features_size = model.config.deter_size + model.config.stoch_size
     state = parallel.replicate(create_policy_state(policy, features_size, optimizer, config.seed), mesh)
-    step_fn = jit_train_step(model, policy, phase2_loss_config(model.config, p), optimizer, mesh)
+    step_fn = jit_train_step(model, policy, phase2_loss_config(model.config, p), optimizer, mesh, config.data.batch_size)
 
     def train_step(state, batch):
         return step_fn(state, wm_params, batch)

@@ -113,20 +113,21 @@ def _keep_where(ok, new, old):
     return jax.tree.map(lambda n, o: jnp.where(ok.reshape(ok.shape + (1,) * (n.ndim - 1)), n, o), new, old)
 
 
-def make_runs_train_step(model, policy, loss_config, optimizer, mesh: Mesh):
+def make_runs_train_step(model, policy, loss_config, optimizer, mesh: Mesh, batch_size: int | None = None):
     """(state, wm_stack, wm_index, batch) -> (state, metrics): the single run's step
     (`phase2.make_train_step`) vmapped over the runs, with the non-finite runs masked.
 
     `wm_stack` holds the world models stacked on a leading axis, `wm_index` (runs,) which one each
-    run uses; `batch` is {key: (runs, batch, T, ...)}. Metrics are (runs,) arrays, with `active`
-    and `diverged_at` from the new state."""
+    run uses; `batch` is {key: (runs, batch, T, ...)}, each run's `batch_size` windows padded to
+    the 'data' devices. Metrics are (runs,) arrays, with `active` and `diverged_at` from the new
+    state."""
 
     def local(per_run, wm_stack, batch):
         params, rng, index = per_run
 
         def one(params, rng, index, batch):
             wm_params = _world_model_of(wm_stack, index)
-            return phase2.shard_grads(model, policy, loss_config, params, wm_params, rng, batch)
+            return phase2.shard_grads(model, policy, loss_config, params, wm_params, rng, batch, batch_size)
 
         return jax.vmap(one)(params, rng, index, batch)
 
@@ -152,12 +153,13 @@ def make_runs_train_step(model, policy, loss_config, optimizer, mesh: Mesh):
     return train_step
 
 
-def jit_runs_train_step(model, policy, loss_config, optimizer, mesh: Mesh, state: RunsState):
+def jit_runs_train_step(model, policy, loss_config, optimizer, mesh: Mesh, state: RunsState,
+                        batch_size: int | None = None):
     """The step as training runs it: the stacked state split over 'runs' and donated, the world
     models whole on every device, the batch split over 'runs' and 'data'."""
     runs = parallel.runs_sharding(mesh)
     return jax.jit(
-        make_runs_train_step(model, policy, loss_config, optimizer, mesh),
+        make_runs_train_step(model, policy, loss_config, optimizer, mesh, batch_size),
         in_shardings=(state_shardings(state, mesh), parallel.replicated(mesh), runs,
                       parallel.runs_batch_sharding(mesh)),
         out_shardings=(state_shardings(state, mesh), runs),
@@ -291,7 +293,8 @@ def train_aime_runs(
     stores = [phase2.demos_store(run.demos_dir, run.config.data.num_demos, spec) for run in runs]
     # One set of keys for the stacked batch: the true actions (for analysis) only if every run has them.
     keys = obs_keys + ((ACTION_KEY,) if all(ACTION_KEY in s.keys for s in stores) else ())
-    samplers = [phase2.demo_sampler(store, run.config, keys) for store, run in zip(stores, runs)]
+    samplers = [phase2.demo_sampler(store, run.config, keys, mesh.shape[parallel.DATA_AXIS])
+                for store, run in zip(stores, runs)]
     padded = parallel.padded_runs(len(runs), mesh)
 
     def batches(start: int):
@@ -313,7 +316,8 @@ def train_aime_runs(
     wm_stack = parallel.replicate(wms.stack, mesh)
     wm_index = jax.device_put(np.concatenate([wms.index, np.zeros(padded - len(runs), np.int32)]),
                               parallel.runs_sharding(mesh))
-    step_fn = jit_runs_train_step(model, policy, phase2.phase2_loss_config(model.config, p), optimizer, mesh, state)
+    step_fn = jit_runs_train_step(model, policy, phase2.phase2_loss_config(model.config, p), optimizer, mesh, state,
+                                  config.data.batch_size)
 
     def train_step(state, batch):
         return step_fn(state, wm_stack, wm_index, batch)

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from aime_jax import envs, locks
-from aime_jax.atomic import write_json
+from aime_jax.atomic import check_local_path, write_json
 from aime_jax.data.collect import random_policy, run_episode
 from aime_jax.data.episodes import list_episodes, save_episode
 from aime_jax.data.render import render_folder
@@ -198,6 +198,7 @@ def build(
     (its first N episodes are the smaller dataset).
     """
     envs.tasks.check_modality(modality)
+    check_local_path(root, "the data root")
     spec = parse_name(name)
     if not scale > 0 or (expert_scale is not None and not expert_scale > 0):
         raise ConfigError(f"scale and expert_scale must be > 0, got {scale}, {expert_scale}")

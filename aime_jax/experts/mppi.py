@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from aime_jax import envs
+from aime_jax.atomic import check_local_path
 from aime_jax.data.collect import run_episode
 from aime_jax.data.episodes import save_episode
 from aime_jax.envs.seeding import episode_seed
@@ -115,6 +116,7 @@ def plan_episodes(
     Returns [{"episode": i, "return": R}] of the episodes planned in this call."""
     config = (config or MPPIConfig()).validate()
     _check_task(env_name)
+    check_local_path(out, "--out")
     os.makedirs(out, exist_ok=True)
     have = set(os.listdir(out))
     todo = [i for i in range(episodes) if f"{i}.npz" not in have]

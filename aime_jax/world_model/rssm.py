@@ -296,10 +296,19 @@ def imagine(
     return _scan_steps(model, params, state0, actions, None, rng)
 
 
-def _window_mean(x: jax.Array) -> jax.Array:
-    """(B, T) -> scalar: sum over the window, mean over the batch."""
+def batch_mean(x: jax.Array, row_weight: Optional[jax.Array] = None) -> jax.Array:
+    """The mean of x (B, ...) over all its axes, each row b weighted by row_weight[b] when given
+    (a padded batch: `parallel.row_weights`, 0 on the padding rows)."""
+    if row_weight is None:
+        return jnp.mean(x)
+    chex.assert_shape(row_weight, x.shape[:1])
+    return jnp.mean(x * row_weight.reshape(row_weight.shape + (1,) * (x.ndim - 1)))
+
+
+def _window_mean(x: jax.Array, row_weight: Optional[jax.Array] = None) -> jax.Array:
+    """(B, T) -> scalar: sum over the window, (weighted) mean over the batch."""
     chex.assert_rank(x, 2)
-    return jnp.mean(jnp.sum(x, axis=1))
+    return batch_mean(jnp.sum(x, axis=1), row_weight)
 
 
 def _sum_event(x: jax.Array) -> jax.Array:
@@ -313,12 +322,14 @@ def negative_elbo(
     states: State,
     outs: Mapping[str, jax.Array],
     loss_config: ml_collections.ConfigDict,
+    row_weight: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The training objective of a filtered window, per window and averaged over the batch.
 
     obs: (B, T, ...) targets of every observed key (images uint8); states, outs: from `observe`
     or any scan of `WorldModel.step` with embeddings (phase 2 passes its own). loss_config:
-    free_nats, kl_balance, reweight, kl_scale, kl_only.
+    free_nats, kl_balance, reweight, kl_scale, kl_only. row_weight: (B,) weights of the batch's
+    windows in every mean over the batch (`batch_mean`), or None for a plain mean.
 
     With `reweight`, each dimension's log-likelihood is scaled by its detached std, and the
     per-step KL by the mean detached std over all output dims, so the two terms keep their
@@ -331,6 +342,7 @@ def negative_elbo(
     )
     chex.assert_equal_shape_prefix([states["h"], outs["post_mean"]], 2)
     batch, steps = states["h"].shape[:2]
+    w = row_weight
     feats = features(states)
     dists = model.apply({"params": params}, feats, vectors_only=True, method=WorldModel.decode)
 
@@ -352,8 +364,8 @@ def negative_elbo(
         true_recon -= log_prob
         std_sum += dims
         num_dims += dims
-        metrics[f"recon/{IMAGE_KEY}"] = _window_mean(-log_prob)
-        metrics[f"mse/{IMAGE_KEY}"] = jnp.mean(sse) / dims
+        metrics[f"recon/{IMAGE_KEY}"] = _window_mean(-log_prob, w)
+        metrics[f"mse/{IMAGE_KEY}"] = batch_mean(sse, w) / dims
     for key, (mean, std) in dists.items():
         target = obs[key]
         chex.assert_equal_shape([target, mean])
@@ -363,8 +375,8 @@ def negative_elbo(
         true_recon -= _sum_event(log_prob)
         std_sum += _sum_event(jax.lax.stop_gradient(std.astype(jnp.float32)))
         num_dims += mean[0, 0].size
-        metrics[f"recon/{key}"] = _window_mean(-_sum_event(log_prob))
-        metrics[f"mse/{key}"] = jnp.mean(jnp.square(mean.astype(jnp.float32) - target))
+        metrics[f"recon/{key}"] = _window_mean(-_sum_event(log_prob), w)
+        metrics[f"mse/{key}"] = batch_mean(jnp.square(mean.astype(jnp.float32) - target), w)
 
     kl = D.kl_per_step(
         outs["post_mean"],
@@ -375,27 +387,28 @@ def negative_elbo(
         loss_config.kl_balance,
     )
     kl_loss = kl * std_sum / num_dims if loss_config.reweight else kl
-    kl_term = loss_config.kl_scale * _window_mean(kl_loss)
-    loss = kl_term if loss_config.kl_only else _window_mean(recon_loss) + kl_term
+    kl_term = loss_config.kl_scale * _window_mean(kl_loss, w)
+    loss = kl_term if loss_config.kl_only else _window_mean(recon_loss, w) + kl_term
 
-    nelbo = _window_mean(true_recon) + _window_mean(kl)
+    nelbo = _window_mean(true_recon, w) + _window_mean(kl, w)
     metrics.update(
         nelbo=nelbo,
         nelbo_per_step=nelbo / steps,
-        recon=_window_mean(true_recon),
-        recon_per_step=_window_mean(true_recon) / steps,
-        kl=_window_mean(kl),
-        kl_per_step=_window_mean(kl) / steps,
-        prior_entropy=jnp.mean(D.gaussian_entropy(outs["prior_std"])),
-        post_entropy=jnp.mean(D.gaussian_entropy(outs["post_std"])),
-        prior_std=jnp.mean(outs["prior_std"]),
-        post_std=jnp.mean(outs["post_std"]),
+        recon=_window_mean(true_recon, w),
+        recon_per_step=_window_mean(true_recon, w) / steps,
+        kl=_window_mean(kl, w),
+        kl_per_step=_window_mean(kl, w) / steps,
+        prior_entropy=batch_mean(D.gaussian_entropy(outs["prior_std"]), w),
+        post_entropy=batch_mean(D.gaussian_entropy(outs["post_std"]), w),
+        prior_std=batch_mean(outs["prior_std"], w),
+        post_std=batch_mean(outs["post_std"], w),
     )
     return loss, metrics
 
 
 def _probe_loss(
-    model: WorldModel, params: Params, obs: Mapping[str, jax.Array], feats: jax.Array
+    model: WorldModel, params: Params, obs: Mapping[str, jax.Array], feats: jax.Array,
+    row_weight: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     # Step 0 is skipped: from the zero state and one first-order observation, velocities are
     # not identifiable, and fitting them there would only add noise (as in the release).
@@ -405,8 +418,8 @@ def _probe_loss(
     for key, pred in preds.items():
         err = jnp.square(pred.astype(jnp.float32) - obs[key][:, 1:])
         # Unit-variance Gaussian NLL without its constant: the gradient of MSE.
-        loss += _window_mean(0.5 * jnp.sum(err, axis=-1))
-        metrics[f"probe_mse/{key}"] = jnp.mean(err)
+        loss += _window_mean(0.5 * jnp.sum(err, axis=-1), row_weight)
+        metrics[f"probe_mse/{key}"] = batch_mean(err, row_weight)
     return loss, metrics
 
 
@@ -416,14 +429,15 @@ def _idm_loss(
     feats: jax.Array,
     embeds: jax.Array,
     actions: jax.Array,
+    row_weight: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     # actions[:, t + 1] is a_t, the action taken between s_t and o_{t+1}.
     mean, std = model.apply(
         {"params": params}, feats[:, :-1], embeds[:, 1:], method=WorldModel.inverse_dynamics
     )
     target = actions[:, 1:]
-    loss = _window_mean(-tanh_gaussian_log_prob(mean, std, target))
-    mse = jnp.mean(jnp.square(tanh_gaussian_mode(mean).astype(jnp.float32) - target))
+    loss = _window_mean(-tanh_gaussian_log_prob(mean, std, target), row_weight)
+    mse = batch_mean(jnp.square(tanh_gaussian_mode(mean).astype(jnp.float32) - target), row_weight)
     return loss, {"idm_loss": loss, "idm_mse": mse}
 
 
@@ -433,11 +447,14 @@ def elbo_loss(
     batch: Mapping[str, jax.Array],
     rng: chex.PRNGKey,
     config: ml_collections.ConfigDict,
+    row_weight: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Phase-1 loss of a batch of windows: negative ELBO + probe and inverse-dynamics losses.
 
     batch: every key of `config.obs_keys` and `config.probe_keys` as (B, T, ...), and
     "pre_action" (B, T, A). rng: one key, or (B,) keys, one per window (see `per_row_keys`).
+    row_weight: (B,) weights of the windows in every mean over the batch (a padded batch), or
+    None for plain means.
     config: the world-model config; only its `loss` section may differ
     from the one the model was built with (e.g. for `kl_only` or `kl_scale` variants).
     Probes and the inverse-dynamics head read detached features, so their losses train only
@@ -449,15 +466,15 @@ def elbo_loss(
     obs = {k: batch[k] for k in config.obs_keys}
     embeds = model.apply({"params": params}, obs, method=WorldModel.embed)
     states, outs = observe(model, params, embeds, actions, rng)
-    loss, metrics = negative_elbo(model, params, obs, states, outs, config.loss)
+    loss, metrics = negative_elbo(model, params, obs, states, outs, config.loss, row_weight)
     metrics["elbo_loss"] = loss
     feats = features(states)
     if config.probe_keys:
-        probe_loss, probe_metrics = _probe_loss(model, params, batch, feats)
+        probe_loss, probe_metrics = _probe_loss(model, params, batch, feats, row_weight)
         loss += probe_loss
         metrics.update(probe_metrics, probe_loss=probe_loss)
     if config.idm.enabled:
-        idm_loss, idm_metrics = _idm_loss(model, params, feats, embeds, actions)
+        idm_loss, idm_metrics = _idm_loss(model, params, feats, embeds, actions, row_weight)
         loss += idm_loss
         metrics.update(idm_metrics)
     metrics["loss"] = loss
