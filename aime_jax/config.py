@@ -142,9 +142,13 @@ def make_config(domain: str, modality: str, arg: str = "") -> ml_collections.Con
     c.runs.data_devices = 0
 
     c.wandb = ml_collections.ConfigDict()
+    # One wandb run per pipeline run (docs/pipeline.md): named after the run directory unless
+    # `name` is given; grouped by `group`, else by the sweep under `wandb agent`, else by algo,
+    # task and modality.
     c.wandb.mode = "disabled"  # 'online' or 'offline' turns it on
-    c.wandb.project = "aime-jax"
+    c.wandb.project = "aime-jax"  # under `wandb agent`, the sweep file's `project` instead
     c.wandb.name = ""
+    c.wandb.group = ""
 
     if arg == "quick":
         # 30 random episodes, experts trained for a few minutes (walker-walk 40k steps, cheetah-run

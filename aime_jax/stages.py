@@ -20,6 +20,7 @@ from aime_jax.atomic import remove_stale_temporaries, writable_dir, write_json
 from aime_jax.data.render import render_folder
 from aime_jax.errors import AimeError
 from aime_jax.experts.build import EPISODES, build, check_built, generator_diff, scaled, wanted_generator
+from aime_jax.logging import active_wandb, pipeline_wandb, wandb_histogram, wandb_table, wandb_video
 from aime_jax.results import (
     make_runs_scorer,
     make_scorer,
@@ -282,6 +283,7 @@ def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     """The final score: `eval.episodes` episodes of the trained policy and of a random policy."""
     if results_complete(config, workdir):
         print(f"evaluation skipped: {os.path.join(workdir, 'results.json')} is complete")
+        report_final(workdir)
         return
     if config.algo == "aime":
         wait_for_world_model(config)
@@ -293,6 +295,49 @@ def evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     results = results_record(config, workdir, summary, result, experts, random_policy_result(config))
     write_outputs(workdir, results, result.frames)
     print_results(results)
+    report_final(workdir)
+
+
+# What the final evaluation reports to wandb (from results.json), besides the returns' histogram,
+# the random policy's score and the video.
+FINAL_KEYS = ("normalised", "normalised_paper", "normalised_std", "return_mean", "return_std", "expert_return",
+              "episodes")
+RUNS_TABLE = ("run", "num_demos", "seed", "return_mean", "return_std", "normalised", "normalised_paper")
+
+
+def _final_values(workdir: str, prefix: str) -> tuple[dict, dict]:
+    """(the wandb values under `prefix`, the results) of a run's results.json and its video."""
+    results = _read_json(os.path.join(workdir, "results.json"))
+    values = {f"{prefix}/{key}": results[key] for key in FINAL_KEYS if key in results}
+    values[f"{prefix}/random_normalised"] = results["random"]["normalised"]
+    values[f"{prefix}/returns"] = wandb_histogram(results["returns"])
+    video = os.path.join(workdir, "videos", "eval_episode0.mp4")
+    if os.path.exists(video):
+        values[f"{prefix}/video"] = wandb_video(video)
+    return values, results
+
+
+def report_final(workdir: str) -> None:
+    """The final evaluation in the pipeline's wandb run (if there is one), as final/normalised,
+    final/return_mean, ..., final/video: the score a sweep optimises (launch/sweeps/). A rerun
+    that skips a complete evaluation reports it again (an interrupted run may not have)."""
+    run = active_wandb()
+    if run is not None:
+        run.record(_final_values(workdir, "final")[0])
+
+
+def report_final_runs(runs: list) -> None:
+    """`report_final` of a program of runs: each run's values under final/<run name>/, and one
+    table of every run's scores (final/runs)."""
+    run = active_wandb()
+    if run is None:
+        return
+    values, rows = {}, []
+    for r in runs:
+        ours, results = _final_values(r.workdir, f"final/{r.name}")
+        values.update(ours)
+        rows.append([r.name, *(results.get(key) for key in RUNS_TABLE[1:])])
+    run.record({**values, "final/runs": wandb_table(list(RUNS_TABLE), rows)})
 
 
 # ---- many runs as one program (config.runs; docs/many_runs.md) ----------------------------------
@@ -393,7 +438,9 @@ def many_phase2(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
 
 def many_evaluation(config: ml_collections.ConfigDict, workdir: str, mesh) -> None:
     """Every run's final score, all runs' episodes in one batch; a results.json per run."""
-    evaluate_program(config, program_runs(config, workdir))
+    runs = program_runs(config, workdir)
+    evaluate_program(config, runs)
+    report_final_runs(runs)
 
 
 def evaluate_program(config: ml_collections.ConfigDict, runs: list) -> None:
@@ -566,8 +613,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, mesh,
         parallel.on_main(lambda: write_config(config, workdir), "writing config.json")
         if config_lib.many_runs(config):
             parallel.on_main(lambda: write_run_configs(config, workdir), "writing the runs' config.json")
-        for name in names:
-            print(f"== stage {name} ({workdir})", flush=True)
-            with around(name) if around else contextlib.nullcontext():
-                stage_fn(config, name)(config, workdir, mesh)
+        with pipeline_wandb(config, workdir):
+            for name in names:
+                print(f"== stage {name} ({workdir})", flush=True)
+                with around(name) if around else contextlib.nullcontext():
+                    stage_fn(config, name)(config, workdir, mesh)
     return names

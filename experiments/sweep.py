@@ -84,7 +84,9 @@ def expand(
     sweep: dict, params: dict, workdir_root: str | None = None, extra: list[str] = (), wandb_mode: str | None = None
 ) -> list[str]:
     """The command line of one run of the sweep (argv, interpreter first). `wandb_mode` replaces
-    the command's config.wandb.mode (absl refuses a config override given twice)."""
+    the command's config.wandb.mode (absl refuses a config override given twice); when it turns
+    wandb on, the run goes to the sweep file's `project` and is grouped by the file's name, as
+    `wandb agent` puts a sweep's runs in its project and groups them by the sweep."""
     args = [f"--{name}={_flag_value(v)}" for name, v in params.items()]
     command: list[str] = []
     for item in sweep.get("command", DEFAULT_COMMAND):
@@ -109,10 +111,11 @@ def expand(
         command.insert(0, sys.executable)
     command.extend(extra)
     if wandb_mode is not None and any(a.startswith("--config") for a in command):
-        mode = f"--config.wandb.mode={wandb_mode}"
-        command = [mode if a.startswith("--config.wandb.mode=") else a for a in command]
-        if mode not in command:
-            command.append(mode)
+        command = _set_config(command, "wandb.mode", wandb_mode)
+        if wandb_mode != "disabled":
+            if sweep.get("project"):
+                command = _set_config(command, "wandb.project", sweep["project"])
+            command = _set_config(command, "wandb.group", _sweep_name(sweep))
     workdirs = [i for i, a in enumerate(command) if a.startswith("--workdir=")]
     if workdir_root is not None:
         # The run directories, the world models and the compilation cache they share move together.
@@ -122,9 +125,20 @@ def expand(
                 command[i] = f"{flag}={os.path.join(workdir_root, os.path.basename(path))}"
     if not workdirs:
         name = "_".join(f"{k.split('.')[-1]}{_flag_value(v)}" for k, v in params.items())
-        root = workdir_root or os.path.join("runs", "sweeps", os.path.splitext(os.path.basename(sweep.get("_path", "sweep")))[0])
+        root = workdir_root or os.path.join("runs", "sweeps", _sweep_name(sweep))
         command.append("--workdir=" + os.path.join(root, name))
     return command
+
+
+def _sweep_name(sweep: dict) -> str:
+    return os.path.splitext(os.path.basename(sweep.get("_path", "sweep")))[0]
+
+
+def _set_config(command: list[str], key: str, value) -> list[str]:
+    """`command` with --config.<key>=<value> in place of its own (or added)."""
+    flag = f"--config.{key}="
+    command = [a for a in command if not a.startswith(flag)]
+    return command + [flag + _flag_value(value)]
 
 
 @functools.lru_cache(maxsize=None)

@@ -23,7 +23,6 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -425,11 +424,10 @@ def toy_run(workdir: Path, steps: int = 8, poison_at: int | None = None) -> ToyS
             yield {"x": np.full((2, 3), step, np.float32)}
             step += 1
 
-    config = ml_collections.ConfigDict({"wandb": {"mode": "disabled", "project": "", "name": ""}})
     return train_loop(
         name="toy", workdir=str(workdir), state=ToyState(jnp.zeros((), jnp.int32), jnp.zeros(3)),
         train_step=train_step, batches=batches, mesh=mesh, loop=LoopConfig(steps, 2, 1000, 2, 5),
-        meta={"data_fingerprint": "toy"}, config=config,
+        meta={"data_fingerprint": "toy"},
     )
 
 

@@ -1,6 +1,7 @@
 """RunLogger: metrics.jsonl, summary lines, progress bar off a TTY, videos, wandb kept off."""
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -83,14 +84,57 @@ def test_video_is_written_and_readable(tmp_path):
     assert len(read) == 12 and read[0].shape == (64, 48, 3)
 
 
+def test_rates_and_time_left_leave_out_the_first_compiling_step(tmp_path, capsys, monkeypatch):
+    """In a log file: a first step of 100 s (compilation) then 0.1 s per step. Every rate printed
+    (summary lines, progress lines) is 10 steps/s and every time left is what 10 steps/s gives;
+    counting the first step would print about 1 step/s at step 100."""
+    clock = [0.0]
+    monkeypatch.setattr("aime_jax.logging.time.perf_counter", lambda: clock[0])
+    monkeypatch.setattr("tqdm.std.time", lambda: clock[0])
+    with RunLogger(tmp_path, total_steps=1000, log_every=100) as logger:
+        logger.log(0, {"return": 1.0}, prefix="eval")  # the step-0 evaluation, before any step
+        clock[0] += 100.0
+        logger.advance()
+        for step in range(2, 1001):
+            clock[0] += 0.1
+            logger.advance()
+            if logger.should_log(step):
+                logger.log(step, {"loss": 1.0})
+                if step % 500 == 0:
+                    logger.log(step, {"return": 1.0}, prefix="eval")
+    captured = capsys.readouterr()
+    summaries = [line for line in captured.out.splitlines() if line.startswith(("[train]", "[eval] step 500"))]
+    assert len(summaries) == 11
+    assert all(line.endswith(" | 10.0 steps/s") for line in summaries), summaries
+    progress = re.findall(r"(\d+)/1000 \[[\d:]+<([\d:]+), ([\d.]+)step/s\]", captured.err)
+    assert len(progress) >= 2, captured.err
+    for done, left, rate in progress:
+        minutes, seconds = left.split(":")
+        # tqdm truncates the seconds: 90 s may print as 01:29.
+        assert float(rate) == 10.0 and abs(int(minutes) * 60 + int(seconds) - (1000 - int(done)) / 10) <= 1
+    # A short stage, 50 s of evaluation after its last step: the bar's last line is the training's rate.
+    with RunLogger(tmp_path, total_steps=5) as logger:
+        for _ in range(5):
+            clock[0] += 0.1
+            logger.advance()
+        clock[0] += 50.0
+        logger.log(5, {"return": 1.0}, prefix="eval")
+    assert re.findall(r"5/5 \[[\d:]+<[\d:]+, ([\d.]+)step/s\]", capsys.readouterr().err) == ["10.00"]
+
+
 def test_wandb_disabled_never_imports_wandb(tmp_path):
     script = textwrap.dedent(
         f"""
         import sys
         import jax.numpy as jnp
-        from aime_jax.logging import RunLogger
-        with RunLogger({str(tmp_path)!r}, total_steps=10, wandb_mode="disabled") as logger:
-            logger.log(1, {{"loss": jnp.float32(1.0)}})
+        from aime_jax import config as config_lib
+        from aime_jax.logging import RunLogger, pipeline_wandb
+        config = config_lib.make_config("walker", "mdp")
+        assert config.wandb.mode == "disabled"
+        with pipeline_wandb(config, {str(tmp_path)!r}) as run:
+            assert run is None
+            with RunLogger({str(tmp_path)!r}, total_steps=10) as logger:
+                logger.log(1, {{"loss": jnp.float32(1.0)}})
         assert "wandb" not in sys.modules, "wandb was imported"
         print("OK")
         """
@@ -107,12 +151,15 @@ def test_wandb_offline_logs_and_resumes_the_same_run(tmp_path):
     script = textwrap.dedent(
         f"""
         import numpy as np, jax.numpy as jnp
-        from aime_jax.logging import RunLogger
+        from aime_jax import config as config_lib
+        from aime_jax.logging import RunLogger, pipeline_wandb
+        config = config_lib.make_config("walker", "mdp")
+        config.wandb.mode = "offline"
         for start in (0, 2):
-            with RunLogger({str(tmp_path)!r}, total_steps=10, initial_step=start,
-                           wandb_mode="offline", config={{"seed": 0}}) as logger:
-                logger.log(start + 1, {{"loss": jnp.float32(1.0)}})
-                logger.video("eval", np.zeros((3, 16, 16, 3), np.uint8), step=start + 2)
+            with pipeline_wandb(config, {str(tmp_path)!r}):
+                with RunLogger({str(tmp_path / "phase1")!r}, total_steps=10, initial_step=start) as logger:
+                    logger.log(start + 1, {{"loss": jnp.float32(1.0)}})
+                    logger.video("eval", np.zeros((3, 16, 16, 3), np.uint8), step=start + 2)
         print("OK")
         """
     )
@@ -129,3 +176,59 @@ def test_wandb_offline_logs_and_resumes_the_same_run(tmp_path):
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2 and all(f"-{run_id}" in r.name for r in runs)
     assert all(list(r.glob("files/media/**/*.mp4")) for r in runs)
+
+
+class FakeWandbConfig(dict):
+    def update(self, values, allow_val_change=False):
+        super().update(values)
+
+
+class FakeWandbRun:
+    """What RunLogger asks of a wandb run, recorded."""
+
+    def __init__(self):
+        self.rows, self.step_metrics, self.summary, self.config = [], {}, {}, FakeWandbConfig()
+
+    def define_metric(self, name, step_metric=None):
+        self.step_metrics[name] = step_metric
+
+    def log(self, row):
+        self.rows.append(row)
+
+
+def test_stages_log_into_the_pipelines_wandb_run_each_on_its_own_axis(tmp_path, monkeypatch):
+    """Two stages that both count from step 0, an expert trained outside the run directory, and a
+    logger of one run of many (no wandb): prefixes, step axes and summary values."""
+    from aime_jax import logging as logging_lib
+
+    fake = FakeWandbRun()
+    run = logging_lib.WandbRun(fake, tmp_path / "run")
+    monkeypatch.setattr(logging_lib, "_ACTIVE", run)
+    for stage in ("phase1", "seed0/phase1"):
+        with RunLogger(tmp_path / "run" / stage, total_steps=4, log_every=2) as logger:
+            logger.constants({"lr": 3e-4})
+            logger.log(0, {"loss": 2.0}, prefix="val")
+            logger.first_step(1.5)
+            for step in range(1, 5):
+                logger.advance()
+                if logger.should_log(step):
+                    logger.log(step, {"loss": 1.0 / step})
+    with RunLogger(tmp_path / "data" / "experts" / "walker-walk", 10, config={"num_envs": 4}) as logger:
+        logger.log(5, {"return": 1.0}, prefix="eval")
+    with RunLogger(tmp_path / "run" / "demos1_seed0" / "phase2", 10, progress=False) as logger:
+        logger.log(5, {"loss": 1.0})
+
+    assert [sorted(row) for row in fake.rows[:3]] == [
+        ["phase1/step", "phase1/val/loss", "phase1/val/steps_per_s"],
+        ["phase1/step", "phase1/train/loss", "phase1/train/steps_per_s"],
+        ["phase1/step", "phase1/train/loss", "phase1/train/steps_per_s"],
+    ]
+    assert [row["seed0/phase1/step"] for row in fake.rows[3:6]] == [0, 2, 4]
+    assert sorted(fake.rows[-1]) == ["experts/walker-walk/eval/return", "experts/walker-walk/eval/steps_per_s",
+                                     "experts/walker-walk/step"]
+    assert len(fake.rows) == 7  # the run of many logged to its files alone
+    assert fake.step_metrics["phase1/train/loss"] == "phase1/step"
+    assert fake.step_metrics["seed0/phase1/train/loss"] == "seed0/phase1/step"
+    assert fake.summary == {"phase1/lr": 3e-4, "phase1/compile_s": 1.5, "seed0/phase1/lr": 3e-4,
+                            "seed0/phase1/compile_s": 1.5}
+    assert fake.config == {"experts/walker-walk": {"num_envs": 4}}

@@ -365,13 +365,13 @@ def fit(
         return int(step) >= schedule.min_steps and int(bad) >= schedule.patience
 
     loop = LoopConfig(schedule.max_steps, schedule.log_every, schedule.eval_every, schedule.eval_every,
-                      schedule.keep, config.data.prefetch)
+                      schedule.keep, config.data.prefetch, lr)
     fingerprint = meta["data_fingerprint"]
     meta = {**meta, "obs_spec": {k: list(v) for k, v in spec.items()}, "action_dim": net.action_dim,
             "frames": train.frames, "baselines": baselines, "config": config.to_dict()}
     return train_loop(
         name=name, workdir=workdir, state=state, train_step=train_step,
-        batches=lambda start: sampler.iterate(train, start), mesh=mesh, loop=loop, meta=meta, config=config,
+        batches=lambda start: sampler.iterate(train, start), mesh=mesh, loop=loop, meta=meta,
         evaluate=evaluate, summary=SUMMARY, data_dir=meta.get("data_dir", fingerprint), stop=stop,
     )
 

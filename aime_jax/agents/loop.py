@@ -11,6 +11,7 @@ import dataclasses
 import os
 import signal
 import threading
+import time
 from typing import Any, Callable
 
 import jax
@@ -32,10 +33,12 @@ class LoopConfig:
     save_every: int
     keep: int
     prefetch: int = 2
+    lr: float | None = None  # reported to wandb (the learners' learning rates are constant)
 
     @classmethod
     def from_config(cls, stage: ml_collections.ConfigDict, data: ml_collections.ConfigDict) -> "LoopConfig":
-        return cls(stage.steps, stage.log_every, stage.eval_every, stage.save_every, stage.keep, data.prefetch)
+        return cls(stage.steps, stage.log_every, stage.eval_every, stage.save_every, stage.keep, data.prefetch,
+                   stage.get("lr"))
 
 
 def _evaluated(result, state):
@@ -96,7 +99,6 @@ def train_loop(
     mesh,
     loop: LoopConfig,
     meta: dict,
-    config: ml_collections.ConfigDict,
     evaluate: Callable[[Any, int, RunLogger], Any] | None = None,
     summary: tuple[str, ...] | None = None,
     data_dir: str = "",
@@ -128,10 +130,9 @@ def train_loop(
         start = int(jax.device_get(state.step))
         if start >= loop.steps or (stop is not None and start > 0 and stop(state)):
             return state
-        logger = RunLogger(
-            workdir, loop.steps, start, loop.log_every, config.wandb.mode, config.wandb.project,
-            config.wandb.name or None, config.to_dict(),
-        )
+        logger = RunLogger(workdir, loop.steps, start, loop.log_every)
+        if loop.lr is not None:
+            logger.constants({"lr": loop.lr})
         last_good = ckpt.latest_step()
         step = start
         try:
@@ -139,7 +140,13 @@ def train_loop(
                 if start == 0 and evaluate is not None:
                     state = _evaluated(evaluate(state, 0, logger), state)  # the untrained baseline
                 for step in range(start + 1, loop.steps + 1):
+                    began = time.perf_counter()
                     state, metrics = train_step(state, next(stream))
+                    if step == start + 1:
+                        # The first step compiles: waiting for it times it, and the logger's
+                        # rates (advance) start from its end.
+                        jax.block_until_ready(metrics)
+                        logger.first_step(time.perf_counter() - began)
                     ckpt.check()  # a save that failed in the background stops the run here
                     logger.advance()
                     logging_now = step % loop.log_every == 0 or step == loop.steps

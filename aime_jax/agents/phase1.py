@@ -276,7 +276,7 @@ def train_world_model(config: ml_collections.ConfigDict, workdir: str, data_dir:
     return train_loop(
         name="phase 1", workdir=workdir, state=run.state, train_step=run.train_step,
         batches=run.sampler.iterate, mesh=mesh, loop=LoopConfig.from_config(config.phase1, config.data),
-        meta=meta, config=config, evaluate=evaluate, summary=SUMMARY, data_dir=data_dir,
+        meta=meta, evaluate=evaluate, summary=SUMMARY, data_dir=data_dir,
     )
 
 

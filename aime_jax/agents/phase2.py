@@ -336,7 +336,7 @@ def train_aime(
             "world_model_dir": os.path.abspath(world_model_dir), "config": config.to_dict()}
     state = train_loop(
         name="phase 2", workdir=workdir, state=state, train_step=train_step, batches=sampler.iterate,
-        mesh=mesh, loop=LoopConfig.from_config(p, config.data), meta=meta, config=config,
+        mesh=mesh, loop=LoopConfig.from_config(p, config.data), meta=meta,
         evaluate=evaluate, summary=SUMMARY, data_dir=demos_dir,
     )
     return AimeAgent(model, wm_params, policy, state.params), state

@@ -371,7 +371,7 @@ def train_aime_runs(
 
         state = train_loop(
             name="phase 2 (many runs)", workdir=workdir, state=state, train_step=train_step, batches=batches,
-            mesh=mesh, loop=LoopConfig.from_config(p, config.data), meta=meta, config=config,
+            mesh=mesh, loop=LoopConfig.from_config(p, config.data), meta=meta,
             evaluate=evaluate, data_dir=", ".join(dict.fromkeys(run.demos_dir for run in runs)),
             put=parallel.shard_runs_batch, report=report,
         )
