@@ -205,15 +205,7 @@ def phase1_step(modality: str, device: str, idm: bool):
     opt = torch.optim.Adam(model.parameters(), lr=3e-4)
     batch = make_batch(model, device)
 
-    def step():
-        loss = model.loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 100.0)
-        opt.step()
-        return loss
-
-    return step, sum(p.numel() for p in model.parameters())
+    return adam_step(lambda: model.loss(batch), model, opt), sum(p.numel() for p in model.parameters())
 
 
 def phase2_step(modality: str, device: str):
@@ -223,15 +215,21 @@ def phase2_step(modality: str, device: str):
     opt = torch.optim.Adam(policy.parameters(), lr=3e-4)
     batch = make_batch(model, device)
 
+    return adam_step(lambda: phase2_loss(model, policy, batch), policy, opt), sum(p.numel() for p in policy.parameters())
+
+
+def adam_step(loss_fn, trained: nn.Module, opt):
+    """One release-style update: the loss, backward, global-norm clipping at 100, Adam."""
+
     def step():
-        loss = phase2_loss(model, policy, batch)
+        loss = loss_fn()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        nn.utils.clip_grad_norm_(policy.parameters(), 100.0)
+        nn.utils.clip_grad_norm_(trained.parameters(), 100.0)
         opt.step()
         return loss
 
-    return step, sum(p.numel() for p in policy.parameters())
+    return step
 
 
 def measure(phase: int, modality: str, device: str, steps: int, warmup: int, idm: bool) -> dict:
