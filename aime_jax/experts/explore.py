@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 from typing import Any, Callable, Sequence
 
 import chex
@@ -43,11 +42,10 @@ import optax
 from aime_jax import envs
 from aime_jax.atomic import remove_stale_temporaries, writable_dir, write_json
 from aime_jax.checkpoint import Checkpointer
-from aime_jax.data.episodes import episode_from_steps, save_episode
 from aime_jax.envs.dmc import ACTION_DIM
-from aime_jax.envs.seeding import episode_seed
 from aime_jax.errors import AimeError, ConfigError
-from aime_jax.experts.replay import ReplayBuffer, prune_replay, replay_dir
+from aime_jax.experts import driver
+from aime_jax.experts.replay import ReplayBuffer
 from aime_jax.experts.sac import (
     SAC,
     SIMULATOR_STEPS_PER_EPISODE,
@@ -246,14 +244,7 @@ def default_config(**overrides: Any) -> ExploreConfig:
 
 
 @dataclasses.dataclass
-class _Progress:
-    env_steps: int = 0
-    episodes: int = 0
-    updates: int = 0
-    pending_updates: float = 0.0
-    normalised: bool = False
-    wall_s: float = 0.0
-    train_returns: list = dataclasses.field(default_factory=list)
+class _Progress(driver.Progress):
     intrinsic_returns: list = dataclasses.field(default_factory=list)
 
 
@@ -302,106 +293,62 @@ def train_explorer(
     writable_dir(workdir, "--workdir")
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, save_interval_steps=1)
     try:
-        latest = ckpt.latest_step()
-        prune_replay(workdir, latest)
-        if latest is not None:
+        if ckpt.latest_step() is not None:
             meta = ckpt.restore_meta()
             if meta["seed"] != seed or meta["domain"] != domain or meta["config"] != config.to_dict():
                 raise AimeError(
                     f"{workdir} holds an exploration run with other settings (domain {meta['domain']}, seed "
                     f"{meta['seed']}); use a new workdir or the same settings"
                 )
-            state, meta = ckpt.restore(state)
-            buffer.load(replay_dir(workdir, latest))
+        restored = driver.restore_checkpoint(ckpt, workdir, state, buffer)
+        if restored is not None:
+            state, meta = restored
             prog = _Progress(**meta["progress"])
         if prog.env_steps < total:
-            prog = _train(explorer, state, buffer, prog, ckpt, domain, env_name, workdir, total, seed, config,
-                          obs_keys, episode_dir, max_wall_s, on_episode)
+            act_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+
+            def seeded(state):
+                # The statistics of the seed transitions fix the scales of the ensemble's inputs and
+                # targets for the rest of the run (saved with the state).
+                data = buffer.chronological()
+                return state.replace(norm=Normaliser.fit(data["obs"], data["next_obs"]))
+
+            def update(state, updates):
+                rng = np.random.default_rng([seed, 1, updates])
+                return explorer.update_many(state, jax.device_put(buffer.sample(rng, (sac_cfg.updates_per_call,
+                                                                                     sac_cfg.batch_size))))
+
+            def intrinsic_return(state, trajectories, round_start, done):
+                trajectory, value = trajectories[0], 0.0
+                if prog.env_steps > sac_cfg.seed_steps:
+                    actions = np.stack([s.action for s in trajectory[1:]])
+                    states = np.stack([observation_vector(s.proprio, obs_keys) for s in trajectory[:-1]])
+                    value = float(config.intrinsic_scale * np.sum(explorer.disagreement(state, states, actions)))
+                prog.intrinsic_returns.append(value)
+
+            def save(state):
+                meta = {"domain": domain, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
+                        "progress": dataclasses.asdict(prog)}
+                driver.save_checkpoint(ckpt, workdir, prog.env_steps, state, buffer, meta)
+
+            hooks = driver.Hooks(
+                observe=lambda proprio: observation_vector(proprio, obs_keys),
+                act=lambda state, obs, step: explorer.sac.sample_actions(state.sac.actor_params, obs, act_key, step),
+                update=update,
+                save=save,
+                # No task reward enters training: the updates relabel every batch with the disagreement.
+                reward=lambda steps: np.zeros(len(steps), np.float32),
+                seeded=seeded,
+                end_round=intrinsic_return,
+            )
+            with RunLogger(workdir, total, prog.env_steps, sac_cfg.log_every,
+                           config={"domain": domain, "seed": seed, **config.to_dict()}) as logger:
+                driver.run(hooks, state, buffer, prog, env_name=env_name, seed=seed, total=total, config=sac_cfg,
+                           logger=logger, summary=SUMMARY, episode_dir=episode_dir, max_wall_s=max_wall_s,
+                           on_episode=on_episode)
     finally:
         ckpt.close()
     summary = {"domain": domain, "env": env_name, "seed": seed, "config": config.to_dict(),
                **dataclasses.asdict(prog)}
     write_json(os.path.join(workdir, "summary.json"), summary)
     return summary
-
-
-def _crossed(before: int, after: int, every: int) -> bool:
-    return after // every > before // every
-
-
-def _train(explorer, state, buffer, prog, ckpt, domain, env_name, workdir, total, seed, config, obs_keys,
-           episode_dir, max_wall_s, on_episode):
-    cfg = config.sac_config()
-    chunk = cfg.updates_per_call
-    sac = explorer.sac
-    act_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
-    env = envs.make(env_name, "mdp", seed=None, action_repeat=cfg.action_repeat)
-    logger = RunLogger(workdir, total, prog.env_steps, cfg.log_every,
-                       config={"domain": domain, "seed": seed, **config.to_dict()})
-    metrics: dict[str, Any] = {}
-    start = time.perf_counter()
-    wall0 = prog.wall_s
-    try:
-        done = False
-        while not done:
-            index, round_start = prog.episodes, prog.env_steps
-            step = env.reset(seed=episode_seed(seed, index))
-            trajectory = [step]
-            obs = observation_vector(step.proprio, obs_keys)[None]
-            episode_return, intrinsic_return = 0.0, 0.0
-            random_actions = np.random.default_rng([seed, 2, index])
-            while not step.is_last:
-                before = prog.env_steps
-                if before < cfg.seed_steps:
-                    action = random_actions.uniform(-1.0, 1.0, (1, ACTION_DIM)).astype(np.float32)
-                else:
-                    action = np.asarray(sac.sample_actions(state.sac.actor_params, obs, act_key, before))
-                step = env.step(action[0])
-                trajectory.append(step)
-                next_obs = observation_vector(step.proprio, obs_keys)[None]
-                buffer.add(obs=obs, action=np.clip(action, -1.0, 1.0), reward=np.zeros(1, np.float32),
-                           discount=np.array([0.0 if step.is_terminal else 1.0], np.float32), next_obs=next_obs)
-                episode_return += step.reward
-                obs = next_obs
-                prog.env_steps += 1
-                if prog.env_steps > cfg.seed_steps:
-                    if not prog.normalised:
-                        # The statistics of the seed transitions fix the scales of the ensemble's
-                        # inputs and targets for the rest of the run (saved with the state).
-                        data = buffer.chronological()
-                        state = state.replace(norm=Normaliser.fit(data["obs"], data["next_obs"]))
-                        prog.normalised = True
-                    prog.pending_updates += cfg.utd
-                while prog.pending_updates >= chunk:
-                    batches = buffer.sample(np.random.default_rng([seed, 1, prog.updates]), (chunk, cfg.batch_size))
-                    state, metrics = explorer.update_many(state, jax.device_put(batches))
-                    prog.updates += chunk
-                    prog.pending_updates -= chunk
-                logger.advance(1)
-                if _crossed(before, prog.env_steps, cfg.log_every) and metrics:
-                    recent = prog.train_returns[-1:] or [float("nan")]
-                    logger.log(prog.env_steps, {"episode_return": recent[0], **metrics}, summary=SUMMARY)
-            if prog.normalised:
-                actions = np.stack([s.action for s in trajectory[1:]])
-                states = np.stack([observation_vector(s.proprio, obs_keys) for s in trajectory[:-1]])
-                intrinsic_return = float(config.intrinsic_scale * np.sum(explorer.disagreement(state, states, actions)))
-            if episode_dir is not None:
-                save_episode(os.path.join(episode_dir, f"{index}.npz"), episode_from_steps(trajectory, include_image=False))
-            prog.episodes += 1
-            prog.train_returns.append(float(episode_return))
-            prog.intrinsic_returns.append(intrinsic_return)
-            out_of_time = max_wall_s is not None and wall0 + time.perf_counter() - start >= max_wall_s
-            done = prog.env_steps >= total or out_of_time
-            if done or _crossed(round_start, prog.env_steps, cfg.save_every):
-                prog.wall_s = wall0 + time.perf_counter() - start
-                buffer.save(replay_dir(workdir, prog.env_steps))
-                meta = {"domain": domain, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
-                        "progress": dataclasses.asdict(prog)}
-                ckpt.save(prog.env_steps, state, meta, force=True)
-                ckpt.wait()
-                prune_replay(workdir, prog.env_steps)
-            if on_episode is not None:
-                on_episode(index)
-    finally:
-        logger.close()
-    return prog

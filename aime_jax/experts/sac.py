@@ -40,12 +40,12 @@ from aime_jax import envs
 from aime_jax.atomic import remove_stale_temporaries, writable_dir
 from aime_jax.checkpoint import CheckpointNotFoundError, Checkpointer, restore_params_tree
 from aime_jax.data.collect import Policy, random_policy
-from aime_jax.data.episodes import episode_from_steps, list_episodes, load_episode, save_episode
+from aime_jax.data.episodes import list_episodes, load_episode
 from aime_jax.envs.dmc import ACTION_DIM
-from aime_jax.envs.seeding import episode_seed
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS, evaluate, normalised, write_results
-from aime_jax.experts.replay import ReplayBuffer, prune_replay, replay_dir
+from aime_jax.experts import driver
+from aime_jax.experts.replay import ReplayBuffer
 from aime_jax.logging import RunLogger
 from aime_jax.nets.mlp import MLP
 from aime_jax.nets.policy import tanh_gaussian_mode
@@ -491,16 +491,8 @@ def _obs_spec(env_name: str, periodic: bool = False) -> tuple[tuple[str, ...], i
 
 
 @dataclasses.dataclass
-class _Progress:
-    """Host-side counters saved with every checkpoint (JSON)."""
-
-    env_steps: int = 0
-    episodes: int = 0
-    updates: int = 0
-    pending_updates: float = 0.0
-    wall_s: float = 0.0
+class _Progress(driver.Progress):
     eval_wall_s: float = 0.0
-    train_returns: list = dataclasses.field(default_factory=list)
     evals: list = dataclasses.field(default_factory=list)
     # The evaluation with the highest mean return so far ({"env_steps", "return"}); its state is
     # the one checkpoint in workdir/best/.
@@ -593,17 +585,66 @@ def train_expert(
     ckpt = Checkpointer(_checkpoint_dir(workdir), max_to_keep=1, save_interval_steps=1)
     best = Checkpointer(_best_dir(workdir), max_to_keep=None, save_interval_steps=1)
     try:
-        latest = ckpt.latest_step()
-        prune_replay(workdir, latest)
-        if latest is not None:
+        if ckpt.latest_step() is not None:
             _check_resume(ckpt.restore_meta(), env_name, seed, config, workdir)
-            state, meta = ckpt.restore(state)
-            buffer.load(replay_dir(workdir, latest))
+        restored = driver.restore_checkpoint(ckpt, workdir, state, buffer)
+        if restored is not None:
+            state, meta = restored
             prog = _Progress(**meta["progress"])
         _prune_best(best, prog)
         if prog.env_steps < total:
-            prog = _train(sac, state, buffer, prog, (ckpt, best), env_name, workdir, total, seed, config, obs_keys,
-                          pitch_index, episode_dir, max_wall_s)
+            demos = load_demos(config, env_name, obs_keys, pitch_index)
+            act_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+            shaped = task.shaped if config.shaped_reward else None
+
+            def observe(proprio):
+                return periodic_pitch(observation_vector(proprio, obs_keys), pitch_index)
+
+            def update(state, updates):
+                return sac.update_many(state, jax.device_put(_sample(buffer, demos, config, seed, updates)))
+
+            def meta():
+                return {"env": env_name, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
+                        "pitch_index": pitch_index, "obs_dim": sac.obs_dim, "action_dim": sac.action_dim,
+                        "progress": dataclasses.asdict(prog)}
+
+            def evaluate_round(state, trajectories, round_start, done):
+                if not (done or driver.crossed(round_start, prog.env_steps, config.eval_every)):
+                    return
+                t0 = time.perf_counter()
+                agent = SACAgent(sac, state.actor_params, obs_keys, pitch_index=pitch_index)
+                result = evaluate(env_name, "mdp", agent, config.eval_episodes, num_envs=config.eval_episodes,
+                                  seed=EVAL_SEED, action_repeat=config.action_repeat)
+                prog.eval_wall_s += time.perf_counter() - t0
+                prog.wall_s += time.perf_counter() - t0
+                prog.evals.append({"env_steps": prog.env_steps, "return": result.mean, "return_std": result.std,
+                                   "wall_s": prog.wall_s})
+                logger.log(prog.env_steps, {"return": result.mean, "return_std": result.std}, prefix="eval")
+                if prog.best is None or result.mean > prog.best["return"]:
+                    # Saved now, committed (older bests removed) with the next main checkpoint; a run
+                    # killed in between drops it on resume and evaluates that state again.
+                    prog.best = {"env_steps": prog.env_steps, "return": result.mean}
+                    best.save(prog.env_steps, state, meta(), force=True)
+                    best.wait()
+
+            def save(state):
+                driver.save_checkpoint(ckpt, workdir, prog.env_steps, state, buffer, meta())
+                _prune_best(best, prog)
+
+            hooks = driver.Hooks(
+                observe=observe,
+                act=lambda state, obs, step: sac.sample_actions(state.actor_params, obs, act_key, step),
+                update=update,
+                save=save,
+                reward=driver.task_reward if shaped is None else (
+                    lambda steps: np.array([shaped(s.proprio, s.reward) for s in steps], np.float32)),
+                start_pitch=lambda episode: _start_pitch(config, seed, episode),
+                end_round=evaluate_round,
+            )
+            with RunLogger(workdir, total, prog.env_steps, config.log_every,
+                           config={"env": env_name, "seed": seed, **config.to_dict()}) as logger:
+                driver.run(hooks, state, buffer, prog, env_name=env_name, seed=seed, total=total, config=config,
+                           logger=logger, summary=SUMMARY, episode_dir=episode_dir, max_wall_s=max_wall_s)
     finally:
         ckpt.close()
         best.close()
@@ -633,10 +674,6 @@ def _summary(env_name: str, seed: int, config: SACConfig, prog: _Progress) -> di
         summary["paper_expert_return"] = PAPER_EXPERT_RETURNS[env_name]
         summary["eval_normalised_paper"] = normalised(last["return"], PAPER_EXPERT_RETURNS[env_name])
     return summary
-
-
-def _crossed(before: int, after: int, every: int) -> bool:
-    return after // every > before // every
 
 
 def _start_pitch(config: SACConfig, seed: int, episode: int) -> float | None:
@@ -690,122 +727,6 @@ def _sample(buffer: ReplayBuffer, demos: ReplayBuffer | None, config: SACConfig,
         return batch
     demo = demos.sample(rng, (chunk, n_demo), stride=1, **kw)
     return {k: np.concatenate([batch[k], demo[k]], axis=1) for k in batch}
-
-
-def _train(sac, state, buffer, prog, checkpointers, env_name, workdir, total, seed, config, obs_keys, pitch_index,
-           episode_dir, max_wall_s):
-    n = config.num_envs
-    ckpt, best = checkpointers
-    shaped = envs.tasks.get_task(env_name).shaped if config.shaped_reward else None
-    demos = load_demos(config, env_name, obs_keys, pitch_index)
-
-    def vector(proprio):
-        return periodic_pitch(observation_vector(proprio, obs_keys), pitch_index)
-
-    def meta():
-        return {"env": env_name, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
-                "pitch_index": pitch_index, "obs_dim": sac.obs_dim, "action_dim": sac.action_dim,
-                "progress": dataclasses.asdict(prog)}
-
-    chunk = config.updates_per_call
-    act_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
-    pool = [envs.make(env_name, "mdp", seed=None, action_repeat=config.action_repeat) for _ in range(n)]
-    logger = RunLogger(workdir, total, prog.env_steps, config.log_every,
-                       config={"env": env_name, "seed": seed, **config.to_dict()})
-    metrics: dict[str, Any] = {}
-    start = time.perf_counter()
-    wall0 = prog.wall_s
-    mark = (prog.env_steps, prog.updates, start)
-    recent = prog.train_returns[-n:]
-    try:
-        done = False
-        while not done:
-            first, round_start = prog.episodes, prog.env_steps
-            steps = [env.reset(seed=episode_seed(seed, first + j), pitch=_start_pitch(config, seed, first + j))
-                     for j, env in enumerate(pool)]
-            trajectories = [[s] for s in steps] if episode_dir else None
-            obs = np.stack([vector(s.proprio) for s in steps])
-            returns = np.zeros(n)
-            random_actions = np.random.default_rng([seed, 2, first])
-            while True:
-                before = prog.env_steps
-                if before < config.seed_steps:
-                    action = random_actions.uniform(-1.0, 1.0, (n, ACTION_DIM)).astype(np.float32)
-                else:
-                    action = np.asarray(sac.sample_actions(state.actor_params, obs, act_key, before))
-                steps = [env.step(a) for env, a in zip(pool, action)]
-                next_obs = np.stack([vector(s.proprio) for s in steps])
-                reward = np.array([s.reward for s in steps], np.float32)
-                train_reward = reward if shaped is None else np.array(
-                    [shaped(s.proprio, s.reward) for s in steps], np.float32)
-                buffer.add(
-                    obs=obs, action=np.clip(action, -1.0, 1.0), reward=train_reward,
-                    discount=np.array([0.0 if s.is_terminal else 1.0 for s in steps], np.float32),
-                    next_obs=next_obs,
-                )
-                if trajectories is not None:
-                    for traj, s in zip(trajectories, steps):
-                        traj.append(s)
-                returns += reward
-                obs = next_obs
-                prog.env_steps += n
-                if prog.env_steps > config.seed_steps:
-                    prog.pending_updates += n * config.utd
-                while prog.pending_updates >= chunk:
-                    batches = _sample(buffer, demos, config, seed, prog.updates)
-                    state, metrics = sac.update_many(state, jax.device_put(batches))
-                    prog.updates += chunk
-                    prog.pending_updates -= chunk
-                logger.advance(n)
-                last = steps[0].is_last
-                if _crossed(before, prog.env_steps, config.log_every) or (last and prog.env_steps >= total):
-                    now = time.perf_counter()
-                    host = {
-                        "episode_return": float(np.mean(recent)) if recent else float("nan"),
-                        "env_steps_per_s": (prog.env_steps - mark[0]) / (now - mark[2]),
-                        "updates_per_s": (prog.updates - mark[1]) / (now - mark[2]),
-                        "updates": prog.updates,
-                    }
-                    logger.log(prog.env_steps, {**host, **metrics}, summary=SUMMARY)
-                    mark = (prog.env_steps, prog.updates, now)
-                if last:
-                    break
-            if trajectories is not None:
-                for j, traj in enumerate(trajectories):
-                    path = os.path.join(episode_dir, f"{first + j}.npz")
-                    save_episode(path, episode_from_steps(traj, include_image=False))
-            prog.episodes += n
-            recent = [float(r) for r in returns]
-            prog.train_returns.extend(recent)
-            out_of_time = max_wall_s is not None and wall0 + time.perf_counter() - start >= max_wall_s
-            done = prog.env_steps >= total or out_of_time
-            if done or _crossed(round_start, prog.env_steps, config.eval_every):
-                t0 = time.perf_counter()
-                agent = SACAgent(sac, state.actor_params, obs_keys, pitch_index=pitch_index)
-                result = evaluate(env_name, "mdp", agent, config.eval_episodes, num_envs=config.eval_episodes,
-                                  seed=EVAL_SEED, action_repeat=config.action_repeat)
-                prog.eval_wall_s += time.perf_counter() - t0
-                prog.wall_s = wall0 + time.perf_counter() - start
-                prog.evals.append({"env_steps": prog.env_steps, "return": result.mean, "return_std": result.std,
-                                   "wall_s": prog.wall_s})
-                logger.log(prog.env_steps, {"return": result.mean, "return_std": result.std}, prefix="eval")
-                if prog.best is None or result.mean > prog.best["return"]:
-                    # Saved now, committed (older bests removed) with the next main checkpoint; a run
-                    # killed in between drops it on resume and evaluates that state again.
-                    prog.best = {"env_steps": prog.env_steps, "return": result.mean}
-                    best.save(prog.env_steps, state, meta(), force=True)
-                    best.wait()
-            if done or _crossed(round_start, prog.env_steps, config.save_every):
-                prog.wall_s = wall0 + time.perf_counter() - start
-                buffer.save(replay_dir(workdir, prog.env_steps))
-                ckpt.save(prog.env_steps, state, meta(), force=True)
-                ckpt.wait()
-                prune_replay(workdir, prog.env_steps)
-                _prune_best(best, prog)
-    finally:
-        logger.close()
-    # wall_s is the one saved with the last checkpoint, so a finished run reports the same on rerun.
-    return prog
 
 
 def _read_meta(directory: str) -> tuple[dict, int]:
