@@ -1,7 +1,10 @@
 """Checkpoints of a run: the train state and its JSON metadata, one Orbax step folder per save.
 
 Layout: `<directory>/<step>/state` (any pytree: params, optimizer state, step, PRNG key, data
-stream position) and `<directory>/<step>/meta` (JSON: config, step, dataset fingerprint).
+stream position), `<directory>/<step>/meta` (JSON: config, step, dataset fingerprint) and, for a
+Checkpointer opened with `array_items`, those items: pytrees of host numpy arrays whose shapes
+may change from one save to the next (an online learner's replay buffer), written in the same
+atomic save and restored as numpy arrays on the host.
 
 Saves are asynchronous (the device-to-host copy happens inside `save`, so the caller may
 donate the state right after) and atomic: Orbax writes to `<step>.orbax-checkpoint-tmp-*` and
@@ -181,8 +184,10 @@ class Checkpointer:
         max_to_keep: int | None = 3,
         save_interval_steps: int = 1000,
         read_only: bool = False,
+        array_items: tuple[str, ...] = (),
     ):
         self.directory = _absolute(directory)
+        self.array_items = tuple(array_items)
         self.read_only = read_only
         if read_only and not self.directory.is_dir():
             raise CheckpointNotFoundError(
@@ -199,7 +204,7 @@ class Checkpointer:
             read_only=read_only,
         )
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=(STATE, META)
+            self.directory, options=options, item_names=(STATE, META, *self.array_items)
         )
         self._in_flight: int | None = None
 
@@ -212,16 +217,23 @@ class Checkpointer:
                 if UNFINISHED in path.name:
                     path.rmtree()
 
-    def save(self, step: int, state: Any, meta: dict, force: bool = False) -> bool:
-        """Starts saving `state` and `meta` at `step`; returns whether a save was started.
+    def save(self, step: int, state: Any, meta: dict, force: bool = False, arrays: dict[str, Any] | None = None) -> bool:
+        """Starts saving `state`, `meta` and `arrays` ({array item: pytree of numpy arrays}, any of
+        `array_items`) at `step`; returns whether a save was started. The numpy arrays must stay
+        unchanged until the save is finished (`wait`).
 
         Raises CheckpointError if this save, or the one before it, could not be written."""
+        arrays = arrays or {}
+        unknown = sorted(set(arrays) - set(self.array_items))
+        if unknown:
+            raise ValueError(f"array items {unknown} were not declared when opening the Checkpointer")
         if self._in_flight is not None:
             self._finish()  # Orbax would wait for it before starting this one anyway
         if step in self._manager.all_steps():
             return False
         args = ocp.args.Composite(
-            **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
+            **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)},
+            **{name: ocp.args.PyTreeSave(tree) for name, tree in arrays.items()},
         )
         _OrbaxLogs.last_error = None
         try:
@@ -270,11 +282,40 @@ class Checkpointer:
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
         """Returns (state, meta) of `step` (default: the newest intact one), shaped and sharded
         as `target`."""
-        args = ocp.args.Composite(
-            **{STATE: ocp.args.StandardRestore(_abstract(target)), META: ocp.args.JsonRestore()}
-        )
-        restored = self._read(lambda s: self._manager.restore(s, args=args), step)
-        return restored[STATE], restored[META]
+        state, meta, _ = self.restore_with_arrays(target, (), step)
+        return state, meta
+
+    def restore_with_arrays(
+        self, target: Any, names: tuple[str, ...], step: int | None = None
+    ) -> tuple[Any, dict, dict[str, Any]]:
+        """(state, meta, {name: pytree of numpy arrays}) of `step` (default: the newest intact
+        one), the state shaped and sharded as `target`; `names` are array items the step holds
+        (`holds`)."""
+        def read(s: int) -> dict:
+            args = {STATE: ocp.args.StandardRestore(_abstract(target)), META: ocp.args.JsonRestore()}
+            return self._manager.restore(s, args=ocp.args.Composite(**args, **self._numpy_args(s, names)))
+
+        restored = self._read(read, step)
+        return restored[STATE], restored[META], {name: restored[name] for name in names}
+
+    def restore_arrays(self, name: str, step: int | None = None) -> Any:
+        """The array item `name` of `step` (default: the newest intact one) alone, as numpy arrays."""
+        def read(s: int) -> Any:
+            return self._manager.restore(s, args=ocp.args.Composite(**self._numpy_args(s, (name,))))[name]
+
+        return self._read(read, step)
+
+    def _numpy_args(self, step: int, names: tuple[str, ...]) -> dict[str, Any]:
+        """Restore arguments that read the array items `names` of `step` as saved, on the host."""
+        saved = self._manager.item_metadata(step)
+        as_numpy = {name: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved[name].tree)
+                    for name in names}
+        return {name: ocp.args.PyTreeRestore(restore_args=args) for name, args in as_numpy.items()}
+
+    def holds(self, step: int, name: str) -> bool:
+        """Whether the checkpoint of `step` has the item `name` (checkpoints of older versions
+        may lack an array item)."""
+        return (self.directory / str(step) / name).is_dir()
 
     def restore_meta(self, step: int | None = None) -> dict:
         """The JSON metadata of `step` (default: the newest intact one), without reading the state."""
@@ -331,16 +372,17 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001
             return f"its metadata cannot be read: {_reason(e)}"
         # Every array as the saved metadata describes it, on the host: no target, no devices.
-        path = self.directory / str(step) / STATE
-        reader = ocp.PyTreeCheckpointHandler()
-        try:
-            saved = reader.metadata(path).tree
-            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
-            reader.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
-        except Exception as e:  # noqa: BLE001
-            return f"its arrays cannot be read: {_reason(e)}"
-        finally:
-            reader.close()
+        for item in (STATE, *[name for name in self.array_items if self.holds(step, name)]):
+            path = self.directory / str(step) / item
+            reader = ocp.PyTreeCheckpointHandler()
+            try:
+                saved = reader.metadata(path).tree
+                as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
+                reader.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+            except Exception as e:  # noqa: BLE001
+                return f"its arrays cannot be read: {_reason(e)}"
+            finally:
+                reader.close()
         return None
 
     def _pass_over(self, damaged: list[tuple[int, str]], used: int) -> None:

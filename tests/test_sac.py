@@ -17,7 +17,7 @@ from aime_jax.data import list_episodes, load_episode
 from aime_jax.data.collect import collect
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.evaluate import evaluate
-from aime_jax.experts import replay
+from aime_jax.experts import driver, replay
 from aime_jax.experts import sac as sac_lib
 from aime_jax.nets.policy import tanh_gaussian_log_prob
 
@@ -139,7 +139,7 @@ def test_learned_temperature_brings_the_entropy_to_the_target():
         assert abs(np.mean(entropies[-5:]) - target) < 1.0, (target, entropies[::5])
 
 
-def test_replay_buffer_wraps_and_saves_oldest_first(tmp_path):
+def test_replay_buffer_wraps_and_saves_oldest_first():
     buf = replay.ReplayBuffer(5, 2, 1)
     for i in range(7):
         buf.add(obs=np.full((1, 2), i, np.float32), action=np.zeros((1, 1)), reward=np.array([i]),
@@ -149,16 +149,15 @@ def test_replay_buffer_wraps_and_saves_oldest_first(tmp_path):
     sample = buf.sample(np.random.default_rng(0), (3, 4))
     assert sample["obs"].shape == (3, 4, 2) and set(np.unique(sample["reward"])) <= {2, 3, 4, 5, 6}
     np.testing.assert_array_equal(sample["next_obs"][..., 0], sample["reward"] + 1)
-    buf.save(str(tmp_path / "7"))
-    assert sorted(os.listdir(tmp_path)) == ["7"]
+    saved = buf.chronological()
     smaller, larger = replay.ReplayBuffer(3, 2, 1), replay.ReplayBuffer(10, 2, 1)
-    smaller.load(str(tmp_path / "7"))
-    larger.load(str(tmp_path / "7"))
+    smaller.fill(saved, "test")
+    larger.fill(saved, "test")
     np.testing.assert_array_equal(smaller.chronological()["reward"], [4, 5, 6])
     np.testing.assert_array_equal(larger.chronological()["reward"], [2, 3, 4, 5, 6])
     assert larger.ptr == 5
-    with pytest.raises(AimeError, match="missing or unreadable"):
-        larger.load(str(tmp_path / "8"))
+    with pytest.raises(AimeError, match="lacks"):
+        larger.fill({k: v for k, v in saved.items() if k != "obs"}, "test")
 
 
 def _n_step_reference(buf, i, n, gamma, stride):
@@ -252,9 +251,9 @@ def test_run_writes_episodes_metrics_and_summary(full_run):
     assert [line["step"] for line in train] == [1000, 1500, 2000]
     assert all(np.isfinite(line["train/critic_loss"]) for line in train)
     assert [line["step"] for line in lines if "eval/return" in line] == [1000, 2000]
-    # Only the last checkpoint and its replay buffer are kept.
-    assert os.listdir(work / "run" / "replay") == ["2000"]
-    assert len(np.load(work / "run" / "replay" / "2000" / "obs.npy")) == 2000
+    # Only the last checkpoint, with its replay buffer inside, is kept.
+    assert os.listdir(work / "run" / "checkpoints") == ["2000"] and not os.path.exists(work / "run" / "replay")
+    assert len(driver.read_replay(str(work / "run" / "checkpoints"))["obs"]) == 2000
 
 
 def test_resume_continues_from_the_checkpoint_like_an_uninterrupted_run(full_run, tmp_path):
@@ -278,6 +277,27 @@ def test_resume_continues_from_the_checkpoint_like_an_uninterrupted_run(full_run
     assert again["wall_s"] == resumed["wall_s"]
     with pytest.raises(AimeError, match="other networks"):
         sac_lib.train_expert("walker-stand", str(tmp_path), 3000, seed=3, config=tiny_config(hidden_sizes=(16,)))
+
+
+def test_a_checkpoint_with_its_buffer_beside_it_resumes(full_run, tmp_path):
+    """Earlier versions saved the buffer as .npy files in workdir/replay/<step>/: such a run resumes
+    as an uninterrupted one, and its next checkpoint holds the buffer; without them, one line."""
+    work, summary = full_run
+    run, bare = tmp_path / "run", tmp_path / "no-buffer"
+    sac_lib.train_expert("walker-stand", str(run), 500, seed=3, config=tiny_config())
+    arrays = driver.read_replay(str(run / "checkpoints"))
+    os.makedirs(run / "replay" / "500")
+    for key, value in arrays.items():
+        np.save(run / "replay" / "500" / f"{key}.npy", value)
+    shutil.rmtree(run / "checkpoints" / "500" / replay.ITEM)
+    shutil.copytree(run, bare)
+    shutil.rmtree(bare / "replay")
+    resumed = sac_lib.train_expert("walker-stand", str(run), 1000, seed=3, config=tiny_config())
+    np.testing.assert_allclose(resumed["train_returns"], summary["train_returns"][:2], rtol=1e-5)
+    np.testing.assert_allclose(resumed["eval_return"], summary["eval_curve"][0]["return"], rtol=1e-3)
+    assert not os.path.exists(run / "replay") and len(driver.read_replay(str(run / "checkpoints"))["obs"]) == 1000
+    with pytest.raises(AimeError, match="holds no replay buffer"):
+        sac_lib.train_expert("walker-stand", str(bare), 1000, seed=3, config=tiny_config())
 
 
 def test_expert_policy_restores_from_the_checkpoint_and_collects(full_run, tmp_path):
@@ -399,7 +419,7 @@ def test_shaped_reward_fills_the_replay_and_the_task_reward_is_reported(tmp_path
     config = tiny_config(shaped_reward=True, seed_steps=500, save_every=500)
     summary = sac_lib.train_expert("cheetah-flip", str(tmp_path / "run"), 500, seed=2, config=config,
                                    episode_dir=str(tmp_path / "episodes"))
-    stored = np.load(tmp_path / "run" / "replay" / "500" / "reward.npy")
+    stored = driver.read_replay(str(tmp_path / "run" / "checkpoints"))["reward"]
     episode = load_episode(tmp_path / "episodes" / "0.npz")
     task_reward = episode["reward"][1:]
     assert stored.min() < 0.0 and task_reward.min() >= 0.0

@@ -22,11 +22,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from aime_jax import envs
-from aime_jax.checkpoint import Checkpointer
+from aime_jax.checkpoint import CheckpointNotFoundError, Checkpointer
 from aime_jax.data.episodes import episode_from_steps, save_episode
 from aime_jax.envs.dmc import ACTION_DIM, Step
 from aime_jax.envs.seeding import episode_seed
-from aime_jax.experts.replay import ReplayBuffer, prune_replay, replay_dir
+from aime_jax.errors import AimeError
+from aime_jax.experts import replay
+from aime_jax.experts.replay import ReplayBuffer
 from aime_jax.logging import RunLogger
 
 
@@ -78,24 +80,51 @@ def crossed(before: int, after: int, every: int) -> bool:
     return after // every > before // every
 
 
-def save_checkpoint(ckpt: Checkpointer, workdir: str, step: int, state: Any, buffer: ReplayBuffer, meta: dict) -> None:
-    """The train state, the replay buffer and `meta` at `step`; returns when they are on disk."""
-    buffer.save(replay_dir(workdir, step))
-    ckpt.save(step, state, meta, force=True)
+def open_checkpoints(directory: str) -> Checkpointer:
+    """The checkpoints of an online run: the newest one only, the replay buffer inside it."""
+    return Checkpointer(directory, max_to_keep=1, save_interval_steps=1, array_items=(replay.ITEM,))
+
+
+def save_checkpoint(ckpt: Checkpointer, step: int, state: Any, buffer: ReplayBuffer, meta: dict) -> None:
+    """The train state, the replay buffer and `meta` at `step`, in one atomic save; returns when
+    they are on disk."""
+    ckpt.save(step, state, meta, force=True, arrays={replay.ITEM: buffer.chronological()})
     ckpt.wait()
-    prune_replay(workdir, step)
+    replay.remove_legacy(os.path.dirname(str(ckpt.directory)))
 
 
-def restore_checkpoint(ckpt: Checkpointer, workdir: str, state: Any, buffer: ReplayBuffer) -> tuple[Any, dict] | None:
+def restore_checkpoint(ckpt: Checkpointer, state: Any, buffer: ReplayBuffer) -> tuple[Any, dict] | None:
     """(state, meta) of the latest checkpoint, the buffer filled as it was then; None without one.
-    Drops the buffers of steps with no checkpoint (a save killed halfway)."""
-    latest = ckpt.latest_step()
-    prune_replay(workdir, latest)
-    if latest is None:
+
+    A checkpoint of an earlier version kept its buffer beside it (`<workdir>/replay/<step>/`):
+    read from there (the next checkpoint holds it)."""
+    step = ckpt.latest_step()
+    if step is None:
         return None
-    state, meta = ckpt.restore(state)
-    buffer.load(replay_dir(workdir, latest))
+    if ckpt.holds(step, replay.ITEM):
+        state, meta, arrays = ckpt.restore_with_arrays(state, (replay.ITEM,), step)
+        buffer.fill(arrays[replay.ITEM], f"in {ckpt.directory}/{step}")
+        return state, meta
+    workdir = os.path.dirname(str(ckpt.directory))
+    saved = replay.read_legacy(workdir, step)
+    if saved is None:
+        raise AimeError(
+            f"checkpoint step {step} in {ckpt.directory} holds no replay buffer (nor {workdir}/replay/{step}/), so "
+            "the run cannot continue as it would have; start a new workdir"
+        )
+    state, meta = ckpt.restore(state, step)
+    buffer.fill(saved, os.path.join(workdir, replay.LEGACY_DIR, str(step)))
     return state, meta
+
+
+def read_replay(directory: str) -> dict[str, np.ndarray]:
+    """The replay buffer (oldest first) saved in the latest checkpoint of an online run's
+    checkpoints/ folder, read-only."""
+    with Checkpointer(directory, read_only=True, array_items=(replay.ITEM,)) as ckpt:
+        step = ckpt.latest_step()
+        if step is None or not ckpt.holds(step, replay.ITEM):
+            raise CheckpointNotFoundError(f"no checkpoint with a replay buffer in {directory}")
+        return ckpt.restore_arrays(replay.ITEM, step)
 
 
 def run(

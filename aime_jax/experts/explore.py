@@ -20,9 +20,10 @@ the episodes.
 
 `Explorer.update_many(state, batches)` runs, per entry of the batches' leading axis and inside
 one `lax.scan`: one ensemble update, the relabelling of the batch with the updated ensemble, one
-SAC update. `train_explorer` runs the online loop like `sac.train_expert` (checkpoints at
-episode boundaries with the replay buffer, a rerun continues, every training episode written to
-`episode_dir` as `<i>.npz` with physics states and no images).
+SAC update. `train_explorer` runs it in the online loop of `aime_jax.experts.driver`, as
+`sac.train_expert` does (checkpoints at episode boundaries with the replay buffer inside, a rerun
+continues, every training episode written to `episode_dir` as `<i>.npz` with physics states and
+no images).
 """
 from __future__ import annotations
 
@@ -41,7 +42,6 @@ import optax
 
 from aime_jax import envs
 from aime_jax.atomic import remove_stale_temporaries, writable_dir, write_json
-from aime_jax.checkpoint import Checkpointer
 from aime_jax.envs.dmc import ACTION_DIM
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.experts import driver
@@ -291,7 +291,7 @@ def train_explorer(
     buffer = ReplayBuffer(min(sac_cfg.buffer_size, total), obs_dim)
     prog = _Progress()
     writable_dir(workdir, "--workdir")
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=1, save_interval_steps=1)
+    ckpt = driver.open_checkpoints(os.path.join(workdir, "checkpoints"))
     try:
         if ckpt.latest_step() is not None:
             meta = ckpt.restore_meta()
@@ -300,10 +300,12 @@ def train_explorer(
                     f"{workdir} holds an exploration run with other settings (domain {meta['domain']}, seed "
                     f"{meta['seed']}); use a new workdir or the same settings"
                 )
-        restored = driver.restore_checkpoint(ckpt, workdir, state, buffer)
+        restored = driver.restore_checkpoint(ckpt, state, buffer)
         if restored is not None:
             state, meta = restored
-            prog = _Progress(**meta["progress"])
+            # Checkpoints of earlier versions also said whether the seed steps were over, which
+            # env_steps tells.
+            prog = _Progress(**{k: v for k, v in meta["progress"].items() if k != "normalised"})
         if prog.env_steps < total:
             act_key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
 
@@ -329,7 +331,7 @@ def train_explorer(
             def save(state):
                 meta = {"domain": domain, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
                         "progress": dataclasses.asdict(prog)}
-                driver.save_checkpoint(ckpt, workdir, prog.env_steps, state, buffer, meta)
+                driver.save_checkpoint(ckpt, prog.env_steps, state, buffer, meta)
 
             hooks = driver.Hooks(
                 observe=lambda proprio: observation_vector(proprio, obs_keys),

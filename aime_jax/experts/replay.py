@@ -1,6 +1,6 @@
 """The replay buffer of the SAC experts and the exploration agent: a preallocated numpy ring of
-transitions on the host, saved beside each checkpoint so a resumed run samples from the buffer an
-uninterrupted one would have had."""
+transitions on the host, saved in each checkpoint (the item `ITEM`) so a resumed run samples from
+the buffer an uninterrupted one would have had."""
 from __future__ import annotations
 
 import os
@@ -12,13 +12,16 @@ from aime_jax.envs.dmc import ACTION_DIM
 from aime_jax.errors import AimeError, ConfigError
 
 BATCH_KEYS = ("obs", "action", "reward", "discount", "next_obs")
+# The checkpoint item that holds the buffer (`Checkpointer(array_items=(ITEM,))`).
+ITEM = "replay"
+# Where checkpoints of earlier versions kept it: `<workdir>/replay/<step>/<key>.npy`.
+LEGACY_DIR = "replay"
 
 
 class ReplayBuffer:
     """A preallocated numpy ring of transitions; indices are drawn on the host.
 
-    `save` writes the contents oldest first as one `.npy` per key into a temporary folder and
-    renames it into place, so a folder that exists is complete.
+    `chronological()` is what a checkpoint saves (oldest first), `fill` puts it back.
     """
 
     def __init__(self, capacity: int, obs_dim: int, action_dim: int = ACTION_DIM):
@@ -80,54 +83,38 @@ class ReplayBuffer:
             return {k: v[: self.size] for k, v in self.data.items()}
         return {k: np.roll(v, -self.ptr, axis=0) for k, v in self.data.items()}
 
-    def save(self, directory: str) -> None:
-        parent = os.path.dirname(os.path.abspath(directory))
-        os.makedirs(parent, exist_ok=True)
-        tmp = os.path.join(parent, f".tmp-{os.path.basename(directory)}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-        try:
-            for k, v in self.chronological().items():
-                with open(os.path.join(tmp, f"{k}.npy"), "wb") as f:
-                    np.save(f, v)
-                    f.flush()
-                    os.fsync(f.fileno())
-            shutil.rmtree(directory, ignore_errors=True)
-            os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-    def load(self, directory: str) -> None:
-        """Replaces the contents with a saved buffer (its newest `capacity` transitions)."""
-        try:
-            saved = {k: np.load(os.path.join(directory, f"{k}.npy")) for k in BATCH_KEYS}
-        except (OSError, ValueError) as e:
-            raise AimeError(
-                f"replay buffer {directory} is missing or unreadable ({e}); the checkpoint next to it "
-                "cannot be resumed: start a new workdir"
-            ) from None
+    def fill(self, saved: dict[str, np.ndarray], origin: str) -> None:
+        """Replaces the contents with saved ones (`chronological()` of a buffer; its newest
+        `capacity` transitions); `origin` names where they come from in errors."""
+        missing = [k for k in BATCH_KEYS if k not in saved]
+        if missing:
+            raise AimeError(f"replay buffer {origin} lacks {missing}; the checkpoint cannot be resumed: start a new workdir")
         n = len(saved["obs"])
         keep = min(n, self.capacity)
         for k in BATCH_KEYS:
-            if saved[k].shape[1:] != self.data[k].shape[1:]:
+            if saved[k].shape[1:] != self.data[k].shape[1:] or len(saved[k]) != n:
                 raise AimeError(
-                    f"replay buffer {directory}: {k} has shape {saved[k].shape}, expected (N, *{self.data[k].shape[1:]})"
+                    f"replay buffer {origin}: {k} has shape {saved[k].shape}, expected ({n}, *{self.data[k].shape[1:]})"
                 )
             self.data[k][:keep] = saved[k][n - keep :]
         self.size = keep
         self.ptr = keep % self.capacity
 
 
-def replay_dir(workdir: str, step: int) -> str:
-    return os.path.join(workdir, "replay", str(step))
+def read_legacy(workdir: str, step: int) -> dict[str, np.ndarray] | None:
+    """The buffer a checkpoint of an earlier version saved beside itself (`.npy` files), or None."""
+    folder = os.path.join(workdir, LEGACY_DIR, str(step))
+    if not os.path.isdir(folder):
+        return None
+    try:
+        return {k: np.load(os.path.join(folder, f"{k}.npy")) for k in BATCH_KEYS}
+    except (OSError, ValueError) as e:
+        raise AimeError(
+            f"replay buffer {folder} is unreadable ({e}); the checkpoint next to it cannot be resumed: start a "
+            "new workdir"
+        ) from None
 
 
-def prune_replay(workdir: str, keep: int | None) -> None:
-    """Removes every saved buffer but the one of checkpoint `keep`, and half-written ones."""
-    root = os.path.join(workdir, "replay")
-    if not os.path.isdir(root):
-        return
-    for name in os.listdir(root):
-        if name != str(keep):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+def remove_legacy(workdir: str) -> None:
+    """Removes the buffers of an earlier version's checkpoints (once a checkpoint holds its own)."""
+    shutil.rmtree(os.path.join(workdir, LEGACY_DIR), ignore_errors=True)

@@ -7,13 +7,13 @@ entropy -action_dim, Adam for all three. `SAC.update_many(state, batches)` runs 
 entry of the batches' leading axis inside one `lax.scan`, so the host samples and transfers the
 batches of several updates at once and dispatches one call.
 
-`train_expert` runs the online loop: `num_envs` in-process environments stepped in lockstep (one
-jitted actor call for all of them), a numpy ring replay buffer, checkpoints at episode boundaries
-(Orbax for the train state, atomic `.npy` files for the buffer) so that a rerun with the same
-workdir continues from the last checkpoint with the same buffer, periodic evaluation of the mode
-policy (the checkpoint of the best evaluation so far kept in `workdir/best/`), and, optionally,
-every training episode saved in the authors' layout. `load_expert_policy` restores the actor
-(latest or best) from the Orbax checkpoint alone.
+`train_expert` runs the online loop of `aime_jax.experts.driver`: `num_envs` in-process
+environments stepped in lockstep (one jitted actor call for all of them), a numpy ring replay
+buffer, checkpoints at episode boundaries (one Orbax save of the train state and the buffer) so
+that a rerun with the same workdir continues from the last checkpoint with the same buffer,
+periodic evaluation of the mode policy (the checkpoint of the best evaluation so far kept in
+`workdir/best/`), and, optionally, every training episode saved in the authors' layout.
+`load_expert_policy` restores the actor (latest or best) from the Orbax checkpoint alone.
 
 The observation is the concatenation of the MDP keys of `envs.observation_keys(domain, 'mdp')`,
 taken from `Step.proprio`, so the same expert acts in every modality. Env steps are agent steps
@@ -582,12 +582,12 @@ def train_expert(
     buffer = ReplayBuffer(min(config.buffer_size, total), obs_dim)
     prog = _Progress()
     writable_dir(workdir, "--workdir")
-    ckpt = Checkpointer(_checkpoint_dir(workdir), max_to_keep=1, save_interval_steps=1)
+    ckpt = driver.open_checkpoints(_checkpoint_dir(workdir))
     best = Checkpointer(_best_dir(workdir), max_to_keep=None, save_interval_steps=1)
     try:
         if ckpt.latest_step() is not None:
             _check_resume(ckpt.restore_meta(), env_name, seed, config, workdir)
-        restored = driver.restore_checkpoint(ckpt, workdir, state, buffer)
+        restored = driver.restore_checkpoint(ckpt, state, buffer)
         if restored is not None:
             state, meta = restored
             prog = _Progress(**meta["progress"])
@@ -628,7 +628,7 @@ def train_expert(
                     best.wait()
 
             def save(state):
-                driver.save_checkpoint(ckpt, workdir, prog.env_steps, state, buffer, meta())
+                driver.save_checkpoint(ckpt, prog.env_steps, state, buffer, meta())
                 _prune_best(best, prog)
 
             hooks = driver.Hooks(
