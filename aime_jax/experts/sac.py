@@ -48,7 +48,7 @@ from aime_jax.experts import driver
 from aime_jax.experts.replay import ReplayBuffer
 from aime_jax.logging import RunLogger
 from aime_jax.nets.mlp import MLP
-from aime_jax.nets.policy import tanh_gaussian_mode
+from aime_jax.nets.policy import tanh_gaussian_mode, tanh_gaussian_sample, tanh_gaussian_sample_with_log_prob
 
 SUMMARY = ("episode_return", "critic_loss", "actor_loss", "temperature", "entropy", "q", "updates_per_s")
 # dm_control's walker and cheetah episodes last 1000 physics steps.
@@ -56,8 +56,6 @@ SIMULATOR_STEPS_PER_EPISODE = 1000
 # Evaluation episodes start from episode_seed(EVAL_SEED, i) whatever the training seed, so every
 # expert is scored on the same initial states (training episodes use small seeds).
 EVAL_SEED = 1_000_000
-_LOG_2 = math.log(2.0)
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def settings_from_dict(cls, d: dict[str, Any], what: str, size_lists: Sequence[str] = ()):
@@ -204,8 +202,8 @@ def default_config(env_name: str, **overrides: Any) -> SACConfig:
 
 
 class Actor(nn.Module):
-    """observation -> (mean, log_std) of the pre-tanh Gaussian; log_std squashed into
-    [log_std_min, log_std_max] with a tanh so the entropy stays bounded both ways."""
+    """observation -> (mean, std) of the pre-tanh Gaussian of `nets.policy`'s tanh-Gaussian; log std
+    squashed into [log_std_min, log_std_max] with a tanh so the entropy stays bounded both ways."""
 
     action_dim: int
     hidden_sizes: Sequence[int]
@@ -218,7 +216,7 @@ class Actor(nn.Module):
         out = MLP(self.hidden_sizes, 2 * self.action_dim, "relu", self.layer_norm)(obs)
         mean, raw = jnp.split(out, 2, axis=-1)
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (jnp.tanh(raw) + 1.0)
-        return mean, log_std
+        return mean, jnp.exp(log_std)
 
 
 class Critic(nn.Module):
@@ -249,20 +247,6 @@ class TwinCritic(nn.Module):
             axis_size=self.num,
         )
         return ensemble(self.hidden_sizes, self.layer_norm, name="q")(obs, action)
-
-
-def sample_with_log_prob(mean: jax.Array, log_std: jax.Array, rng: chex.PRNGKey) -> tuple[jax.Array, jax.Array]:
-    """A reparameterised tanh-Gaussian action and its log-density, summed over the last axis.
-
-    The change of variables uses the pre-tanh sample u: log(1 - tanh(u)^2) = 2 (log 2 - u -
-    softplus(-2u)), exact and finite where tanh(u) rounds to +-1 (no clipping of the action).
-    """
-    chex.assert_equal_shape([mean, log_std])
-    noise = jax.random.normal(rng, mean.shape, mean.dtype)
-    pre_tanh = mean + jnp.exp(log_std) * noise
-    gaussian = -0.5 * jnp.square(noise) - log_std - _LOG_SQRT_2PI
-    log_det = 2.0 * (_LOG_2 - pre_tanh - jax.nn.softplus(-2.0 * pre_tanh))
-    return jnp.tanh(pre_tanh), jnp.sum(gaussian - log_det, axis=-1)
 
 
 def critic_loss(q: jax.Array, target: jax.Array) -> jax.Array:
@@ -362,8 +346,8 @@ class SAC:
         rng, next_key, actor_key = jax.random.split(state.rng, 3)
         temperature = jnp.exp(state.log_temperature)
 
-        next_mean, next_log_std = self.actor.apply(state.actor_params, batch["next_obs"])
-        next_action, next_log_prob = sample_with_log_prob(next_mean, next_log_std, next_key)
+        next_action, next_log_prob = tanh_gaussian_sample_with_log_prob(
+            *self.actor.apply(state.actor_params, batch["next_obs"]), next_key)
         next_q = self.critic.apply(state.target_critic_params, batch["next_obs"], next_action)
         target = jax.lax.stop_gradient(
             soft_target(batch["reward"], batch["discount"], next_q, next_log_prob, cfg.discount, temperature)
@@ -378,8 +362,7 @@ class SAC:
         critic_params = optax.apply_updates(state.critic_params, updates)
 
         def actor_objective(params):
-            mean, log_std = self.actor.apply(params, batch["obs"])
-            action, log_prob = sample_with_log_prob(mean, log_std, actor_key)
+            action, log_prob = tanh_gaussian_sample_with_log_prob(*self.actor.apply(params, batch["obs"]), actor_key)
             q_pi = jnp.min(self.critic.apply(critic_params, batch["obs"], action), axis=0)
             return jnp.mean(temperature * log_prob - q_pi), log_prob
 
@@ -420,8 +403,7 @@ class SAC:
         return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
     def _sample_actions(self, actor_params: Any, obs: jax.Array, rng: chex.PRNGKey, step: jax.Array) -> jax.Array:
-        mean, log_std = self.actor.apply(actor_params, obs)
-        return sample_with_log_prob(mean, log_std, jax.random.fold_in(rng, step))[0]
+        return tanh_gaussian_sample(*self.actor.apply(actor_params, obs), jax.random.fold_in(rng, step))
 
     def _mode_actions(self, actor_params: Any, obs: jax.Array) -> jax.Array:
         return tanh_gaussian_mode(self.actor.apply(actor_params, obs)[0])

@@ -21,13 +21,33 @@ Dtype = Any
 # slightly inside keeps the log-density finite (the release clips at the same value).
 TANH_CLIP = 0.999
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+_LOG_2 = math.log(2.0)
+
+
+def _noise(mean: jax.Array, std: jax.Array, rng: chex.PRNGKey) -> jax.Array:
+    chex.assert_equal_shape([mean, std])
+    return jax.random.normal(rng, mean.shape, jnp.float32).astype(mean.dtype)
 
 
 def tanh_gaussian_sample(mean: jax.Array, std: jax.Array, rng: chex.PRNGKey) -> jax.Array:
     """Reparameterised sample: gradients flow through mean and std into whatever produced them."""
-    chex.assert_equal_shape([mean, std])
-    noise = jax.random.normal(rng, mean.shape, jnp.float32).astype(mean.dtype)
-    return jnp.tanh(mean + std * noise)
+    return jnp.tanh(mean + std * _noise(mean, std, rng))
+
+
+def tanh_gaussian_sample_with_log_prob(
+    mean: jax.Array, std: jax.Array, rng: chex.PRNGKey
+) -> tuple[jax.Array, jax.Array]:
+    """The sample of `tanh_gaussian_sample` and its log-density, summed over the last axis.
+
+    The change of variables uses the pre-tanh sample u: log(1 - tanh(u)^2) = 2 (log 2 - u -
+    softplus(-2u)), exact and finite where tanh(u) rounds to +-1, so no clipping of the action
+    (`tanh_gaussian_log_prob`, for actions given without their u, has to clip).
+    """
+    noise = _noise(mean, std, rng)
+    pre_tanh = mean + std * noise
+    gaussian = -0.5 * jnp.square(noise) - jnp.log(std) - _LOG_SQRT_2PI
+    log_det = 2.0 * (_LOG_2 - pre_tanh - jax.nn.softplus(-2.0 * pre_tanh))
+    return jnp.tanh(pre_tanh), jnp.sum(gaussian - log_det, axis=-1)
 
 
 def tanh_gaussian_mode(mean: jax.Array) -> jax.Array:
