@@ -307,10 +307,17 @@ class Checkpointer:
 
     def _numpy_args(self, step: int, names: tuple[str, ...]) -> dict[str, Any]:
         """Restore arguments that read the array items `names` of `step` as saved, on the host."""
-        saved = self._manager.item_metadata(step)
-        as_numpy = {name: jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved[name].tree)
-                    for name in names}
-        return {name: ocp.args.PyTreeRestore(restore_args=args) for name, args in as_numpy.items()}
+        args = {}
+        for name in names:
+            # The manager knows an item's metadata only once it has handled that item.
+            reader = ocp.PyTreeCheckpointHandler()
+            try:
+                saved = reader.metadata(self.directory / str(step) / name).tree
+            finally:
+                reader.close()
+            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
+            args[name] = ocp.args.PyTreeRestore(restore_args=as_numpy)
+        return args
 
     def holds(self, step: int, name: str) -> bool:
         """Whether the checkpoint of `step` has the item `name` (checkpoints of older versions
