@@ -1,6 +1,7 @@
 """The SAC experts against the issue's target (90 % of the paper's expert return); JSON out.
 
-  python experiments/train_expert.py --env=cheetah-run --workdir=runs/experts/cheetah-run --steps=600000
+  python experiments/train_expert.py --config=configs/expert.py:cheetah-run --workdir=runs/experts/cheetah-run \
+      --config.steps=600000 --config.sac.hidden_sizes=128,128
   python benchmarks/experts.py runs/experts/* --out=benchmarks/results/sac_experts_cpu.json
   python benchmarks/experts.py --datasets data/cheetah-flip-expert --out=benchmarks/results/expert_datasets_cpu.json
 

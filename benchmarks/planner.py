@@ -7,7 +7,6 @@ Plans into a temporary folder with the default settings (aime_jax/experts/mppi.p
 per task, each episode's return and wall seconds, against the paper's expert return.
 """
 import argparse
-import dataclasses
 import os
 import platform
 import sys
@@ -16,7 +15,8 @@ import time
 
 from aime_jax.atomic import write_json
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS
-from aime_jax.experts.mppi import MPPIConfig, plan_episodes
+from aime_jax.experts.config import as_dict
+from aime_jax.experts.mppi import default_config, plan_episodes
 from aime_jax.hostmem import reexec_with_huge_pages
 
 
@@ -27,8 +27,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="benchmarks/results/planner_cpu.json")
     args = p.parse_args()
-    config = MPPIConfig()
-    result = {"command": "python " + " ".join(sys.argv), "settings": dataclasses.asdict(config),
+    config = default_config()
+    result = {"command": "python " + " ".join(sys.argv), "settings": as_dict(config),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()}, "tasks": []}
     for env in args.envs.split(","):
         episodes = []

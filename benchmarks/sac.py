@@ -25,12 +25,13 @@ import numpy as np
 
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS, write_results
 from aime_jax.experts import replay
+from aime_jax.experts.config import as_dict
 from aime_jax.experts import sac as sac_lib
 from aime_jax.hostmem import reexec_with_huge_pages
 
 
 def updates_per_second(hidden, layer_norm: bool, batch_size: int, per_call: int, seconds: float) -> float:
-    config = sac_lib.SACConfig(hidden_sizes=hidden, layer_norm=layer_norm, batch_size=batch_size)
+    config = sac_lib.default_config("walker-stand", hidden_sizes=hidden, layer_norm=layer_norm, batch_size=batch_size)
     sac = sac_lib.SAC(config, 24)
     state = sac.init(0)
     rng = np.random.default_rng(0)
@@ -51,7 +52,7 @@ def updates_per_second(hidden, layer_norm: bool, batch_size: int, per_call: int,
 
 
 def act_latency_us(num_envs: int, calls: int = 500) -> float:
-    sac = sac_lib.SAC(sac_lib.SACConfig(), 24)
+    sac = sac_lib.SAC(sac_lib.default_config("walker-stand"), 24)
     state = sac.init(0)
     obs = np.zeros((num_envs, 24), np.float32)
     key = jax.random.PRNGKey(0)
@@ -135,7 +136,7 @@ def main():
     train = [m for m in metrics if "train/updates_per_s" in m and m["train/updates"] > 0]
     result["training"] = {
         "env": args.env,
-        "config": config.to_dict(),
+        "config": as_dict(config),
         "env_steps": summary["env_steps"],
         "updates": summary["updates"],
         "wall_s": round(wall, 1),

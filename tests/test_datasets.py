@@ -329,7 +329,7 @@ def test_flip_expert_learns_from_planner_demonstrations(tmp_path, monkeypatch):
 
     def tiny_planner(env, out, episodes, seed=0, config=None, progress=True):
         calls.append((env, out, episodes))
-        return real(env, out, episodes, seed, mppi.MPPIConfig(samples=8, horizon=4), progress=False)
+        return real(env, out, episodes, seed, mppi.default_config(samples=8, horizon=4), progress=False)
 
     monkeypatch.setattr(mppi, "plan_episodes", tiny_planner)
     tiny_build("cheetah-flip-expert", tmp_path, expert_scale=0.006)  # 3000 steps
@@ -340,3 +340,18 @@ def test_flip_expert_learns_from_planner_demonstrations(tmp_path, monkeypatch):
     assert meta["config"]["demo_dir"] == planner_dir and meta["config"]["periodic_pitch"]
     generator = build_lib.read_card(str(tmp_path / "cheetah-flip-expert"))["generator"]
     assert generator["expert_demos"] == 1 and generator["expert_config"]["periodic_pitch"]
+
+
+def test_the_expert_config_is_the_builders_run():
+    """configs/expert.py:<task> trains what the builder trains at scale 1 (length and settings)."""
+    from aime_jax.experts import config as experts_config
+    from aime_jax.experts import sac
+
+    ctx = build_lib._Build("data", 1.0, 0, 1.0, {}, {}, False, None)
+    for env in ("walker-stand", "cheetah-run", "cheetah-flip"):
+        config = experts_config.expert(env)
+        assert config.steps == build_lib._expert_steps(ctx, env)
+        assert config.sac == sac.default_config(env, **build_lib._expert_settings(ctx, env))
+    assert experts_config.expert("cheetah-run").sac.hidden_sizes == (256, 256)
+    with pytest.raises(ConfigError, match="unknown config argument 'walker-dance'"):
+        experts_config.expert("walker-dance")

@@ -29,7 +29,7 @@ def test_simulated_returns_equal_stepping_the_environment():
 
 
 def test_planner_episodes_beat_random_actions_and_resume(tmp_path):
-    config = mppi.MPPIConfig(samples=32, horizon=10)
+    config = mppi.default_config(samples=32, horizon=10)
     results = mppi.plan_episodes("cheetah-flip", str(tmp_path / "plan"), 1, seed=0, config=config, progress=False)
     collect("cheetah-flip", "mdp", str(tmp_path / "random"), 1, seed=0, progress=False)
     random_return = load_episode(tmp_path / "random" / "0.npz")["reward"].sum()

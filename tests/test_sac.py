@@ -332,6 +332,9 @@ def test_best_checkpoint_holds_the_best_evaluation(full_run, tmp_path):
         sac_lib.load_expert_policy(str(tmp_path / "nowhere"), best=True)
 
 
+EXPERT_CONFIG = "--config=configs/expert.py:walker-stand"
+
+
 def _cli(*args):
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.Popen([sys.executable, "experiments/train_expert.py", *args], cwd=REPO, env=env,
@@ -340,9 +343,9 @@ def _cli(*args):
 
 def test_cli_errors_are_one_line(tmp_path):
     for args, message in (
-        (["--env=walker-dance"], "error: unknown environment 'walker-dance'"),
-        (["--set=batch_size=0"], "error: SAC settings ['batch_size'] must be >= 1"),
-        (["--set=batchsize=3"], "error: unknown SAC setting(s) ['batchsize']"),
+        (["--config=configs/expert.py:walker-dance"], "error: bad command line: unknown config argument 'walker-dance'"),
+        ([EXPERT_CONFIG, "--config.sac.batch_size=0"], "error: SAC settings ['batch_size'] must be >= 1"),
+        ([EXPERT_CONFIG, "--config.sac.batchsize=3"], "error: bad command line: unknown config key 'batchsize'"),
     ):
         proc = _cli(f"--workdir={tmp_path}", *args)
         out = proc.communicate(timeout=300)[0]
@@ -351,9 +354,9 @@ def test_cli_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_cli_resumes_after_a_kill(tmp_path):
-    args = [f"--workdir={tmp_path}", "--env=walker-stand", "--steps=1500", "--set=hidden_sizes=[32,32]",
-            "--set=batch_size=16", "--set=seed_steps=500", "--set=save_every=500", "--set=eval_every=1500",
-            "--set=eval_episodes=1"]
+    args = [f"--workdir={tmp_path}", EXPERT_CONFIG, "--config.steps=1500", "--config.sac.hidden_sizes=32,32",
+            "--config.sac.batch_size=16", "--config.sac.seed_steps=500", "--config.sac.save_every=500",
+            "--config.sac.eval_every=1500", "--config.sac.eval_episodes=1"]
     proc = _cli(*args)
     deadline = time.time() + 300
     while time.time() < deadline and not os.path.isdir(tmp_path / "checkpoints" / "500"):

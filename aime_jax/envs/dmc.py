@@ -106,7 +106,7 @@ class Env:
         `pitch` (radians) turns the suite's start about the y axis (the `rooty` joint; pi is on
         its back), lifts it by `PITCH_DROP` metres so no part starts in the floor, and lets it
         fall and settle for `PITCH_SETTLE` physics steps at zero control, as the suite's own
-        resets settle. An exploration aid for training (see `SACConfig.start_pitch`).
+        resets settle. An exploration aid for training (see the SAC setting `start_pitch`).
         """
         if seed is not None:
             self._env.task.random.seed(seed)

@@ -68,7 +68,7 @@ class Task:
     suite_task: str
     # None keeps the suite reward summed over the repeated sub-steps.
     reward: RewardFn | None = None
-    # A reward an expert trainer may optimise in place of `reward` (`SACConfig.shaped_reward`),
+    # A reward an expert trainer may optimise in place of `reward` (the SAC setting `shaped_reward`),
     # called with the proprioception and the task reward (batched over steps too); scores always
     # use `reward`. The flips' counts turning the wrong way as much as turning the right way,
     # where the task's reward ignores it: rocking back and forth then earns nothing.

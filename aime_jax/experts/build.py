@@ -44,47 +44,16 @@ from aime_jax.data.episodes import list_episodes, save_episode
 from aime_jax.data.render import render_folder
 from aime_jax.envs.seeding import episode_seed
 from aime_jax.errors import AimeError, ConfigError, DatasetError
+from aime_jax.experts import config as experts_config
 from aime_jax.experts import explore, mppi, sac
 
 CARD = "card.json"
 IMAGE_SIZE = 64
 # Episodes per dataset kind at scale 1, as in the paper.
 EPISODES = {"random": 1000, "expert": 100, "buffer": 1000, "explore": 1000}
-# Agent steps (action repeat 2, 500 per episode) the SAC expert of each task trains for at scale
-# 1 before its demonstrations are recorded. Measured on walker (benchmarks/results/sac_cpu.json
-# and the SAC note: 90 % of the paper's expert return at ~35k stand, ~40k walk, ~80k run) with
-# margin; cheetah-run learns far more slowly (256x2 networks, see EXPERT_SETTINGS: 797-828 from
-# 860k to 1M); the flips, from planner demonstrations, 90 % at ~190k (flip) and ~60k
-# (flipbackward). Flip's evaluations still rise after 300k (two builder runs: mean 425-435 over
-# 200k-300k, 450-458 over 310k-500k), and its -buffer trains to 500k anyway, hence 500k.
-# The other custom tasks are estimates.
-EXPERT_STEPS = {
-    "walker-stand": 60_000,
-    "walker-walk": 80_000,
-    "walker-run": 200_000,
-    "walker-walkbackward": 100_000,
-    "walker-runbackward": 200_000,
-    "walker-flip": 150_000,
-    "walker-flipbackward": 150_000,
-    "walker-jump": 150_000,
-    "cheetah-run": 1_000_000,
-    "cheetah-runbackward": 300_000,
-    "cheetah-flip": 500_000,
-    "cheetah-flipbackward": 300_000,
-}
-# Per-task SAC settings over `sac.default_config` (the `expert_config` of a build overrides them):
-# cheetah-run reaches 90 % of the paper's expert return only with 256-wide networks (820 at 1M
-# steps, 800 first at 860k, where 128x2 had 714 at 600k; benchmarks/results/sac_experts_cpu.json).
-# The flips' experts see the pitch as (sin, cos): their demonstrations turn many times over.
-EXPERT_SETTINGS: dict[str, dict] = {
-    "cheetah-run": {"hidden_sizes": [256, 256]},
-    "cheetah-flip": {"periodic_pitch": True},
-    "cheetah-flipbackward": {"periodic_pitch": True},
-}
-# Tasks whose SAC expert also learns from planner demonstrations (`SACConfig.demo_dir`): SAC alone
-# rocks back and forth on the flips; this many MPPI episodes (aime_jax/experts/mppi.py, scaled
-# like the training length) are planned first into `<expert workdir>-planner/`.
-EXPERT_DEMOS = {"cheetah-flip": 6, "cheetah-flipbackward": 6}
+# Per task: its SAC expert's training length at scale 1, its settings and its planner
+# demonstrations (experts.config.tasks(), where the measurements behind them are).
+TASKS = experts_config.tasks()
 MIXES = {"walker-mix": ("walker-random", "walker-explore-buffer", "walker-stand-buffer", "walker-walk-buffer")}
 EPISODE_STEPS = 500  # agent steps per episode: 1000 simulator steps, action repeat 2
 
@@ -300,8 +269,8 @@ def _generator(ctx: _Build, spec: Spec, episodes: int | None) -> dict[str, Any]:
     if spec.kind in ("expert", "buffer"):
         g["expert_steps"] = _expert_steps(ctx, spec.env)
         g["expert_config"] = _expert_settings(ctx, spec.env)
-        if spec.env in EXPERT_DEMOS:
-            g["expert_demos"] = scaled(EXPERT_DEMOS[spec.env], ctx.expert_scale)
+        if TASKS[spec.env].planner_demos:
+            g["expert_demos"] = scaled(TASKS[spec.env].planner_demos, ctx.expert_scale)
     if spec.kind == "explore":
         g["explore_config"] = ctx.explore_config
     return g
@@ -331,11 +300,11 @@ def _check_card(folder: str, card: dict, wanted: dict) -> None:
 
 
 def _expert_settings(ctx: _Build, env: str) -> dict:
-    return {**EXPERT_SETTINGS.get(env, {}), **ctx.expert_config}
+    return {**TASKS[env].sac.to_dict(), **ctx.expert_config}
 
 
 def _expert_steps(ctx: _Build, env: str) -> int:
-    return max(1, int(round(EXPERT_STEPS[env] * ctx.expert_scale)))
+    return max(1, int(round(TASKS[env].steps * ctx.expert_scale)))
 
 
 def _write_meta(folder: str, meta: dict) -> None:
@@ -397,9 +366,9 @@ def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
 def _ensure_expert_locked(ctx: _Build, env: str, min_episodes: int, workdir: str) -> str:
     seed = stream_seed(ctx.seed, f"sac:{env}")
     settings = _expert_settings(ctx, env)
-    if env in EXPERT_DEMOS and "demo_dir" not in settings:
+    if TASKS[env].planner_demos and "demo_dir" not in settings:
         demo_dir = workdir + "-planner"
-        mppi.plan_episodes(env, demo_dir, scaled(EXPERT_DEMOS[env], ctx.expert_scale),
+        mppi.plan_episodes(env, demo_dir, scaled(TASKS[env].planner_demos, ctx.expert_scale),
                            seed=stream_seed(ctx.seed, f"mppi:{env}"), progress=ctx.progress)
         settings = {**settings, "demo_dir": demo_dir}
     config = sac.default_config(env, **settings)

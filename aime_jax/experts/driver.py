@@ -10,7 +10,8 @@ and at the end of the run or every `save_every` env steps a checkpoint. The rand
 sampled actions and the update batches are functions of (seed, counters), so a run resumed from
 a checkpoint continues exactly as an uninterrupted one.
 
-What differs between learners is in `Hooks`; the loop's settings are those of a `SACConfig`.
+What differs between learners is in `Hooks`; the loop's settings are SAC settings
+(`experts.config.sac()`).
 """
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ def run(
     on_episode: Callable[[int], None] | None = None,
 ) -> Progress:
     """Runs rounds until `progress.env_steps` reaches `total` (or the run's wall time passes
-    `max_wall_s`); `config` is the SACConfig of the loop's settings. Updates `progress` in place,
+    `max_wall_s`); `config` holds the loop's SAC settings. Updates `progress` in place,
     logs to `logger` (`summary`: the keys of its printed line), checkpoints through `hooks.save`,
     and calls `on_episode(i)` after each round's checkpoint decision. Returns `progress`."""
     prog, n, chunk = progress, config.num_envs, config.updates_per_call

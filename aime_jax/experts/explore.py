@@ -44,17 +44,11 @@ from aime_jax import envs
 from aime_jax.atomic import remove_stale_temporaries, writable_dir, write_json
 from aime_jax.envs.dmc import ACTION_DIM
 from aime_jax.errors import AimeError, ConfigError
+from aime_jax.experts import config as experts_config
 from aime_jax.experts import driver
 from aime_jax.experts.replay import ReplayBuffer
-from aime_jax.experts.sac import (
-    SAC,
-    SIMULATOR_STEPS_PER_EPISODE,
-    SACConfig,
-    SACState,
-    _episode_dir_meta,
-    observation_vector,
-    settings_from_dict,
-)
+from aime_jax.experts.config import ConfigDict
+from aime_jax.experts.sac import SAC, SIMULATOR_STEPS_PER_EPISODE, SACState, _episode_dir_meta, observation_vector
 from aime_jax.logging import RunLogger
 from aime_jax.nets.mlp import MLP
 
@@ -62,47 +56,6 @@ SUMMARY = ("episode_return", "intrinsic_return", "model_loss", "disagreement", "
 # The task whose simulator (and recorded reward) an exploration buffer uses: the embodiment
 # datasets of the paper come from the domain's base task.
 EXPLORE_TASK = {"walker": "walker-stand", "cheetah": "cheetah-run"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ExploreConfig:
-    """The ensemble's settings; `sac` holds the policy learner's and the loop's (a dict of
-    `SACConfig` overrides, see `sac.default_config`)."""
-
-    ensemble_size: int = 5
-    model_hidden_sizes: tuple[int, ...] = (128, 128)
-    model_lr: float = 1e-3
-    # The intrinsic reward is intrinsic_scale x the disagreement of the normalised predictions.
-    intrinsic_scale: float = 10.0
-    sac: dict = dataclasses.field(default_factory=dict)
-
-    def sac_config(self) -> SACConfig:
-        return SACConfig.from_dict(self.sac).validate()
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["model_hidden_sizes"] = list(self.model_hidden_sizes)
-        d["sac"] = self.sac_config().to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ExploreConfig":
-        return settings_from_dict(cls, d, "exploration", ("model_hidden_sizes",))
-
-    def validate(self) -> "ExploreConfig":
-        if self.ensemble_size < 2:
-            raise ConfigError(f"ensemble_size must be >= 2 (disagreement needs two models), got {self.ensemble_size}")
-        if not self.model_hidden_sizes or min(self.model_hidden_sizes) < 1:
-            raise ConfigError(f"model_hidden_sizes must be positive sizes, got {self.model_hidden_sizes}")
-        if self.model_lr <= 0 or self.intrinsic_scale <= 0:
-            raise ConfigError(f"model_lr and intrinsic_scale must be > 0, got {self.model_lr}, {self.intrinsic_scale}")
-        sac = self.sac_config()
-        if sac.num_envs != 1:
-            raise ConfigError("the exploration agent steps one environment (sac.num_envs must be 1)")
-        if sac.start_pitch or sac.periodic_pitch:
-            raise ConfigError("sac.start_pitch and sac.periodic_pitch are expert-trainer settings; "
-                              "the exploration agent does not support them (remove them)")
-        return self
 
 
 class OneStepModel(nn.Module):
@@ -177,10 +130,10 @@ class Explorer:
     (the reward is replaced by the intrinsic one) with shapes (K, B, ...).
     """
 
-    def __init__(self, config: ExploreConfig, obs_dim: int, action_dim: int = ACTION_DIM):
-        self.config = config.validate()
+    def __init__(self, config: ConfigDict, obs_dim: int, action_dim: int = ACTION_DIM):
+        self.config = experts_config.validate_explore(config)
         self.obs_dim, self.action_dim = obs_dim, action_dim
-        self.sac = SAC(config.sac_config(), obs_dim, action_dim)
+        self.sac = SAC(config.sac, obs_dim, action_dim)
         self.ensemble = Ensemble(tuple(config.model_hidden_sizes), obs_dim, config.ensemble_size)
         self.model_optimizer = optax.adam(config.model_lr)
         self._init = jax.jit(self._initial_state)
@@ -237,10 +190,10 @@ class Explorer:
         return state, jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
 
 
-def default_config(**overrides: Any) -> ExploreConfig:
-    """The settings of our explore buffers; `overrides` replace ExploreConfig fields, and
-    `sac={...}` SAC ones (the SAC defaults are those of the experts)."""
-    return ExploreConfig.from_dict(overrides).validate()
+def default_config(**overrides: Any) -> ConfigDict:
+    """The settings of our explore buffers (`experts.config.explore()`); `overrides` replace any
+    of them, `sac={...}` SAC ones (the SAC defaults are those of the experts)."""
+    return experts_config.validate_explore(experts_config.override(experts_config.explore(), overrides, "exploration"))
 
 
 @dataclasses.dataclass
@@ -258,7 +211,7 @@ def train_explorer(
     workdir: str,
     total_env_steps: int,
     seed: int = 0,
-    config: ExploreConfig | None = None,
+    config: ConfigDict | None = None,
     episode_dir: str | None = None,
     max_wall_s: float | None = None,
     on_episode: Callable[[int], None] | None = None,
@@ -274,8 +227,8 @@ def train_explorer(
     """
     if domain not in envs.DOMAINS:
         raise AimeError(f"unknown domain {domain!r}; valid domains: {', '.join(envs.DOMAINS)}")
-    config = (config or default_config()).validate()
-    sac_cfg = config.sac_config()
+    config = experts_config.validate_explore(config or default_config())
+    sac_cfg = config.sac
     if total_env_steps < 1:
         raise ConfigError(f"total_env_steps must be >= 1, got {total_env_steps}")
     env_name = EXPLORE_TASK[domain]
@@ -295,7 +248,7 @@ def train_explorer(
     try:
         if ckpt.latest_step() is not None:
             meta = ckpt.restore_meta()
-            if meta["seed"] != seed or meta["domain"] != domain or meta["config"] != config.to_dict():
+            if meta["seed"] != seed or meta["domain"] != domain or meta["config"] != experts_config.as_dict(config):
                 raise AimeError(
                     f"{workdir} holds an exploration run with other settings (domain {meta['domain']}, seed "
                     f"{meta['seed']}); use a new workdir or the same settings"
@@ -329,7 +282,7 @@ def train_explorer(
                 prog.intrinsic_returns.append(value)
 
             def save(state):
-                meta = {"domain": domain, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
+                meta = {"domain": domain, "seed": seed, "config": experts_config.as_dict(config), "obs_keys": list(obs_keys),
                         "progress": dataclasses.asdict(prog)}
                 driver.save_checkpoint(ckpt, prog.env_steps, state, buffer, meta)
 
@@ -344,13 +297,13 @@ def train_explorer(
                 end_round=intrinsic_return,
             )
             with RunLogger(workdir, total, prog.env_steps, sac_cfg.log_every,
-                           config={"domain": domain, "seed": seed, **config.to_dict()}) as logger:
+                           config={"domain": domain, "seed": seed, **experts_config.as_dict(config)}) as logger:
                 driver.run(hooks, state, buffer, prog, env_name=env_name, seed=seed, total=total, config=sac_cfg,
                            logger=logger, summary=SUMMARY, episode_dir=episode_dir, max_wall_s=max_wall_s,
                            on_episode=on_episode)
     finally:
         ckpt.close()
-    summary = {"domain": domain, "env": env_name, "seed": seed, "config": config.to_dict(),
+    summary = {"domain": domain, "env": env_name, "seed": seed, "config": experts_config.as_dict(config),
                **dataclasses.asdict(prog)}
     write_json(os.path.join(workdir, "summary.json"), summary)
     return summary

@@ -14,7 +14,6 @@ exp((return - max) / temperature), act with the first action and shift the plan 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
@@ -26,22 +25,13 @@ from aime_jax.data.collect import run_episode
 from aime_jax.data.episodes import save_episode
 from aime_jax.envs.seeding import episode_seed
 from aime_jax.errors import ConfigError
+from aime_jax.experts import config as experts_config
+from aime_jax.experts.config import ConfigDict
 
 
-@dataclasses.dataclass(frozen=True)
-class MPPIConfig:
-    samples: int = 256
-    horizon: int = 40  # agent steps (x action_repeat physics steps)
-    noise: float = 0.8
-    temperature: float = 0.3
-    action_repeat: int = 2
-
-    def validate(self) -> "MPPIConfig":
-        if self.samples < 1 or self.horizon < 1 or self.action_repeat < 1:
-            raise ConfigError(f"samples, horizon and action_repeat must be >= 1, got {self}")
-        if self.noise <= 0 or self.temperature <= 0:
-            raise ConfigError(f"noise and temperature must be > 0, got {self.noise}, {self.temperature}")
-        return self
+def default_config(**overrides: Any) -> ConfigDict:
+    """The planner's settings (`experts.config.mppi()`) with `overrides` in place."""
+    return experts_config.validate_mppi(experts_config.override(experts_config.mppi(), overrides, "planner"))
 
 
 def plannable_tasks() -> tuple[str, ...]:
@@ -61,12 +51,12 @@ def _check_task(env_name: str) -> envs.tasks.Task:
 class Planner:
     """MPPI for one environment; `act(env, rng)` plans from `env`'s current physics state."""
 
-    def __init__(self, env_name: str, config: MPPIConfig | None = None):
+    def __init__(self, env_name: str, config: ConfigDict | None = None):
         import mujoco
         from mujoco import rollout
 
         self.task = _check_task(env_name)
-        self.config = (config or MPPIConfig()).validate()
+        self.config = experts_config.validate_mppi(config or default_config())
         self._mujoco, self._rollout = mujoco, rollout
         self._spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
         self.plan: np.ndarray | None = None
@@ -108,13 +98,13 @@ def plan_episodes(
     out: str,
     episodes: int,
     seed: int = 0,
-    config: MPPIConfig | None = None,
+    config: ConfigDict | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Writes `episodes` planner episodes `<i>.npz` to `out` (the aime-jax layout, MDP keys, physics
     states, no images), skipping those already there; episode i starts from episode_seed(seed, i).
     Returns [{"episode": i, "return": R}] of the episodes planned in this call."""
-    config = (config or MPPIConfig()).validate()
+    config = experts_config.validate_mppi(config or default_config())
     _check_task(env_name)
     check_local_path(out, "--out")
     os.makedirs(out, exist_ok=True)

@@ -44,7 +44,9 @@ from aime_jax.data.episodes import list_episodes, load_episode
 from aime_jax.envs.dmc import ACTION_DIM
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS, evaluate, normalised, write_results
+from aime_jax.experts import config as experts_config
 from aime_jax.experts import driver
+from aime_jax.experts.config import ConfigDict
 from aime_jax.experts.replay import ReplayBuffer
 from aime_jax.logging import RunLogger
 from aime_jax.nets.mlp import MLP
@@ -58,133 +60,9 @@ SIMULATOR_STEPS_PER_EPISODE = 1000
 EVAL_SEED = 1_000_000
 
 
-def settings_from_dict(cls, d: dict[str, Any], what: str, size_lists: Sequence[str] = ()):
-    """A settings dataclass from a dict (e.g. JSON): unknown keys are refused with the known ones
-    listed, every value must have its default's type (ints count as floats), and the
-    `size_lists` entries become tuples of ints."""
-    fields = {f.name: f.default for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown {what} setting(s) {unknown}; known: {sorted(fields)}")
-    d = dict(d)
-    for key, value in d.items():
-        default = fields[key]
-        if key in size_lists:
-            if not isinstance(value, (list, tuple)) or not all(_is_int(h) for h in value):
-                raise ConfigError(f"{what} setting {key}={value!r}: give a list of layer widths, e.g. [128, 128]")
-            d[key] = tuple(value)
-        elif isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{what} setting {key}={value!r}: give true or false")
-        elif isinstance(default, int) and not isinstance(default, bool) and not _is_int(value):
-            raise ConfigError(f"{what} setting {key}={value!r}: give a whole number")
-        elif isinstance(default, float) or (default is None and value is not None):
-            if not _is_number(value):
-                raise ConfigError(f"{what} setting {key}={value!r}: give a number")
-            d[key] = float(value)
-        elif isinstance(default, str) and not isinstance(value, str):
-            raise ConfigError(f"{what} setting {key}={value!r}: give a string")
-    return cls(**d)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@dataclasses.dataclass(frozen=True)
-class SACConfig:
-    """Hyperparameters of the learner and of the loop. Env steps are agent steps.
-
-    The defaults are chosen for wall-clock speed on a CPU (see `default_config`): 128 x 2 ReLU
-    MLPs with LayerNorm, Adam lr 1e-3, batch 128, one update per env step.
-    """
-
-    hidden_sizes: tuple[int, ...] = (128, 128)
-    layer_norm: bool = True
-    actor_lr: float = 1e-3
-    critic_lr: float = 1e-3
-    temperature_lr: float = 1e-3
-    batch_size: int = 128
-    discount: float = 0.99
-    tau: float = 0.005
-    init_temperature: float = 0.1
-    # None: -action_dim.
-    target_entropy: float | None = None
-    log_std_min: float = -5.0
-    log_std_max: float = 2.0
-    # Uniform random actions for the first seed_steps env steps; updates start after them.
-    seed_steps: int = 5000
-    # Updates per env step, and updates per jitted call: the updates run in chunks of
-    # updates_per_call (every updates_per_call / utd env steps), because each call costs ~1 ms
-    # of dispatch and batch transfer on a CPU, a third of a default update (benchmarks/sac.py).
-    utd: float = 1.0
-    updates_per_call: int = 10
-    # n-step TD targets (sum of n discounted rewards, then the bootstrap), as in DrQ-v2; 1 is SAC's
-    # one-step target. The entropy bonus enters at the bootstrap state only.
-    n_step: int = 1
-    num_envs: int = 1
-    action_repeat: int = 2
-    # Exploration aid for the flip tasks: training episodes (never evaluation ones) start with the
-    # body turned about the y axis by an angle uniform in +-start_pitch radians (pi: every
-    # orientation), dropped and settled (`Env.reset(pitch=...)`); 0 keeps the suite's starts.
-    start_pitch: float = 0.0
-    # The networks see the root's pitch angle as (sin, cos) instead of the unbounded angle, so a
-    # full turn returns to the same input (cheetah; walker observes orientations already).
-    periodic_pitch: bool = False
-    # Train on the task's shaped reward (`envs.tasks.Task.shaped`; the flip tasks have one) in
-    # place of its reward; evaluations, logged returns and episode files keep the task's reward.
-    shaped_reward: bool = False
-    # SAC from demonstrations (RLPD's symmetric sampling): the episodes in demo_dir (this task's,
-    # the aime-jax layout: `<i>.npz` with the MDP keys, pre_action, reward, is_terminal) stay in a
-    # buffer of their own, rewarded as training is, and every update batch draws demo_fraction
-    # of its transitions from them. "" (default): none.
-    demo_dir: str = ""
-    demo_fraction: float = 0.5
-    buffer_size: int = 1_000_000
-    # Evaluation, checkpoints and buffer episodes happen at episode boundaries after these counts.
-    eval_every: int = 10_000
-    eval_episodes: int = 10
-    save_every: int = 10_000
-    log_every: int = 1000
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["hidden_sizes"] = list(self.hidden_sizes)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SACConfig":
-        return settings_from_dict(cls, d, "SAC", ("hidden_sizes",))
-
-    def validate(self) -> "SACConfig":
-        positive = ("batch_size", "n_step", "num_envs", "action_repeat", "buffer_size", "eval_every", "eval_episodes",
-                    "save_every", "log_every")
-        bad = [k for k in positive if getattr(self, k) < 1]
-        if bad:
-            raise ConfigError(f"SAC settings {bad} must be >= 1, got {[getattr(self, k) for k in bad]}")
-        if not self.hidden_sizes or min(self.hidden_sizes) < 1:
-            raise ConfigError(f"hidden_sizes must be a non-empty list of positive sizes, got {self.hidden_sizes}")
-        if self.utd <= 0 or self.updates_per_call < 1:
-            raise ConfigError(f"utd and updates_per_call must be positive, got {self.utd}, {self.updates_per_call}")
-        if not 0.0 < self.tau <= 1.0 or not 0.0 <= self.discount <= 1.0:
-            raise ConfigError(f"need 0 < tau <= 1 and 0 <= discount <= 1, got {self.tau}, {self.discount}")
-        if self.demo_dir and not 0.0 < self.demo_fraction < 1.0:
-            raise ConfigError(f"demo_fraction must be in (0, 1) with a demo_dir, got {self.demo_fraction}")
-        if not 0.0 <= self.start_pitch <= math.pi:
-            raise ConfigError(f"start_pitch must be in [0, pi] radians, got {self.start_pitch}")
-        if self.seed_steps < 0 or self.init_temperature <= 0 or self.log_std_min >= self.log_std_max:
-            raise ConfigError(
-                "need seed_steps >= 0, init_temperature > 0 and log_std_min < log_std_max, got "
-                f"{self.seed_steps}, {self.init_temperature}, ({self.log_std_min}, {self.log_std_max})"
-            )
-        return self
-
-
-def default_config(env_name: str, **overrides: Any) -> SACConfig:
-    """The settings we train experts with (the same for every task); `overrides` replace any field.
+def default_config(env_name: str, **overrides: Any) -> ConfigDict:
+    """The settings we train experts with (`experts.config.sac()`, the same for every task; the
+    dataset builder's per-task ones are `experts.config.tasks()`); `overrides` replace any of them.
 
     On a CPU the updates cost nearly all of the wall time (a 256 x 2, batch-256 update costs as
     much as ~30 walker env steps), and the cost grows with width x batch while, on walker-stand,
@@ -198,7 +76,12 @@ def default_config(env_name: str, **overrides: Any) -> SACConfig:
     where the asymptote matters more than the hours.
     """
     envs.domain_of(env_name)  # an unknown task fails here, with the valid names
-    return SACConfig.from_dict(overrides).validate()
+    return config_from_dict(overrides)
+
+
+def config_from_dict(values: dict[str, Any]) -> ConfigDict:
+    """The default settings with `values` (e.g. a checkpoint's JSON) in place, validated."""
+    return experts_config.validate_sac(experts_config.override(experts_config.sac(), values, "SAC"))
 
 
 class Actor(nn.Module):
@@ -296,7 +179,7 @@ class SAC:
     of `replay.BATCH_KEYS` with shapes (B, ...) and (K, B, ...) respectively.
     """
 
-    def __init__(self, config: SACConfig, obs_dim: int, action_dim: int = ACTION_DIM):
+    def __init__(self, config: ConfigDict, obs_dim: int, action_dim: int = ACTION_DIM):
         self.config = config
         self.obs_dim, self.action_dim = obs_dim, action_dim
         self.target_entropy = -float(action_dim) if config.target_entropy is None else float(config.target_entropy)
@@ -510,12 +393,12 @@ def _prune_best(best: Checkpointer, prog: _Progress) -> None:
             best.delete(step)
 
 
-def _check_resume(meta: dict, env_name: str, seed: int, config: SACConfig, workdir: str) -> None:
+def _check_resume(meta: dict, env_name: str, seed: int, config: ConfigDict, workdir: str) -> None:
     if meta["seed"] != seed:
         raise AimeError(
             f"{workdir} holds a SAC run with seed {meta['seed']}, not {seed}; use a new workdir or that seed"
         )
-    saved_cfg = SACConfig.from_dict(meta["config"])
+    saved_cfg = config_from_dict(meta["config"])
     network = ("hidden_sizes", "layer_norm", "log_std_min", "log_std_max", "periodic_pitch")
     changed = [k for k in network if getattr(saved_cfg, k) != getattr(config, k)]
     if meta["env"] != env_name or changed or saved_cfg.num_envs != config.num_envs:
@@ -530,7 +413,7 @@ def train_expert(
     workdir: str,
     total_env_steps: int,
     seed: int = 0,
-    config: SACConfig | None = None,
+    config: ConfigDict | None = None,
     episode_dir: str | None = None,
     max_wall_s: float | None = None,
 ) -> dict[str, Any]:
@@ -543,7 +426,7 @@ def train_expert(
     states; no images) as soon as it ends. Returns (and writes to `workdir/summary.json`) the
     counts, wall time and evaluation curve.
     """
-    config = (config or default_config(env_name)).validate()
+    config = experts_config.validate_sac(config or default_config(env_name))
     task = envs.tasks.get_task(env_name)
     if config.shaped_reward and task.shaped is None:
         shaped = [name for name in envs.ENV_NAMES if envs.tasks.get_task(name).shaped is not None]
@@ -586,7 +469,7 @@ def train_expert(
                 return sac.update_many(state, jax.device_put(_sample(buffer, demos, config, seed, updates)))
 
             def meta():
-                return {"env": env_name, "seed": seed, "config": config.to_dict(), "obs_keys": list(obs_keys),
+                return {"env": env_name, "seed": seed, "config": experts_config.as_dict(config), "obs_keys": list(obs_keys),
                         "pitch_index": pitch_index, "obs_dim": sac.obs_dim, "action_dim": sac.action_dim,
                         "progress": dataclasses.asdict(prog)}
 
@@ -624,7 +507,7 @@ def train_expert(
                 end_round=evaluate_round,
             )
             with RunLogger(workdir, total, prog.env_steps, config.log_every,
-                           config={"env": env_name, "seed": seed, **config.to_dict()}) as logger:
+                           config={"env": env_name, "seed": seed, **experts_config.as_dict(config)}) as logger:
                 driver.run(hooks, state, buffer, prog, env_name=env_name, seed=seed, total=total, config=config,
                            logger=logger, summary=SUMMARY, episode_dir=episode_dir, max_wall_s=max_wall_s)
     finally:
@@ -635,12 +518,12 @@ def train_expert(
     return summary
 
 
-def _summary(env_name: str, seed: int, config: SACConfig, prog: _Progress) -> dict[str, Any]:
+def _summary(env_name: str, seed: int, config: ConfigDict, prog: _Progress) -> dict[str, Any]:
     last = prog.evals[-1] if prog.evals else None
     summary = {
         "env": env_name,
         "seed": seed,
-        "config": config.to_dict(),
+        "config": experts_config.as_dict(config),
         "env_steps": prog.env_steps,
         "episodes": prog.episodes,
         "updates": prog.updates,
@@ -658,13 +541,13 @@ def _summary(env_name: str, seed: int, config: SACConfig, prog: _Progress) -> di
     return summary
 
 
-def _start_pitch(config: SACConfig, seed: int, episode: int) -> float | None:
+def _start_pitch(config: ConfigDict, seed: int, episode: int) -> float | None:
     if config.start_pitch == 0.0:
         return None
     return float(np.random.default_rng([seed, 3, episode]).uniform(-config.start_pitch, config.start_pitch))
 
 
-def load_demos(config: SACConfig, env_name: str, obs_keys: Sequence[str], pitch_index: int | None) -> ReplayBuffer | None:
+def load_demos(config: ConfigDict, env_name: str, obs_keys: Sequence[str], pitch_index: int | None) -> ReplayBuffer | None:
     """The demonstration buffer of `config.demo_dir` (None without one): each episode's
     transitions, with the reward training uses (the task's stored one, or the shaped one)."""
     if not config.demo_dir:
@@ -697,7 +580,7 @@ def load_demos(config: SACConfig, env_name: str, obs_keys: Sequence[str], pitch_
     return demos
 
 
-def _sample(buffer: ReplayBuffer, demos: ReplayBuffer | None, config: SACConfig, seed: int, updates: int):
+def _sample(buffer: ReplayBuffer, demos: ReplayBuffer | None, config: ConfigDict, seed: int, updates: int):
     """The update batches (updates_per_call, batch_size): indices are a pure function of (seed,
     update count), so a resumed run draws the batches an uninterrupted one would have."""
     rng = np.random.default_rng([seed, 1, updates])
@@ -717,7 +600,7 @@ def _read_meta(directory: str) -> tuple[dict, int]:
     if not os.path.isdir(path):
         raise CheckpointNotFoundError(
             f"no SAC expert at {directory}: the folder does not exist; train one with "
-            "`python experiments/train_expert.py --env=... --workdir=...`"
+            "`python experiments/train_expert.py --config=configs/expert.py:<task> --workdir=...`"
         )
     with Checkpointer(path, read_only=True) as ckpt:
         if ckpt.latest_step() is None:
@@ -755,7 +638,7 @@ def load_expert_policy(workdir: str, best: bool = False) -> SACAgent:
     else:
         directory = _checkpoint_dir(workdir) if os.path.isdir(_checkpoint_dir(workdir)) else workdir
     meta, step = _read_meta(directory)
-    sac = SAC(SACConfig.from_dict(meta["config"]), int(meta["obs_dim"]), int(meta["action_dim"]))
+    sac = SAC(config_from_dict(meta["config"]), int(meta["obs_dim"]), int(meta["action_dim"]))
     abstract = jax.eval_shape(sac.init_actor, jax.random.PRNGKey(0))
     params = restore_params_tree(directory, {"actor_params": abstract}, step)["actor_params"]
     return SACAgent(sac, params, meta["obs_keys"], name=f"sac-expert:{meta['env']}@{step}",
