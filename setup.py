@@ -15,9 +15,7 @@ INSTALL_REQUIRES = [
     "dm_control==1.0.50",
     "mujoco>=3.17,<3.18",
     "wandb>=0.19",
-    "imageio>=2.34",
-    "imageio-ffmpeg>=0.5",
-    "moviepy>=2.0",
+    "av>=12",  # videos encoded in-process (an ffmpeg subprocess would fork the JAX process)
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "PyYAML>=6.0",  # experiments/sweep.py reads wandb sweep files
@@ -31,7 +29,7 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "imageio>=2.34"],
         "cuda": ["jax[cuda12]"],
     },
 )

@@ -21,7 +21,6 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
-import imageio
 import jax
 import ml_collections
 import numpy as np
@@ -96,6 +95,29 @@ _ACTIVE: WandbRun | None = None
 def active_wandb() -> WandbRun | None:
     """The wandb run of the pipeline running in this process, if wandb is on (process 0 only)."""
     return _ACTIVE
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: int = 25) -> None:
+    """Encodes `frames` (uint8, (T, H, W, 3)) as an H.264 mp4 at `path`, inside this process.
+
+    PyAV links ffmpeg's libraries; an ffmpeg subprocess (imageio-ffmpeg) would fork this
+    multithreaded JAX process, which Python and JAX warn may deadlock. H.264's yuv420p needs even
+    sides, so an odd height or width gains one edge row or column instead of being resized.
+    """
+    import av
+
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"video frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    _, height, width, _ = frames.shape
+    frames = np.pad(frames, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())  # flush the encoder's delayed frames
 
 
 def wandb_video(path: str | Path) -> Any:
@@ -308,15 +330,9 @@ class RunLogger:
         """Writes `frames` (uint8, (T, H, W, 3)) to videos/{name}_{step}.mp4; returns the path."""
         if not self.is_main:
             return None
-        frames = np.asarray(frames)
-        if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(
-                f"video frames must be uint8 (T, H, W, 3), got {frames.dtype} {frames.shape}"
-            )
         path = self.workdir / "videos" / f"{name}_{step}.mp4"
         path.parent.mkdir(parents=True, exist_ok=True)
-        # macro_block_size=2: H.264 needs even sides only, so 64x64 or 84x84 frames keep their size.
-        imageio.mimwrite(path, frames, fps=fps, codec="libx264", macro_block_size=2)
+        write_video(path, frames, fps)
         if self._wandb is not None:
             self._wandb.log(self._stage, step, {f"videos/{name}": wandb_video(path)})
         return path

@@ -15,6 +15,7 @@ from aime_jax.agents import bc
 from aime_jax.checkpoint import Checkpointer
 from aime_jax.data import EpisodeStore
 from aime_jax.evaluate import PAPER_EXPERT_RETURNS, RandomAgent, evaluate, evaluate_runs, normalised, write_results
+from aime_jax.logging import write_video
 
 
 def expert_returns(config: ml_collections.ConfigDict) -> dict:
@@ -154,10 +155,8 @@ def write_outputs(workdir: str, results: dict, frames) -> None:
         return
     write_results(os.path.join(workdir, "results.json"), results)
     if frames is not None:
-        import imageio.v3 as iio
-
         os.makedirs(os.path.join(workdir, "videos"), exist_ok=True)
-        iio.imwrite(os.path.join(workdir, "videos", "eval_episode0.mp4"), frames, fps=25, macro_block_size=2)
+        write_video(os.path.join(workdir, "videos", "eval_episode0.mp4"), frames)
 
 
 def print_results(results: dict) -> None:

@@ -272,7 +272,7 @@ def test_concurrent_builders_of_one_dataset_build_it_once_and_both_succeed(tmp_p
     assert len(list_episodes(tmp_path / "data" / "walker-random")) == 3
 
 
-def test_pipeline_stage_builds_the_embodiment_data_and_the_demonstrations(tmp_path):
+def test_pipeline_stage_builds_the_embodiment_data_and_the_demonstrations(tmp_path, capsys):
     config = config_lib.make_config("walker", "mdp", "quick")
     config.env = "walker-walk"
     config.data.update(root=str(tmp_path), scale=0.002, expert_scale=0.01, num_demos=2, embodiment="walker-random")
@@ -282,6 +282,11 @@ def test_pipeline_stage_builds_the_embodiment_data_and_the_demonstrations(tmp_pa
     assert not os.path.exists(tmp_path / "walker-walk-expert")  # no later stage needs them
     demos = stages.demonstrations(config)
     assert demos == str(tmp_path / "walker-walk-expert")
+    # The expert's training (its own bar and summary lines) is announced as what it is, once.
+    out = capsys.readouterr().out
+    assert out.count("datasets: walker-walk-expert needs the walker-walk SAC expert: training it for "
+                     f"1000 agent steps (2 episodes) in {tmp_path / 'experts' / 'walker-walk'}, resuming where it stopped") == 1, out
+    assert stages.demonstrations(config) == demos and "datasets:" not in capsys.readouterr().out
     card = build_lib.read_card(demos)
     # num_demos above the scaled count (1) sets the size; an 800-step expert (1000: whole episodes).
     assert card["episodes"] == 2 and card["expert"]["env_steps"] == 1000

@@ -159,7 +159,7 @@ def test_visual_phase1_writes_an_open_loop_video(tmp_path):
     assert "open_loop_4.mp4" in videos
     import imageio.v3 as iio
 
-    frames = iio.imread(tmp_path / "run" / "videos" / "open_loop_4.mp4")
+    frames = iio.imread(tmp_path / "run" / "videos" / "open_loop_4.mp4", plugin="pyav")
     assert frames.shape == (12, 64, 128, 3)
     val = [json.loads(l) for l in open(tmp_path / "run" / "metrics.jsonl") if '"val/' in l]
     assert "val/probe_mse/velocity" in val[-1] and "val/mse/image" in val[-1]

@@ -27,6 +27,7 @@ the state episodes are never simulated again.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import math
 import os
@@ -353,22 +354,36 @@ def _build_random(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: 
     _collect(ctx, spec, folder, wanted, random_policy, "random")
 
 
-def ensure_expert(ctx: _Build, env: str, min_episodes: int = 0) -> str:
+def _announce(ctx: _Build, text: str) -> None:
+    """One line saying what a long build step is about to do (the bar that follows is its own)."""
+    if ctx.progress:
+        print(f"datasets: {text}", flush=True)
+
+
+def _episodes_in(folder: str) -> int:
+    return len(glob.glob(os.path.join(folder, "*.npz"))) if os.path.isdir(folder) else 0
+
+
+def ensure_expert(ctx: _Build, env: str, dataset: str, min_episodes: int = 0) -> str:
     """Trains the task's SAC expert to its scaled length (resuming), snapshots its best-evaluated
     policy so far, then trains on until the run has `min_episodes` episodes; returns the snapshot
-    folder."""
+    folder. `dataset`: the dataset that needs it, named in what the build prints."""
     workdir = expert_workdir(ctx.root, env, ctx.seed)
     # The task's -expert and -buffer datasets share this run, also when built at the same time.
     with locks.hold(workdir, f"the expert run {workdir}"):
-        return _ensure_expert_locked(ctx, env, min_episodes, workdir)
+        return _ensure_expert_locked(ctx, env, dataset, min_episodes, workdir)
 
 
-def _ensure_expert_locked(ctx: _Build, env: str, min_episodes: int, workdir: str) -> str:
+def _ensure_expert_locked(ctx: _Build, env: str, dataset: str, min_episodes: int, workdir: str) -> str:
     seed = stream_seed(ctx.seed, f"sac:{env}")
     settings = _expert_settings(ctx, env)
     if TASKS[env].planner_demos and "demo_dir" not in settings:
         demo_dir = workdir + "-planner"
-        mppi.plan_episodes(env, demo_dir, scaled(TASKS[env].planner_demos, ctx.expert_scale),
+        planned = scaled(TASKS[env].planner_demos, ctx.expert_scale)
+        if _episodes_in(demo_dir) < planned:
+            _announce(ctx, f"{dataset} needs the {env} SAC expert, which learns from {planned} planner "
+                           f"(MPPI) episodes first: planning them into {demo_dir}")
+        mppi.plan_episodes(env, demo_dir, planned,
                            seed=stream_seed(ctx.seed, f"mppi:{env}"), progress=ctx.progress)
         settings = {**settings, "demo_dir": demo_dir}
     config = sac.default_config(env, **settings)
@@ -377,6 +392,8 @@ def _ensure_expert_locked(ctx: _Build, env: str, min_episodes: int, workdir: str
     snapshot = os.path.join(workdir, f"policy-{steps}")
     episode_dir = os.path.join(workdir, "episodes")
     if not os.path.isdir(snapshot):
+        _announce(ctx, f"{dataset} needs the {env} SAC expert: training it for {steps} agent steps "
+                       f"({steps // EPISODE_STEPS} episodes) in {workdir}, resuming where it stopped")
         summary = sac.train_expert(env, workdir, steps, seed, config, episode_dir=episode_dir)
         if summary["env_steps"] != steps:
             raise AimeError(
@@ -391,12 +408,15 @@ def _ensure_expert_locked(ctx: _Build, env: str, min_episodes: int, workdir: str
         write_json(os.path.join(tmp, "summary.json"), summary)
         os.replace(tmp, snapshot)
     if min_episodes * EPISODE_STEPS > steps:
+        if _episodes_in(episode_dir) < min_episodes:
+            _announce(ctx, f"{dataset} is the {env} SAC expert's first {min_episodes} training episodes: "
+                           f"training it on to {min_episodes * EPISODE_STEPS} agent steps in {workdir}")
         sac.train_expert(env, workdir, min_episodes * EPISODE_STEPS, seed, config, episode_dir=episode_dir)
     return snapshot
 
 
 def _build_expert(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: str) -> None:
-    policy = sac.load_expert_policy(ensure_expert(ctx, spec.env))
+    policy = sac.load_expert_policy(ensure_expert(ctx, spec.env, spec.name))
     _collect(ctx, spec, folder, wanted, policy, policy.name)
 
 
@@ -434,7 +454,7 @@ def _link_episodes(ctx: _Build, name: str, folder: str, sources: list[tuple[str,
 
 def _build_buffer(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality: str) -> None:
     n = wanted["episodes"]
-    ensure_expert(ctx, spec.env, min_episodes=n)
+    ensure_expert(ctx, spec.env, spec.name, min_episodes=n)
     episodes = os.path.join(expert_workdir(ctx.root, spec.env, ctx.seed), "episodes")
     _link_episodes(ctx, spec.name, folder, [(episodes, n)],
                    {"env": spec.env, "modality": "mdp", "policy": "sac-training", "seed": wanted["episode_seed"],
@@ -447,6 +467,9 @@ def _build_explore(ctx: _Build, spec: Spec, folder: str, wanted: dict, modality:
     episodes = os.path.join(workdir, "episodes")
     # The training episodes are files too: on_episode sees them under the run's folder name.
     hook = None if ctx.on_episode is None else (lambda i: ctx.on_episode(os.path.basename(workdir), i))
+    if _episodes_in(episodes) < n:
+        _announce(ctx, f"{spec.name} is an exploration agent's first {n} training episodes: training it "
+                       f"for {n * EPISODE_STEPS} agent steps in {workdir}, resuming where it stopped")
     explore.train_explorer(spec.domain, workdir, n * EPISODE_STEPS, wanted["episode_seed"],
                            explore.default_config(**ctx.explore_config), episode_dir=episodes, on_episode=hook)
     _link_episodes(ctx, spec.name, folder, [(episodes, n)],
@@ -471,7 +494,7 @@ _BUILDERS = {"random": _build_random, "expert": _build_expert, "buffer": _build_
 def _card_extra(ctx: _Build, spec: Spec, folder: str) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if spec.kind in ("expert", "buffer"):
-        snapshot = ensure_expert(ctx, spec.env)
+        snapshot = ensure_expert(ctx, spec.env, spec.name)
         with open(os.path.join(snapshot, "summary.json")) as f:
             summary = json.load(f)
         chosen = sac.checkpoint_eval(snapshot)
