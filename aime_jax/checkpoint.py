@@ -356,7 +356,7 @@ class Checkpointer:
         for candidate in [step] if step is not None else steps:
             try:
                 result = read(candidate)
-            except Exception as e:  # noqa: BLE001 - re-raised below unless the step itself is damaged
+            except Exception:  # noqa: BLE001 - re-raised below unless the step itself is damaged
                 reason = self._damage(candidate)
                 if reason is None:
                     raise
