@@ -17,6 +17,8 @@ from aime_jax.data import EpisodeStore, list_episodes, load_episode
 from aime_jax.errors import AimeError, ConfigError, DatasetError
 from aime_jax.experts import build as build_lib
 
+from support import program, program_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WALKER_KEYS = {"orientations", "height", "velocity", "pre_action", "reward", "is_first", "is_last", "is_terminal",
                "physics_state"}
@@ -242,23 +244,10 @@ def test_episodes_added_to_a_rendered_folder_for_another_modality_are_rendered_t
     assert store.select([0]).fingerprint_of(mdp_keys) == before
 
 
-BUILDER = """
-import json, os, sys, time
-from aime_jax.experts import build as build_lib
-root, log = sys.argv[1], sys.argv[2]
-def on_episode(name, i):
-    time.sleep(2)  # a build long enough for the other process to arrive while it runs
-    with open(log, "a") as f:
-        f.write(f"{os.getpid()} {name} {i}\\n")
-folder = build_lib.build("walker-random", "mdp", root, scale=0.003, progress=False, on_episode=on_episode)
-print("built", folder, json.dumps(build_lib.read_card(folder)["generator"]))
-"""
-
-
 def test_concurrent_builders_of_one_dataset_build_it_once_and_both_succeed(tmp_path):
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = program_env()
     log = tmp_path / "episodes.log"
-    procs = [subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path / "data"), str(log)], env=env,
+    procs = [subprocess.Popen([sys.executable, program("dataset_builder"), str(tmp_path / "data"), str(log)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
