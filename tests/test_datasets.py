@@ -57,6 +57,7 @@ def root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_sources_have_the_expected_files_keys_counts_and_cards(root):
     for name in SOURCES:
         folder = root / name
@@ -89,6 +90,7 @@ def test_sources_have_the_expected_files_keys_counts_and_cards(root):
     assert summary["intrinsic_returns"][0] == 0.0 and min(summary["intrinsic_returns"][1:]) > 0
 
 
+@pytest.mark.slow
 def test_mix_keeps_every_source_episode_exactly_once_in_order(root):
     card = build_lib.read_card(str(root / "walker-mix"))
     assert card["episodes"] == 12 and [s["name"] for s in card["sources"]] == list(SOURCES)
@@ -100,6 +102,7 @@ def test_mix_keeps_every_source_episode_exactly_once_in_order(root):
     assert EpisodeStore(str(root / "walker-mix"), progress=False).num_episodes == 12
 
 
+@pytest.mark.slow
 def test_expert_demonstrations_and_their_card(root):
     folder = root / "walker-stand-expert"
     card = build_lib.read_card(str(folder))
@@ -308,6 +311,7 @@ def test_task_expert_settings_apply_under_the_build_overrides():
     assert build_lib._expert_settings(custom, "cheetah-run") == {"hidden_sizes": [64, 64], "batch_size": 32}
 
 
+@pytest.mark.slow
 def test_flip_expert_learns_from_planner_demonstrations(tmp_path, monkeypatch):
     """The builder plans the flips' demonstrations first (a tiny planner here) and hands them to
     the SAC expert, whose checkpoint and the dataset card record them."""

@@ -57,7 +57,8 @@ def parts():
     return config, model, [p for _, p in wms], policy, optimizer, loss_config, features
 
 
-@pytest.mark.parametrize("wm_index", [(0, 0, 0), (0, 1, 0)], ids=["one-world-model", "two-world-models"])
+@pytest.mark.parametrize("wm_index", [pytest.param((0, 0, 0), id="one-world-model"),
+                                      pytest.param((0, 1, 0), id="two-world-models", marks=pytest.mark.slow)])
 def test_each_run_of_a_step_equals_the_run_alone(parts, wm_index):
     config, model, wm_params, policy, optimizer, loss_config, features = parts
     seeds, steps = (0, 1, 2), 2

@@ -1,6 +1,7 @@
 """Phase 1: the sharded step, resuming, learning on real walker data, and config errors."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ def _params(run_dir, config, data_dir):
     return jax.device_get(phase1.train_world_model(config, run_dir, data_dir).params)
 
 
+@pytest.mark.slow
 def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(walker_random_dir, tmp_path):
     full = _params(str(tmp_path / "full"), tiny_config(), walker_random_dir)
     # Interrupted after the step-3 checkpoint, then the same run continued to the end.
@@ -37,8 +39,9 @@ def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(walker_random_d
         np.testing.assert_array_equal(a, b)
 
 
-def test_resume_refuses_another_dataset(walker_random_dir, tmp_path):
-    _params(str(tmp_path / "run"), tiny_config(steps=3), walker_random_dir)
+def test_resume_refuses_another_dataset(tiny_world_model, walker_random_dir, tmp_path):
+    # A copy of a run trained on walker_random_dir: the shared one is never written.
+    shutil.copytree(tiny_world_model / "phase1", tmp_path / "run")
     other = tmp_path / "other"
     os.makedirs(other)
     for name in ("0.npz", "1.npz"):
@@ -65,6 +68,7 @@ def test_resume_accepts_the_dataset_after_another_modality_is_added_to_it(walker
     assert int(state.step) == 6
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_message(walker_random_dir, tmp_path):
     bad = tmp_path / "bad"
     for i in range(2):
@@ -78,6 +82,8 @@ def test_non_finite_loss_stops_with_a_message(walker_random_dir, tmp_path):
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "3")
 
 
+# tests/test_allreduce.py compares the same 1- and 4-device phase-1 steps in the quick tier.
+@pytest.mark.slow
 def test_sharded_step_on_4_devices_equals_single_device():
     out = run_program("sharded_phase1")
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]

@@ -42,6 +42,7 @@ def test_world_model_is_frozen_and_only_the_policy_trains(tiny_world_model, walk
     assert "train/action_mse_random" in train[0]
 
 
+@pytest.mark.slow
 def test_aime_agent_batched_evaluation_equals_one_at_a_time(tiny_world_model, walker_random_dir, tmp_path):
     world_model = str(tiny_world_model)
     agent, _ = phase2.train_aime(tiny_phase2(tiny_config(), steps=2), str(tmp_path), world_model, walker_random_dir)
