@@ -17,16 +17,7 @@ from aime_jax.data.collect import collect
 from aime_jax.errors import ConfigError
 from aime_jax.evaluate import evaluate
 
-from test_phase2 import LinearDemonstrator
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def quick(modality="mdp", **bc_settings):
-    c = config_lib.resolve(config_lib.make_config("walker", modality, "quick"))
-    c.env = "walker-walk"
-    c.bc.update(bc_settings)
-    return c
+from support import REPO, LinearDemonstrator, bc_config, run_program
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +70,7 @@ def test_bc_imitates_the_demonstrator(demos_dir, tmp_path):
     """BC through the pipeline's stages: its action error on the held-out demonstrations is far
     below a random policy's, it stops early and keeps its best epoch, and in the simulator it
     scores near the demonstrator; batched and one-at-a-time evaluation agree."""
-    c = quick()
+    c = bc_config()
     c.algo = "bc"
     c.data.update(demos_dir=demos_dir, num_demos=10)
     c.eval.update(episodes=3, num_envs=3)
@@ -117,7 +108,7 @@ def test_bc_imitates_the_demonstrator(demos_dir, tmp_path):
 
 
 def test_bc_resumes_to_the_parameters_of_an_uninterrupted_run(demos_dir, tmp_path):
-    c = quick(min_epochs=3, max_epochs=3, log_every=10)
+    c = bc_config(min_epochs=3, max_epochs=3, log_every=10)
     c.data.update(num_demos=3)
     full = bc.train_bc(c, str(tmp_path / "full"), demos_dir)
     c.bc.update(min_epochs=1, max_epochs=1)
@@ -133,7 +124,7 @@ def test_idm_recovers_actions_on_embodiment_data(tmp_path):
     """The inverse dynamics model predicts held-out random-policy actions far better than their
     mean does, and its labels of an episode are its predictions at the right steps."""
     collect("walker-walk", "mdp", str(tmp_path / "random"), 30, seed=1, progress=False)
-    c = quick(idm_steps=2000, idm_max_steps=2000, idm_eval_every=500)
+    c = bc_config(idm_steps=2000, idm_max_steps=2000, idm_eval_every=500)
     net, params = bc.train_idm(c, str(tmp_path / "idm"), str(tmp_path / "random"))
     store = EpisodeStore(str(tmp_path / "random"), progress=False)
     val_store = store.select([29])  # data.val_fraction holds out the last episodes
@@ -190,54 +181,29 @@ def test_bco_pipeline_end_to_end(walker_random_dir, demos_dir, tmp_path):
 
 
 def test_config_errors():
-    c = quick()
+    c = bc_config()
     c.algo = "bcx"
     with pytest.raises(ConfigError, match=r"config.algo='bcx'; choose one of aime, bc, bco"):
         config_lib.validate(c, 1)
-    c = quick(min_epochs=5, max_epochs=2)
+    c = bc_config(min_epochs=5, max_epochs=2)
     c.algo = "bc"
     with pytest.raises(ConfigError, match="config.bc.max_epochs=2 is below config.bc.min_epochs=5"):
         config_lib.validate(c, 1)
-    c = quick()
+    c = bc_config()
     c.algo, c.data.num_demos = "bco", 1
     with pytest.raises(ConfigError, match="num_demos=1, but bco holds out 30% .* use at least 2"):
         config_lib.validate(c, 1)
     # A batch the devices do not divide is padded with masked rows (tests/test_padding.py).
-    c = quick(batch_size=50)
+    c = bc_config(batch_size=50)
     c.algo = "bc"
     config_lib.validate(c, 4)
     # AIME ignores the baselines' section.
-    c = quick(stack=0)
+    c = bc_config(stack=0)
     config_lib.validate(c, 1)
 
 
-_SHARDED = r"""
-import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-sys.path.insert(0, {repo!r})
-sys.path.insert(0, {tests!r})
-import jax, numpy as np
-from test_bc import quick
-from aime_jax import parallel
-from aime_jax.agents import bc
-
-c = quick(min_epochs=2, max_epochs=2, batch_size=40, log_every=50)
-c.data.num_demos = 3
-params = []
-for n in (1, 4):
-    agent = bc.train_bc(c, os.path.join({work!r}, str(n)), {demos!r}, parallel.make_mesh(n))
-    params.append(agent.params)
-for a, b in zip(jax.tree.leaves(params[0]), jax.tree.leaves(params[1])):
-    # 50 Adam steps apart from float summation order: close, not bit-equal.
-    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
-print("OK")
-"""
-
-
 def test_bc_on_4_devices_equals_one_device(walker_random_dir, tmp_path):
-    code = _SHARDED.format(repo=REPO, tests=os.path.join(REPO, "tests"), work=str(tmp_path), demos=walker_random_dir)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    out = run_program("sharded_bc", tmp_path, walker_random_dir)
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 
@@ -252,8 +218,8 @@ def test_visual_bco_hands_the_idm_encoder_to_the_policy(walker_random_dir, tmp_p
         ep["image"] = rng.integers(0, 256, (24, 64, 64, 3), dtype=np.uint8)
         save_episode(tmp_path / "data" / f"{i}.npz", ep)
     # A learning rate so small that training leaves the handed-over encoder where it was.
-    c = quick("visual", stack=2, batch_size=8, lr=1e-12, idm_steps=2, idm_max_steps=2, idm_eval_every=2,
-              min_epochs=1, max_epochs=1)
+    c = bc_config("visual", stack=2, batch_size=8, lr=1e-12, idm_steps=2, idm_max_steps=2, idm_eval_every=2,
+                  min_epochs=1, max_epochs=1)
     c.data.num_demos = 3
     data = str(tmp_path / "data")
     _, idm_params = bc.train_idm(c, str(tmp_path / "idm"), data)

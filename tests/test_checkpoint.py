@@ -1,10 +1,4 @@
 """Checkpointer: bit-identical roundtrips, retention, abstract and resharded restores, errors."""
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +7,7 @@ import pytest
 
 from aime_jax.checkpoint import CheckpointNotFoundError, Checkpointer, restore_params_tree
 
-REPO = Path(__file__).resolve().parents[1]
+from support import run_program
 
 
 def make_state(seed: int = 0) -> dict:
@@ -126,50 +120,12 @@ def test_restore_params_tree_reads_a_subtree(tmp_path):
     assert_identical(restored, {"params": state["params"]})
 
 
-# Saved here on one device, restored in a fresh interpreter that sees two (the fake device
-# count must be set before JAX starts).
-RESHARD_CHECK = textwrap.dedent(
-    """
-    import sys
-    import jax, numpy as np
-    from jax.sharding import NamedSharding, Mesh, PartitionSpec as P
-    from aime_jax.checkpoint import Checkpointer, restore_params_tree
-
-    assert jax.device_count() == 2
-    mesh = Mesh(np.asarray(jax.devices()), ("data",))
-    expected = dict(np.load(sys.argv[2]))
-
-    def target(spec):
-        return {"w": jax.ShapeDtypeStruct((4, 3), np.float32, sharding=NamedSharding(mesh, spec)),
-                "rng": jax.ShapeDtypeStruct((2,), np.uint32, sharding=NamedSharding(mesh, P()))}
-
-    with Checkpointer(sys.argv[1]) as ckpt:
-        state, meta = ckpt.restore(target(P()))
-    assert meta == {"devices": 1}
-    assert state["w"].sharding.is_fully_replicated and len(state["w"].devices()) == 2
-    np.testing.assert_array_equal(np.asarray(state["w"]), expected["w"])
-    np.testing.assert_array_equal(np.asarray(state["rng"]), expected["rng"])
-
-    split = restore_params_tree(sys.argv[1], target(P("data")))
-    assert split["w"].addressable_shards[0].data.shape == (2, 3)
-    np.testing.assert_array_equal(np.asarray(split["w"]), expected["w"])
-    print("OK")
-    """
-)
-
-
 def test_restore_onto_two_devices(tmp_path):
     state = {"w": jnp.arange(12, dtype=jnp.float32).reshape(4, 3), "rng": jax.random.PRNGKey(3)}
     np.savez(tmp_path / "expected.npz", **jax.device_get(state))
     with Checkpointer(tmp_path / "ckpt") as ckpt:
         ckpt.save(7, state, {"devices": 1}, force=True)
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    result = subprocess.run(
-        [sys.executable, "-c", RESHARD_CHECK, str(tmp_path / "ckpt"),
-         str(tmp_path / "expected.npz")],
-        env=env, capture_output=True, text=True, timeout=120,
-    )
+    # Restored in a fresh interpreter that sees two devices (the fake device count must be set
+    # before JAX starts).
+    result = run_program("reshard_restore", tmp_path / "ckpt", tmp_path / "expected.npz", timeout=120)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]

@@ -7,7 +7,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -15,6 +14,8 @@ from aime_jax import config as config_lib
 from aime_jax import locks, parallel, stages
 from aime_jax.atomic import write_json, writable_dir
 from aime_jax.errors import ConfigError
+
+from support import run_program
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,15 +117,7 @@ def test_the_compilation_cache_changes_no_run_identity(tmp_path):
 
 def test_use_compile_cache_reaches_jax_before_the_first_compilation(tmp_path):
     # A fresh interpreter: this one's JAX must not start writing a cache for the other tests.
-    code = textwrap.dedent(f"""
-        import jax, jax.numpy as jnp
-        from aime_jax import parallel
-        parallel.use_compile_cache({str(tmp_path / 'cache')!r})
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        print(float(jax.jit(lambda x: jnp.sin(x) * 2)(jnp.ones(3)).sum()))
-    """)
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"),
-                         capture_output=True, text=True, timeout=120)
+    out = run_program("compile_cache", tmp_path / "cache", timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert os.listdir(tmp_path / "cache")  # the executable was written there
 

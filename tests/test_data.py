@@ -10,6 +10,8 @@ import pytest
 from aime_jax.data import EpisodeStore, WindowSampler, list_episodes, load_episode, sample_starts, save_episode
 from aime_jax.errors import ConfigError, DatasetError
 
+from support import program, program_env
+
 
 def _fake_episode(rng, length, image=False, authors=False):
     """An episode in the release's layout; `authors=True` mimics its files (float64, no physics)."""
@@ -253,23 +255,10 @@ def test_missing_key_mentions_render(tmp_path):
         WindowSampler(store, 5, 2, seed=0, keys=["image"])
 
 
-_KILLED_WRITER = """
-import sys, numpy as np
-sys.path.insert(0, {repo!r})
-from aime_jax.data.episodes import save_episode
-rng = np.random.default_rng(0)
-ep = {{"image": rng.integers(0, 256, (4000, 64, 64, 3), dtype=np.uint8), "reward": np.zeros((4000, 1))}}
-print("writing", flush=True)
-save_episode({path!r}, ep)
-"""
-
-
 def test_killed_writer_leaves_no_episode(tmp_path):
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     target = tmp_path / "0.npz"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _KILLED_WRITER.format(repo=repo, path=str(target))], stdout=subprocess.PIPE
-    )
+    proc = subprocess.Popen([sys.executable, program("killed_writer"), str(target)], stdout=subprocess.PIPE,
+                            env=program_env())
     assert proc.stdout.readline().strip() == b"writing"
     deadline = time.time() + 30
     while not any(n.endswith(".tmp") for n in os.listdir(tmp_path)) and time.time() < deadline:

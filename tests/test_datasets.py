@@ -17,6 +17,8 @@ from aime_jax.data import EpisodeStore, list_episodes, load_episode
 from aime_jax.errors import AimeError, ConfigError, DatasetError
 from aime_jax.experts import build as build_lib
 
+from support import program, program_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WALKER_KEYS = {"orientations", "height", "velocity", "pre_action", "reward", "is_first", "is_last", "is_terminal",
                "physics_state"}
@@ -55,6 +57,7 @@ def root(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_sources_have_the_expected_files_keys_counts_and_cards(root):
     for name in SOURCES:
         folder = root / name
@@ -87,6 +90,7 @@ def test_sources_have_the_expected_files_keys_counts_and_cards(root):
     assert summary["intrinsic_returns"][0] == 0.0 and min(summary["intrinsic_returns"][1:]) > 0
 
 
+@pytest.mark.slow
 def test_mix_keeps_every_source_episode_exactly_once_in_order(root):
     card = build_lib.read_card(str(root / "walker-mix"))
     assert card["episodes"] == 12 and [s["name"] for s in card["sources"]] == list(SOURCES)
@@ -98,6 +102,7 @@ def test_mix_keeps_every_source_episode_exactly_once_in_order(root):
     assert EpisodeStore(str(root / "walker-mix"), progress=False).num_episodes == 12
 
 
+@pytest.mark.slow
 def test_expert_demonstrations_and_their_card(root):
     folder = root / "walker-stand-expert"
     card = build_lib.read_card(str(folder))
@@ -242,23 +247,10 @@ def test_episodes_added_to_a_rendered_folder_for_another_modality_are_rendered_t
     assert store.select([0]).fingerprint_of(mdp_keys) == before
 
 
-BUILDER = """
-import json, os, sys, time
-from aime_jax.experts import build as build_lib
-root, log = sys.argv[1], sys.argv[2]
-def on_episode(name, i):
-    time.sleep(2)  # a build long enough for the other process to arrive while it runs
-    with open(log, "a") as f:
-        f.write(f"{os.getpid()} {name} {i}\\n")
-folder = build_lib.build("walker-random", "mdp", root, scale=0.003, progress=False, on_episode=on_episode)
-print("built", folder, json.dumps(build_lib.read_card(folder)["generator"]))
-"""
-
-
 def test_concurrent_builders_of_one_dataset_build_it_once_and_both_succeed(tmp_path):
-    env = dict(os.environ, PYTHONPATH=REPO)
+    env = program_env()
     log = tmp_path / "episodes.log"
-    procs = [subprocess.Popen([sys.executable, "-c", BUILDER, str(tmp_path / "data"), str(log)], env=env,
+    procs = [subprocess.Popen([sys.executable, program("dataset_builder"), str(tmp_path / "data"), str(log)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
@@ -324,6 +316,7 @@ def test_task_expert_settings_apply_under_the_build_overrides():
     assert build_lib._expert_settings(custom, "cheetah-run") == {"hidden_sizes": [64, 64], "batch_size": 32}
 
 
+@pytest.mark.slow
 def test_flip_expert_learns_from_planner_demonstrations(tmp_path, monkeypatch):
     """The builder plans the flips' demonstrations first (a tiny planner here) and hands them to
     the SAC expert, whose checkpoint and the dataset card record them."""

@@ -43,6 +43,7 @@ def _transitions(folder):
     return np.concatenate(obs), np.concatenate(action), np.concatenate(next_obs)
 
 
+@pytest.mark.slow
 def test_disagreement_falls_where_data_is_dense_and_stays_high_on_novel_states(walker_random_dir):
     """The ensemble (the default 5 x 128x2) is fitted to real random-policy walker transitions
     for 1000 updates. On those states its disagreement falls far below where it started; on

@@ -34,7 +34,7 @@ from aime_jax.checkpoint import CheckpointError, Checkpointer
 from aime_jax.data import EpisodeStore, save_episode
 from aime_jax.errors import AimeError
 
-from test_phase1 import tiny_config
+from support import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,22 +160,15 @@ def test_a_target_of_other_shapes_is_not_mistaken_for_damage(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
-# Classes 1 and 2: a world model to reuse (one phase-1 run of 6 steps, checkpoints at 3 and 6)
-
-
-@pytest.fixture(scope="module")
-def world_model_run(walker_random_dir, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("world_model")
-    phase1.train_world_model(tiny_config(), str(run / "phase1"), walker_random_dir)
-    return run
+# Classes 1 and 2: a world model to reuse (conftest's tiny_world_model, checkpoints at 3 and 6)
 
 
 @pytest.mark.slow
 def test_a_damaged_world_model_checkpoint_falls_back_and_the_input_stays_untouched(
-    world_model_run, tmp_path, capfd
+    tiny_world_model, tmp_path, capfd
 ):
     run = tmp_path / "wm"
-    shutil.copytree(world_model_run, run)
+    shutil.copytree(tiny_world_model, run)
     _truncate_arrays(run / "phase1" / "checkpoints" / "6")
     before = snapshot(run)
     capfd.readouterr()
@@ -183,7 +176,7 @@ def test_a_damaged_world_model_checkpoint_falls_back_and_the_input_stays_untouch
     [line] = stderr_lines(capfd)
     assert "checkpoint step 6" in line and "damaged" in line and "using step 3" in line
     assert snapshot(run) == before
-    with Checkpointer(world_model_run / "phase1" / "checkpoints") as ckpt:
+    with Checkpointer(tiny_world_model / "phase1" / "checkpoints") as ckpt:
         intact = ckpt.restore_subtree({"params": jax.eval_shape(lambda: params)}, step=3)["params"]
     for a, b in zip(jax.tree.leaves(jax.device_get(params)), jax.tree.leaves(jax.device_get(intact))):
         np.testing.assert_array_equal(a, b)
@@ -227,14 +220,14 @@ def test_a_world_model_computed_another_way_fits():
 
 
 @pytest.mark.slow
-def test_phase2_refuses_a_world_model_of_another_modality_before_training(world_model_run, walker_random_dir, tmp_path):
+def test_phase2_refuses_a_world_model_of_another_modality_before_training(tiny_world_model, walker_random_dir, tmp_path):
     from aime_jax.agents import phase2
 
-    before = snapshot(world_model_run)
-    line = refusal(lambda: phase2.train_aime(_lpomdp(), str(tmp_path / "phase2"), str(world_model_run),
+    before = snapshot(tiny_world_model)
+    line = refusal(lambda: phase2.train_aime(_lpomdp(), str(tmp_path / "phase2"), str(tiny_world_model),
                                            walker_random_dir))
-    assert f"the world model in {world_model_run} does not fit this run: modality 'mdp'" in line
-    assert snapshot(world_model_run) == before and not (tmp_path / "phase2").exists()
+    assert f"the world model in {tiny_world_model} does not fit this run: modality 'mdp'" in line
+    assert snapshot(tiny_world_model) == before and not (tmp_path / "phase2").exists()
 
 
 def test_a_plain_folder_as_world_model_is_refused_without_writing_into_it(tmp_path):

@@ -1,13 +1,13 @@
 """Entry points restart with glibc's malloc huge pages (aime_jax/hostmem.py)."""
 import json
-import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
 from aime_jax import hostmem
+
+from support import program, program_env
 
 LINUX = dict(platform="linux", glibc=(2, 36), thp_mode="madvise")
 
@@ -34,28 +34,10 @@ def test_nothing_is_done_where_it_does_not_apply(environ, platform, glibc, thp_m
     assert hostmem.tuned_environment(environ, platform, glibc, thp_mode) is None
 
 
-CHILD = textwrap.dedent("""
-    import ctypes, json, os, sys
-    from aime_jax import hostmem
-    if __name__ == "__main__":
-        print("start", flush=True)
-        hostmem.reexec_with_huge_pages()
-        libc = ctypes.CDLL(None)
-        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-        n = 64 << 20  # as large as XLA's per-step buffers: glibc serves it with mmap
-        ctypes.memset(libc.malloc(n), 1, n)
-        with open("/proc/self/smaps_rollup") as f:
-            huge = [int(line.split()[1]) for line in f if line.startswith("AnonHugePages:")][0]
-        print(json.dumps({"tunables": os.environ.get("GLIBC_TUNABLES"), "argv": sys.argv[1:], "huge_mib": huge // 1024}))
-""")
-
-
-def _run(tmp_path, **env) -> tuple[int, dict]:
-    """How many times the program started, and what it reported at its end."""
-    script = tmp_path / "child.py"
-    script.write_text(CHILD)
-    environ = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", hostmem.OPT_OUT)}
-    out = subprocess.run([sys.executable, "-u", str(script), "a", "b c"], env={**environ, **env},
+def _run(**env) -> tuple[int, dict]:
+    """How many times tests/programs/hugepages_child.py started, and what it reported at its end."""
+    environ = {k: v for k, v in program_env().items() if k not in ("GLIBC_TUNABLES", hostmem.OPT_OUT)}
+    out = subprocess.run([sys.executable, "-u", program("hugepages_child"), "a", "b c"], env={**environ, **env},
                          capture_output=True, text=True, check=True, timeout=60).stdout.splitlines()
     return out.count("start"), json.loads(out[-1])
 
@@ -64,12 +46,12 @@ def _run(tmp_path, **env) -> tuple[int, dict]:
     hostmem.tuned_environment({}, sys.platform, hostmem._glibc_version(), hostmem._thp_mode()) is None,
     reason="needs Linux, glibc >= 2.35 and transparent huge pages",
 )
-def test_a_restarted_program_keeps_its_arguments_and_gets_huge_pages(tmp_path):
-    starts, report = _run(tmp_path)
+def test_a_restarted_program_keeps_its_arguments_and_gets_huge_pages():
+    starts, report = _run()
     assert starts == 2  # restarted once, from the beginning
     assert report["tunables"] == "glibc.malloc.hugetlb=1" and report["argv"] == ["a", "b c"]
     assert report["huge_mib"] >= 32, report  # most of the 64 MiB buffer is in 2 MiB pages
-    starts, report = _run(tmp_path, **{hostmem.OPT_OUT: "0"})
+    starts, report = _run(**{hostmem.OPT_OUT: "0"})
     assert starts == 1 and report["tunables"] is None and report["argv"] == ["a", "b c"]
     if hostmem._thp_mode() == "madvise":  # without the tunable, glibc's pages are small ones
         assert report["huge_mib"] < 32, report

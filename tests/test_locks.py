@@ -13,29 +13,14 @@ import pytest
 from aime_jax import locks
 from aime_jax.errors import AimeError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-# Holds the lock of argv[1] for argv[2] seconds, logging its start and end to argv[3].
-HOLDER = """
-import os, sys, time
-from aime_jax import locks
-target, seconds, log = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-with locks.hold(target, "the test's work", poll_s=0.05):
-    with open(log, "a") as f:
-        f.write(f"start {os.getpid()} {time.time()}\\n")
-    time.sleep(seconds)
-    with open(log, "a") as f:
-        f.write(f"end {os.getpid()} {time.time()}\\n")
-    if len(sys.argv) > 4:
-        os.kill(os.getpid(), 9)  # dies holding it
-"""
-
+from support import program, program_env
 
 def _holder(target, seconds, log, *extra, stale_s=None):
-    env = dict(os.environ, PYTHONPATH=REPO)
+    """tests/programs/lock_holder.py holding the lock of `target` for `seconds`."""
+    env = program_env()
     if stale_s is not None:
         env["AIME_LOCK_STALE_S"] = str(stale_s)
-    return subprocess.Popen([sys.executable, "-c", HOLDER, str(target), str(seconds), str(log), *extra],
+    return subprocess.Popen([sys.executable, program("lock_holder"), str(target), str(seconds), str(log), *extra],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

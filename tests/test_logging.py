@@ -1,10 +1,6 @@
 """RunLogger: metrics.jsonl, summary lines, progress bar off a TTY, videos, wandb kept off."""
 import json
-import os
 import re
-import subprocess
-import sys
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -15,7 +11,7 @@ import pytest
 
 from aime_jax.logging import RunLogger
 
-REPO = Path(__file__).resolve().parents[1]
+from support import program_env, run_program
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -138,53 +134,16 @@ def test_rates_and_time_left_leave_out_the_first_compiling_step(tmp_path, capsys
 
 
 def test_wandb_disabled_never_imports_wandb(tmp_path):
-    script = textwrap.dedent(
-        f"""
-        import sys
-        import jax.numpy as jnp
-        from aime_jax import config as config_lib
-        from aime_jax.logging import RunLogger, pipeline_wandb
-        config = config_lib.make_config("walker", "mdp")
-        assert config.wandb.mode == "disabled"
-        with pipeline_wandb(config, {str(tmp_path)!r}) as run:
-            assert run is None
-            with RunLogger({str(tmp_path)!r}, total_steps=10) as logger:
-                logger.log(1, {{"loss": jnp.float32(1.0)}})
-        assert "wandb" not in sys.modules, "wandb was imported"
-        print("OK")
-        """
-    )
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = run_program("wandb_disabled", tmp_path, timeout=120)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
     assert not (tmp_path / "wandb").exists()
 
 
 def test_wandb_offline_logs_and_resumes_the_same_run(tmp_path):
-    script = textwrap.dedent(
-        f"""
-        import numpy as np, jax.numpy as jnp
-        from aime_jax import config as config_lib
-        from aime_jax.logging import RunLogger, pipeline_wandb
-        config = config_lib.make_config("walker", "mdp")
-        config.wandb.mode = "offline"
-        for start in (0, 2):
-            with pipeline_wandb(config, {str(tmp_path)!r}):
-                with RunLogger({str(tmp_path / "phase1")!r}, total_steps=10, initial_step=start) as logger:
-                    logger.log(start + 1, {{"loss": jnp.float32(1.0)}})
-                    logger.video("eval", np.zeros((3, 16, 16, 3), np.uint8), step=start + 2)
-        print("OK")
-        """
-    )
-    env = dict(os.environ, JAX_PLATFORMS="cpu", WANDB_SILENT="true",
-               WANDB_CONFIG_DIR=str(tmp_path / "cfg"), WANDB_CACHE_DIR=str(tmp_path / "cache"),
-               WANDB_DATA_DIR=str(tmp_path / "data"))
+    env = program_env(WANDB_SILENT="true", WANDB_CONFIG_DIR=str(tmp_path / "cfg"),
+                      WANDB_CACHE_DIR=str(tmp_path / "cache"), WANDB_DATA_DIR=str(tmp_path / "data"))
     env.pop("WANDB_MODE", None)  # conftest disables wandb through the environment
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                            timeout=120)
+    result = run_program("wandb_offline", tmp_path, timeout=120, env=env)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
     run_id = (tmp_path / "wandb_run_id").read_text()
     # Both runs write under the one id; wandb names the folders offline-run-{time}-{id}[-n].

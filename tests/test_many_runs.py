@@ -27,20 +27,10 @@ from aime_jax.data import save_episode
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.world_model import rssm
 
-from test_phase1 import tiny_config
-from test_phase2 import tiny_phase2
+from support import (REPO, RUNS_RTOL, assert_close, make_runs, program_config, run_program, tiny_config,
+                     tiny_phase2)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = {"orientations": (14,), "height": (1,), "velocity": (9,)}
-RTOL, ATOL = 1e-5, 1e-6
-
-
-def assert_close(a, b, exact=False):
-    for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b)), strict=True):
-        if exact:
-            np.testing.assert_array_equal(x, y)
-        else:
-            np.testing.assert_allclose(x, y, rtol=RTOL, atol=ATOL)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -67,7 +57,8 @@ def parts():
     return config, model, [p for _, p in wms], policy, optimizer, loss_config, features
 
 
-@pytest.mark.parametrize("wm_index", [(0, 0, 0), (0, 1, 0)], ids=["one-world-model", "two-world-models"])
+@pytest.mark.parametrize("wm_index", [pytest.param((0, 0, 0), id="one-world-model"),
+                                      pytest.param((0, 1, 0), id="two-world-models", marks=pytest.mark.slow)])
 def test_each_run_of_a_step_equals_the_run_alone(parts, wm_index):
     config, model, wm_params, policy, optimizer, loss_config, features = parts
     seeds, steps = (0, 1, 2), 2
@@ -97,7 +88,7 @@ def test_each_run_of_a_step_equals_the_run_alone(parts, wm_index):
             if step == 0:  # the same parameters: the same loss and gradients, to the bit
                 for key in ("loss", "nelbo_per_step", "action_mse", "grad_norm", "action_std"):
                     assert metrics[key][r] == history[0][key], (key, r)
-            np.testing.assert_allclose(metrics["loss"][r], history[step]["loss"], rtol=RTOL)
+            np.testing.assert_allclose(metrics["loss"][r], history[step]["loss"], rtol=RUNS_RTOL)
     assert np.all(metrics["active"]) and not np.any(metrics["diverged_at"])
     for r, (single_state, _) in enumerate(alone):
         assert_close(state.run(r).params, single_state.params)
@@ -218,18 +209,6 @@ def world_models(walker_random_dir, tmp_path_factory):
     return dirs
 
 
-def program_config(**phase2):
-    config = tiny_phase2(tiny_config(), **phase2)
-    config.eval.update(episodes=1, num_envs=1)
-    return config
-
-
-def make_runs(config, root, specs, demos_dirs):
-    """Runs (num_demos, seed, world model, demonstrations) in `root`, as stages.program_runs makes them."""
-    return [phase2_runs.Run(config_lib.run_config(config, n, s, wm), str(root / config_lib.run_dirname(n, s)), wm, demos)
-            for (n, s, wm), demos in zip(specs, demos_dirs)]
-
-
 @pytest.mark.slow
 def test_each_run_of_a_program_equals_the_run_trained_alone(world_models, walker_random_dir, tmp_path):
     config = program_config(log_every=1)
@@ -317,43 +296,9 @@ def test_a_program_whose_every_run_diverges_stops_in_one_line(world_models, walk
         phase2_runs.train_aime_runs(config, runs, str(tmp_path / "program" / "phase2"))
 
 
-_SHARDED = r"""
-import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-sys.path.insert(0, {repo!r})
-sys.path.insert(0, {tests!r})
-import jax, numpy as np
-from aime_jax import parallel
-from aime_jax.agents import phase2_runs
-from test_many_runs import program_config, make_runs, assert_close
-
-config = program_config()
-config.data.batch_size = 4
-specs = [(1, 0, {wm0!r}), (2, 1, {wm1!r}), (3, 2, {wm0!r})]
-results = {{}}
-for devices, data in ((1, 1), (4, 1), (4, 2), (4, 4)):
-    mesh = parallel.make_runs_mesh(3, devices, data)
-    runs = make_runs(config, __import__("pathlib").Path({tmp!r}) / f"d{{devices}}x{{data}}", specs, [{demos!r}] * 3)
-    _, state = phase2_runs.train_aime_runs(config, runs, os.path.join(runs[0].workdir, "..", "phase2"), mesh)
-    leaf = jax.tree.leaves(state.params)[0]
-    assert leaf.shape[0] == parallel.padded_runs(3, mesh), leaf.shape
-    assert len(leaf.sharding.device_set) == devices
-    results[(devices, data)] = jax.device_get(state)
-base = results.pop((1, 1))
-for key, state in results.items():
-    for r in range(3):
-        assert_close(state.run(r).params, base.run(r).params)
-    print(key, "matches")
-print("OK")
-"""
-
-
 @pytest.mark.slow
 def test_the_runs_axis_splits_over_four_devices(world_models, walker_random_dir, tmp_path):
-    code = _SHARDED.format(repo=REPO, tests=os.path.join(REPO, "tests"), wm0=world_models[0], wm1=world_models[1],
-                           tmp=str(tmp_path), demos=walker_random_dir)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    out = run_program("sharded_runs", world_models[0], world_models[1], tmp_path, walker_random_dir, timeout=900)
     assert out.returncode == 0 and "OK" in out.stdout, (out.stdout[-2000:], out.stderr[-3000:])
 
 

@@ -4,13 +4,14 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import jax
 import ml_collections
 import numpy as np
 import pytest
 import yaml
+
+from support import program
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(REPO, "launch", "local.sh")
@@ -63,26 +64,6 @@ def _metrics(path, key):
     return values
 
 
-EVALUATE = textwrap.dedent("""
-    import json, sys
-    import ml_collections
-    from aime_jax import parallel
-    assert parallel.initialize_distributed()
-    import jax
-    from aime_jax.agents import phase2
-    from aime_jax.evaluate import evaluate
-    run, out = sys.argv[1:]
-    config = ml_collections.ConfigDict(json.load(open(run + "/config.json")))
-    mesh = parallel.make_mesh()
-    # A 1-process run's checkpoints (world model and policy), restored by 2 processes.
-    agent = phase2.load_agent(config, run + "/phase2", run, mesh)
-    result = evaluate(config.env, config.modality, agent, config.eval.episodes, num_envs=config.eval.num_envs,
-                      seed=config.eval.seed)
-    if jax.process_index() == 0:
-        json.dump(result.returns, open(out, "w"))
-""")
-
-
 @pytest.fixture(scope="module")
 def runs(walker_random_dir, tmp_path_factory):
     """The same tiny pipeline (phase 1, phase 2, evaluation) on 1 process x 4 devices and on
@@ -133,9 +114,8 @@ def test_evaluation_split_over_processes_equals_one_process(runs, tmp_path):
     # The same policy (the 1-process run's checkpoints, restored by 2 processes) scores exactly
     # what the 1-process run scored: trained policies differ in their last bits between runs,
     # which the simulator amplifies, so only the same parameters can be compared.
-    script, out = tmp_path / "evaluate.py", tmp_path / "returns.json"
-    script.write_text(EVALUATE)
-    proc = _run([sys.executable, str(script), str(ref), str(out)], processes=2, devices=2)
+    out = tmp_path / "returns.json"
+    proc = _run([sys.executable, program("multihost_evaluate"), str(ref), str(out)], processes=2, devices=2)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert json.load(open(out)) == a["returns"]
 
@@ -155,35 +135,10 @@ def test_logs_and_files_are_written_once(runs):
     assert os.listdir(multi / "videos") == ["eval_episode0.mp4"]
 
 
-HELPERS = textwrap.dedent("""
-    import sys
-    import numpy as np
-    from aime_jax import parallel
-    assert parallel.initialize_distributed()
-    import jax
-    from aime_jax.errors import AimeError
-    p = jax.process_index()
-    rows = np.array([np.pi * (p + 1), 1e-300 * (p + 1)], np.float64)
-    got = parallel.allgather_rows(rows)
-    assert got.dtype == np.float64 and got.tolist() == [np.pi, 1e-300, 2 * np.pi, 2e-300], got
-    def fail():
-        raise AimeError("dataset broken")
-    try:
-        parallel.on_main(fail, "building a dataset")
-    except AimeError as e:
-        print(f"process {p}: {e}", flush=True)
-    else:
-        sys.exit(f"process {p} did not raise")
-    parallel.barrier("end")
-""")
-
-
 @pytest.mark.slow
 def test_process_helpers(tmp_path):
     """Bit-exact float64 gathering; a failure on process 0 stops the others instead of a hang."""
-    script = tmp_path / "helpers.py"
-    script.write_text(HELPERS)
-    out = _run([sys.executable, str(script)], processes=2, devices=1, timeout=120)
+    out = _run([sys.executable, program("multihost_helpers")], processes=2, devices=1, timeout=120)
     assert out.returncode == 0, out.stdout[-3000:]
     assert "process 0: dataset broken" in out.stdout
     assert "process 1: building a dataset failed on process 0" in out.stdout
@@ -245,15 +200,7 @@ def test_every_run_of_the_sweep_is_a_valid_main_command(tmp_path, monkeypatch):
 
 
 def test_sweep_runs_each_run_in_its_own_directory(tmp_path):
-    program = tmp_path / "program.py"
-    program.write_text(textwrap.dedent("""
-        import json, os, sys
-        workdir = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir=")][0]
-        os.makedirs(workdir)
-        json.dump(sys.argv[1:], open(os.path.join(workdir, "args.json"), "w"))
-        sys.exit(1 if "--lr=0.5" in sys.argv else 0)
-    """))
-    spec = {"program": str(program), "method": "grid",
+    spec = {"program": program("sweep_program"), "method": "grid",
             "parameters": {"lr": {"values": [0.1, 0.5]}, "seed": {"values": [0, 1]}, "tag": {"value": "x"}}}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))

@@ -1,6 +1,7 @@
 """Phase 1: the sharded step, resuming, learning on real walker data, and config errors."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,24 +16,14 @@ from aime_jax.agents import phase1
 from aime_jax.data import save_episode
 from aime_jax.errors import AimeError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(modality="mdp", **phase1):
-    c = config_lib.make_config("walker", modality, "quick")
-    wm = c.world_model
-    wm.deter_size, wm.stoch_size = 32, 8
-    for head in (wm.latent, wm.vector_decoder, wm.probe):
-        head.hidden_sizes = (32,) * len(head.hidden_sizes)
-    c.data.window, c.data.batch_size = 10, 4
-    c.phase1.update(dict(steps=6, log_every=3, eval_every=3, save_every=3, val_batches=1), **phase1)
-    return config_lib.resolve(c)
+from support import REPO, run_program, tiny_config
 
 
 def _params(run_dir, config, data_dir):
     return jax.device_get(phase1.train_world_model(config, run_dir, data_dir).params)
 
 
+@pytest.mark.slow
 def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(walker_random_dir, tmp_path):
     full = _params(str(tmp_path / "full"), tiny_config(), walker_random_dir)
     # Interrupted after the step-3 checkpoint, then the same run continued to the end.
@@ -48,8 +39,9 @@ def test_resume_ends_with_the_parameters_of_an_uninterrupted_run(walker_random_d
         np.testing.assert_array_equal(a, b)
 
 
-def test_resume_refuses_another_dataset(walker_random_dir, tmp_path):
-    _params(str(tmp_path / "run"), tiny_config(steps=3), walker_random_dir)
+def test_resume_refuses_another_dataset(tiny_world_model, walker_random_dir, tmp_path):
+    # A copy of a run trained on walker_random_dir: the shared one is never written.
+    shutil.copytree(tiny_world_model / "phase1", tmp_path / "run")
     other = tmp_path / "other"
     os.makedirs(other)
     for name in ("0.npz", "1.npz"):
@@ -76,6 +68,7 @@ def test_resume_accepts_the_dataset_after_another_modality_is_added_to_it(walker
     assert int(state.step) == 6
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_a_message(walker_random_dir, tmp_path):
     bad = tmp_path / "bad"
     for i in range(2):
@@ -89,46 +82,10 @@ def test_non_finite_loss_stops_with_a_message(walker_random_dir, tmp_path):
     assert not os.path.exists(tmp_path / "run" / "checkpoints" / "3")
 
 
-_SHARDED = r"""
-import os, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
-sys.path.insert(0, {repo!r})
-sys.path.insert(0, {tests!r})
-import jax, numpy as np
-from test_phase1 import tiny_config
-from aime_jax import parallel
-from aime_jax.agents import phase1
-
-config = tiny_config()
-config.data.batch_size = 8
-spec = {{"orientations": (14,), "height": (1,), "velocity": (9,)}}
-rng = np.random.default_rng(0)
-batch = {{k: rng.normal(size=(8, 10) + s).astype(np.float32) for k, s in spec.items()}}
-batch["pre_action"] = rng.uniform(-1, 1, (8, 10, 6)).astype(np.float32)
-opt = phase1.make_optimizer(3e-4, 100.0)
-results = []
-for n in (1, 4):
-    mesh = parallel.make_mesh(n)
-    model, state = phase1.create_train_state(config.world_model, spec, 6, opt, 0)
-    state = parallel.replicate(state, mesh)
-    step = phase1.jit_train_step(model, config.world_model, opt, mesh)
-    for _ in range(3):
-        state, metrics = step(state, parallel.shard_batch(batch, mesh))
-    assert len(jax.tree.leaves(state.params)[0].sharding.device_set) == n
-    results.append((jax.device_get(state.params), float(metrics["loss"])))
-(p1, l1), *others = results
-for p4, l4 in others:
-    np.testing.assert_allclose(l1, l4, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p4)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-print("OK", l1, [l for _, l in others])
-"""
-
-
+# tests/test_allreduce.py compares the same 1- and 4-device phase-1 steps in the quick tier.
+@pytest.mark.slow
 def test_sharded_step_on_4_devices_equals_single_device():
-    code = _SHARDED.format(repo=REPO, tests=os.path.join(REPO, "tests"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
-                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    out = run_program("sharded_phase1")
     assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
 
 

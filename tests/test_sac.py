@@ -119,6 +119,7 @@ def test_temperature_step_moves_toward_the_target_entropy():
         assert abs(abs(float(state.log_temperature) - before) - 1e-2) < 1e-3
 
 
+@pytest.mark.slow
 def test_learned_temperature_brings_the_entropy_to_the_target():
     """A one-step problem (discount 0, reward -|a - 0.5|^2): the reward pulls the policy towards a
     point, the temperature pulls its entropy to the target; both targets are met from either side."""
@@ -256,6 +257,7 @@ def test_run_writes_episodes_metrics_and_summary(full_run):
     assert len(driver.read_replay(str(work / "run" / "checkpoints"))["obs"]) == 2000
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_checkpoint_like_an_uninterrupted_run(full_run, tmp_path):
     work, summary = full_run
     part = sac_lib.train_expert("walker-stand", str(tmp_path), 1000, seed=3, config=tiny_config())
@@ -401,6 +403,7 @@ def test_periodic_pitch_input_is_the_same_after_a_full_turn():
         sac_lib.default_config("cheetah-flip", start_pitch=4.0)
 
 
+@pytest.mark.slow
 def test_pitched_starts_train_and_the_restored_policy_sees_the_periodic_pitch(tmp_path):
     config = tiny_config(start_pitch=np.pi, periodic_pitch=True, seed_steps=250, save_every=500)
     summary = sac_lib.train_expert("cheetah-flip", str(tmp_path / "run"), 500, seed=1, config=config,

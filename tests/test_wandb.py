@@ -4,7 +4,6 @@ the final evaluation as the sweep's metric; the shipped sweep files are valid sw
 wandb runs offline here and the run's .wandb file is read back: it is the record stream wandb
 would upload (a LevelDB-style log of protobuf records)."""
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -13,8 +12,7 @@ import yaml
 from aime_jax import config as config_lib
 from aime_jax import parallel, stages
 
-from test_phase1 import tiny_config
-from test_phase2 import tiny_phase2
+from support import tiny_config, tiny_phase2
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((REPO / "launch" / "sweeps").glob("*.yaml"))
