@@ -62,3 +62,19 @@ def parse_command_line(argv: list[str], flag_values: "flags.FlagValues") -> list
         elif isinstance(e, (AttributeError, KeyError)):
             message = f"unknown config key {message}"
         sys.exit(f"error: bad command line: {message}")
+
+
+def required_config(flag_values: "flags.FlagValues", example: str):
+    """The config of an entry point's --config flag, loaded now: a file ml_collections cannot
+    load, or no --config at all, ends the program with one line (`example`: a --config value)."""
+    try:
+        config = flag_values.config
+        if config is not None:
+            config.keys()  # the config file is loaded lazily: fail here, not later
+    except OSError as e:  # ml_collections reports a config file it could not load this way
+        # Its message lists every path it tried, one per line; the last line says why.
+        reason = str(e).strip().splitlines()[-1].strip()
+        sys.exit(f"error: --config could not be loaded: {reason}")
+    if config is None:
+        sys.exit(f"error: --config is required, e.g. --config={example}")
+    return config

@@ -47,15 +47,9 @@ def load_config(flag_values: flags.FlagValues):
     """(config, workdir) of parsed flags, resolved; exits with one line on a bad config file."""
     from aime_jax import config as config_lib
     from aime_jax.atomic import check_local_path
+    from aime_jax.errors import required_config
 
-    try:
-        config = flag_values.config
-        if config is not None:
-            config.keys()  # the config file is loaded lazily: fail here, not later
-    except OSError as e:  # ml_collections reports a config file it could not load this way
-        sys.exit(f"error: {e}")
-    if config is None:
-        sys.exit("error: --config is required, e.g. --config=configs/walker_mdp.py:quick")
+    config = required_config(flag_values, "configs/walker_mdp.py:quick")
     config_lib.resolve(config)
     # configs/walker_mdp.py:quick -> runs/walker_mdp_quick
     name = os.path.basename(config_flags.get_config_filename(flag_values["config"])).replace(".py", "").replace(":", "_")

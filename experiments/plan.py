@@ -8,12 +8,11 @@
 aime_jax/experts/config.py). Rerunning the same command continues an interrupted run (finished
 episodes are kept).
 """
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aime_jax.errors import one_line, parse_command_line
+from aime_jax.errors import one_line, parse_command_line, required_config
 from aime_jax.hostmem import reexec_with_huge_pages
 
 config_flags.DEFINE_config_file("config", None, "Config file and task, e.g. configs/planner.py:cheetah-flip.",
@@ -30,9 +29,7 @@ def main(argv):
     from aime_jax.experts.config import as_dict, validate_mppi
     from aime_jax.experts.mppi import plan_episodes
 
-    config = FLAGS.config
-    if config is None:
-        sys.exit("error: --config is required, e.g. --config=configs/planner.py:cheetah-flip")
+    config = required_config(FLAGS, "configs/planner.py:cheetah-flip")
     with one_line("rerun the same command to continue (finished episodes are kept)"):
         if config.episodes < 1 or config.seed < 0:
             raise ConfigError(f"config.episodes must be >= 1 and config.seed >= 0, got {config.episodes}, {config.seed}")

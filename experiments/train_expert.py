@@ -10,12 +10,11 @@ checkpoint of the best evaluation so far is kept in WORKDIR/best/ (`load_expert_
 best=True)`). `--config.episode_dir=DIR` also writes every training episode there in the authors'
 layout (`<i>.npz`, no images): the first 1000 are the task's `-buffer` dataset.
 """
-import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aime_jax.errors import one_line, parse_command_line
+from aime_jax.errors import one_line, parse_command_line, required_config
 from aime_jax.hostmem import reexec_with_huge_pages
 
 config_flags.DEFINE_config_file("config", None, "Config file and task, e.g. configs/expert.py:walker-stand.",
@@ -32,14 +31,7 @@ def main(argv):
     from aime_jax.experts.config import validate_expert
     from aime_jax.experts.sac import train_expert
 
-    try:
-        config = FLAGS.config
-        if config is not None:
-            config.keys()  # the config file is loaded lazily: fail here, not later
-    except OSError as e:  # ml_collections reports a config file it could not load this way
-        sys.exit(f"error: {e}")
-    if config is None:
-        sys.exit("error: --config is required, e.g. --config=configs/expert.py:walker-stand")
+    config = required_config(FLAGS, "configs/expert.py:walker-stand")
     with one_line("rerun the same command to continue from the last checkpoint"):
         validate_expert(config)
         summary = train_expert(config.env, FLAGS.workdir, config.steps, config.seed, config.sac,

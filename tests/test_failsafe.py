@@ -502,6 +502,11 @@ CLI_CASES = [
          "--config.steps=0"], "config.steps must be >= 1"),
     (7, ["experiments/train_expert.py", "--workdir={data}", "--config=configs/expert.py:walker-stand",
          "--config.sac.hidden_sizes=abc"], "SAC setting hidden_sizes=('abc',)"),
+    # The tools with a --config file: none given, or one that does not exist.
+    (7, ["experiments/plan.py", "--out={data}"], "--config is required, e.g. --config=configs/planner.py:cheetah-flip"),
+    (7, ["experiments/train_expert.py", "--workdir={data}", "--config=configs/nosuch.py:walker-stand"],
+     "--config could not be loaded: [Errno 2] No such file or directory: 'configs/nosuch.py'"),
+    (7, ["experiments/main.py", "--workdir={data}"], "--config is required, e.g. --config=configs/walker_mdp.py:quick"),
     (7, ["experiments/main.py", "--config=configs/walker_mdp.py:nosuchvariant", "--workdir={data}"],
      "unknown config argument 'nosuchvariant'"),
     (7, ["experiments/main.py", "--config=configs/walker_mdp.py:quick", "--workdir={data}/run",
