@@ -9,8 +9,8 @@ becomes k*k padded copies), run in cache-sized chunks by cnn.py. The functions c
 `lax.conv_general_dilated` / `lax.conv_transpose` (flax `nn.Conv` / `nn.ConvTranspose`, padding
 VALID, no kernel flip) compute, with the same HWIO kernels, so parameters are interchangeable.
 On a GPU the matrix products win too: cuDNN's kernel gradient of the last transposed convolution
-(32 -> 3 channels) alone took most of a float32 Visual step, which the GEMM form runs in a
-fraction of it (benchmarks/results/profile_phase1_visual_lax_gpu.json, phase1_gpu.json).
+(32 -> 3 channels) alone took longer than the whole float32 Visual step with the GEMM form
+(benchmarks/results/profile_phase1_visual_lax_gpu.json, phase1_gpu.json).
 `impl="lax"` keeps XLA's kernels (the choice for TPUs' MXU); `impl="auto"` picks by backend.
 """
 from __future__ import annotations
