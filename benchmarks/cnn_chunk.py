@@ -30,7 +30,7 @@ from machine import load_avg, time_calls  # noqa: E402
 
 from aime_jax.atomic import write_json  # noqa: E402
 from aime_jax.hostmem import reexec_with_huge_pages  # noqa: E402
-from aime_jax.nets import image_loss  # noqa: E402
+from aime_jax.nets.image_loss import squared_error  # noqa: E402
 from aime_jax.nets.cnn import IMAGE_SHAPE, ConvDecoder, ConvEncoder, image_to_float  # noqa: E402
 
 IMAGES = 2500  # B=50 x T=50
@@ -45,7 +45,7 @@ def compile_setting(chunk: int, image_loss: str):
     def loss(p):
         embed = enc.apply(p[0], images)[:, :FEATURES]
         if image_loss == "fused":
-            return jnp.sum(dec.apply(p[1], embed, head=image_loss.squared_error, target=images))
+            return jnp.sum(dec.apply(p[1], embed, head=squared_error, target=images))
         return jnp.sum((dec.apply(p[1], embed) - image_to_float(images)) ** 2)
 
     grad = jax.jit(jax.grad(loss))
