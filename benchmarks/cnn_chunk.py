@@ -8,8 +8,8 @@ paper sizes) for several `cnn_chunk` settings and both forms of the image loss; 
 The loss is the squared error of the decoded embedding against the images (an autoencoder), so
 every layer's kernel gradient and the gradient through the encoder are computed, as in a phase-1
 step (which adds the RSSM, ~2 s on this CPU). `decoded` decodes the images and takes the error of
-the full-size prediction; `fused` passes the images to the decoder, which returns each image's
-sum of squared errors (what the ELBO uses since the fused loss landed; results from before it,
+the full-size prediction; `fused` has the decoder score them with `image_loss.squared_error` as
+its head, each image's sum of squared errors (what the ELBO uses since the fused loss landed; results from before it,
 like cnn_chunk_cpu.json, used a constant 0.5 target). -1 is the whole batch at
 once. Each setting is compiled and run once untimed; then `--rounds` rounds time each setting
 `--steps` times in turn, so the settings share the machine's slow and fast minutes
@@ -30,6 +30,7 @@ from machine import load_avg, time_calls  # noqa: E402
 
 from aime_jax.atomic import write_json  # noqa: E402
 from aime_jax.hostmem import reexec_with_huge_pages  # noqa: E402
+from aime_jax.nets.image_loss import squared_error  # noqa: E402
 from aime_jax.nets.cnn import IMAGE_SHAPE, ConvDecoder, ConvEncoder, image_to_float  # noqa: E402
 
 IMAGES = 2500  # B=50 x T=50
@@ -44,7 +45,7 @@ def compile_setting(chunk: int, image_loss: str):
     def loss(p):
         embed = enc.apply(p[0], images)[:, :FEATURES]
         if image_loss == "fused":
-            return jnp.sum(dec.apply(p[1], embed, images))
+            return jnp.sum(dec.apply(p[1], embed, head=squared_error, target=images))
         return jnp.sum((dec.apply(p[1], embed) - image_to_float(images)) ** 2)
 
     grad = jax.jit(jax.grad(loss))

@@ -18,6 +18,7 @@ from aime_jax.nets import (
     tanh_gaussian_mode,
     tanh_gaussian_sample,
 )
+from aime_jax.nets import image_loss
 from aime_jax.nets.cnn import EMBED_SIZE, IMAGE_SHAPE
 
 
@@ -260,7 +261,7 @@ def test_decoder_squared_error_equals_the_decoded_images_with_gradients(chunk):
     params = jax.jit(decoder.init)(jax.random.key(0), x)
 
     def fused(p):
-        return decoder.apply(p, x, image)
+        return decoder.apply(p, x, head=image_loss.squared_error, target=image)
 
     def decoded(p):
         error = decoder.apply(p, x) - image.astype(jnp.float32) / 255.0
@@ -274,7 +275,7 @@ def test_decoder_squared_error_equals_the_decoded_images_with_gradients(chunk):
     for a, b in zip(jax.tree.leaves(grads[1]), jax.tree.leaves(grads[0])):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * float(jnp.abs(a).max()))
     with pytest.raises(ValueError, match="target shape"):
-        decoder.apply(params, x, image[:, :3])
+        decoder.apply(params, x, head=image_loss.squared_error, target=image[:, :3])
 
 
 def test_conv_impl_setting():

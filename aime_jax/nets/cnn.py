@@ -1,11 +1,13 @@
 """The World Models (Ha & Schmidhuber 2018) convolutional encoder and decoder for 64x64 RGB."""
 from __future__ import annotations
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from aime_jax.nets import conv
 
@@ -23,7 +25,7 @@ def image_to_float(image: jax.Array, dtype: Dtype = jnp.float32) -> jax.Array:
 
 # Images per chunk when the GEMM convolutions run chunked (`chunk=0`, the default): on a CPU the
 # im2col/col2im data movement, not the matrix products, bounds the step, and a chunk's
-# intermediates (a few MB at 50 images) stay in cache between the layers' products; the backward
+# intermediates stay in cache between the layers' products; the backward
 # pass runs chunk by chunk too. `python benchmarks/cnn_chunk.py` times chunk sizes
 # (benchmarks/results/cnn_chunk_cpu.json).
 DEFAULT_CHUNK = 50
@@ -102,9 +104,9 @@ class ConvEncoder(nn.Module):
         def convs(mdl, x):
             x = image_to_float(x, self.dtype)
             for i, mult in enumerate((1, 2, 4, 8)):
-                # The first layer's output is the encoder's largest (31x31x32 per image, 308 MB
-                # per Visual phase-1 step) and the cheapest to recompute (a K=48 product whose
-                # im2col the backward pass redoes anyway for the kernel gradient): not saved.
+                # The first layer's output is the encoder's largest and the cheapest to recompute
+                # (a K=48 product whose im2col the backward pass redoes anyway for the kernel
+                # gradient): not saved.
                 x = conv.Conv(self.depth * mult, 4, 2, self.impl, self.dtype, save_output=i > 0, name=f"Conv_{i}", parent=mdl)(x)
                 if i < 3:
                     x = nn.relu(x)
@@ -114,14 +116,22 @@ class ConvEncoder(nn.Module):
         return _map_chunks(self, convs, (x,), resolve_chunk(self.chunk, self.impl)).reshape(lead + (-1,))
 
 
+def _decoded_image(hidden: jax.Array, image_layer) -> jax.Array:
+    """The decoder's own head: the image layer and a sigmoid, NHWC means in [0, 1]."""
+    return nn.sigmoid(checkpoint_name(image_layer(hidden), conv.CONV_OUTPUT))
+
+
 class ConvDecoder(nn.Module):
     """(..., F) -> (..., 64, 64, 3) means in [0, 1]: linear to 1024, then transposed convs
     1->5->13->30->64 (kernels 5, 5, 6, 6, stride 2) and a sigmoid.
 
-    Called with a `target` ((..., 64, 64, 3) uint8 images), it returns instead each image's sum
-    of squared errors over pixels in [0, 1], (...,) float32, which is all the unit-std Gaussian
-    likelihood of the ELBO needs: computed chunk by chunk, the full-size float32 prediction and
-    its gradient (123 MB each for a Visual phase-1 batch) are never materialised.
+    With a `head`, the image layer is handed to it instead of applied: per chunk of images the
+    decoder computes head(hidden, image_layer, target), hidden being the (n, 30, 30, depth)
+    features before the image layer, image_layer that layer with its parameters bound
+    (`conv.strided_conv`, pre-sigmoid) and target the chunk's rows of `target` ((..., *) with the
+    features' leading shape); the (n, *) results come back as (..., *). The ELBO scores images
+    this way (`image_loss.squared_error`), inside the chunk loop and its checkpoint policy, so
+    that the decoded images and their gradient never exist at full size.
     """
 
     depth: int = 32
@@ -130,40 +140,29 @@ class ConvDecoder(nn.Module):
     chunk: int = 0
 
     @nn.compact
-    def __call__(self, features: jax.Array, target: jax.Array | None = None) -> jax.Array:
+    def __call__(self, features: jax.Array, head: Callable[..., jax.Array] | None = None,
+                 target: jax.Array | None = None) -> jax.Array:
         layers = ((4 * self.depth, 5), (2 * self.depth, 5), (self.depth, 6), (IMAGE_SHAPE[-1], 6))
 
-        def convs(mdl, x, target=None):
-            for i, (channels, kernel) in enumerate(layers[1:], 1):
-                # With the loss fused, the image layer stays in its channel-major layout (in NHWC,
-                # XLA fused the planar col2im with the transpose into one loop that took 0.3-0.4 s
-                # per Visual phase-1 step), and its output is recomputed in the backward pass
-                # (one K=32 product and the col2im) rather than stacked per chunk: XLA fused the
-                # col2im into that stacking too, 0.35 s per step, and the stack held 123 MB.
-                fused = target is not None and i == len(layers) - 1
-                x = conv.ConvTranspose(channels, kernel, 2, self.impl, self.dtype, save_output=not fused, channel_major_output=fused, name=f"ConvTranspose_{i}", parent=mdl)(x)
-                x = nn.relu(x) if i < len(layers) - 1 else nn.sigmoid(x)
-            if target is not None:
-                # In the image layer's channel-major layout (3, N, 64, 64): the uint8 target is
-                # transposed to it, not the float prediction to NHWC.
-                image = image_to_float(jnp.transpose(target, (3, 0, 1, 2)))
-                return jnp.sum(jnp.square(x.astype(jnp.float32) - image), axis=(0, 2, 3))
-            return x
+        def convs(mdl, x, *target):
+            for i, (channels, kernel) in enumerate(layers[1:-1], 1):
+                x = nn.relu(conv.ConvTranspose(channels, kernel, 2, self.impl, self.dtype, name=f"ConvTranspose_{i}", parent=mdl)(x))
+            channels, kernel = layers[-1]
+            weights, bias = conv.ConvParams(channels, kernel, name=f"ConvTranspose_{len(layers) - 1}", parent=mdl)(x.shape[-1])
+            image_layer = functools.partial(conv.strided_conv, kernel=weights, bias=bias, stride=2, transpose=True, impl=self.impl, dtype=self.dtype)
+            return (head or _decoded_image)(x, image_layer, *target)
 
         x, lead = _flatten_leading(features, 1)
-        if target is not None and target.shape != lead + IMAGE_SHAPE:
-            raise ValueError(
-                f"decoder target shape {target.shape} does not match the features' leading "
-                f"shape {lead} followed by the image shape {IMAGE_SHAPE}"
-            )
+        targets = ()
+        if target is not None:
+            if target.shape[: len(lead)] != lead:
+                raise ValueError(f"decoder target shape {target.shape} does not start with the features' leading shape {lead}")
+            targets = (target.reshape((-1,) + target.shape[len(lead) :]),)
         # The first transposed convolution sees a 1x1 input: with Dense_0 it is a pair of dense
         # layers (F -> 1024 -> 5*5*128) with no im2col to keep in cache. Inside the chunk loop its
-        # 13 MB kernel was re-laid-out and its gradient accumulated once per chunk (50 times per
-        # step); on all images at once each is one large product.
+        # large kernel was re-laid-out and its gradient accumulated once per chunk; on all images
+        # at once each is one large product.
         x = nn.Dense(32 * self.depth, dtype=self.dtype, name="Dense_0")(x).reshape((-1, 1, 1, 32 * self.depth))
         x = nn.relu(conv.ConvTranspose(*layers[0], 2, self.impl, self.dtype, name="ConvTranspose_0")(x))
-        if target is None:
-            x = _map_chunks(self, convs, (x,), resolve_chunk(self.chunk, self.impl))
-            return x.reshape(lead + IMAGE_SHAPE)
-        target = target.reshape((-1,) + IMAGE_SHAPE)
-        return _map_chunks(self, convs, (x, target), resolve_chunk(self.chunk, self.impl)).reshape(lead)
+        y = _map_chunks(self, convs, (x,) + targets, resolve_chunk(self.chunk, self.impl))
+        return y.reshape(lead + y.shape[1:])

@@ -1,16 +1,16 @@
 """Stride-2 VALID convolutions and transposed convolutions written as matrix products.
 
-On the CPU, XLA's convolution kernels are slow for the image model's shapes: the gradient of
-`lax.conv_transpose` with respect to its kernel alone took 40-70 s per phase-1 step for the two
-middle decoder layers at B*T = 2500 images, and a whole walker Visual step took 163 s
-(benchmarks/results/phase1_cpu.json). Here the same arithmetic is im2col/col2im data movement
-around one GEMM per layer, and every gradient is a GEMM too (im2col and col2im are each other's
-transpose, written as a custom_vjp pair so that neither gradient becomes k*k padded copies); with
-the chunking of cnn.py the step takes 7.4 s. The functions compute what `lax.conv_general_dilated`
-/ `lax.conv_transpose` (flax `nn.Conv` / `nn.ConvTranspose`, padding VALID, no kernel flip) compute, with the same HWIO
-kernels, so parameters are interchangeable. On a GPU (H200) the matrix products win too: cuDNN's
-kernel gradient of the last transposed convolution (32 -> 3 channels) alone took 42 ms of a 93 ms
-float32 Visual step, which the GEMM form runs in 31 ms (benchmarks/results/phase1_gpu.json).
+On the CPU, XLA's convolution kernels are slow for the image model's shapes (the kernel gradient
+of `lax.conv_transpose` for the two middle decoder layers dominated the Visual phase-1 step; see
+benchmarks/results/phase1_cpu.json and docs/benchmarks.md). Here the same arithmetic is
+im2col/col2im data movement around one GEMM per layer, and every gradient is a GEMM too (im2col
+and col2im are each other's transpose, written as a custom_vjp pair so that neither gradient
+becomes k*k padded copies), run in cache-sized chunks by cnn.py. The functions compute what
+`lax.conv_general_dilated` / `lax.conv_transpose` (flax `nn.Conv` / `nn.ConvTranspose`, padding
+VALID, no kernel flip) compute, with the same HWIO kernels, so parameters are interchangeable.
+On a GPU the matrix products win too: cuDNN's kernel gradient of the last transposed convolution
+(32 -> 3 channels) alone took longer than the whole float32 Visual step with the GEMM form
+(benchmarks/results/profile_phase1_visual_lax_gpu.json, phase1_gpu.json).
 `impl="lax"` keeps XLA's kernels (the choice for TPUs' MXU); `impl="auto"` picks by backend.
 """
 from __future__ import annotations
@@ -46,8 +46,7 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
     contracts a's and the output gradient's leading (row) axes as they lie in memory. Same values
     and gradients as `a @ b`; what differs is XLA's CPU layout choice: from autodiff of `@` it
     copied the output gradient into column-major order first, a strided copy that, fused with the
-    phase interleave of the 13->30 transposed convolution, cost 7 ms per 50-image chunk (0.35 s per
-    Visual phase-1 step) for a product that takes 11 ms."""
+    phase interleave of the 13->30 transposed convolution, cost more than the product itself."""
     return a @ b
 
 
@@ -76,8 +75,9 @@ def _plain_product(a: jax.Array, b: jax.Array) -> jax.Array:
 def matmul_channel_major(x: jax.Array, w: jax.Array) -> jax.Array:
     """(x @ w).T for x (M, C) and w (C, N): the product straight into channel-major (N, M) order,
     with both gradients as plain products, w @ g and g @ x, and only their small results
-    transposed. From autodiff, XLA copied the (N, M) output gradient back to (M, N) (19 MB per
-    chunk for the image layer) and ran the kernel gradient with transposed operands."""
+    transposed. From autodiff, XLA copied the (N, M) output gradient back to (M, N) (for the image
+    layer, a copy the size of the chunk's images) and ran the kernel gradient with transposed
+    operands."""
     return w.T @ x.T
 
 
@@ -271,9 +271,9 @@ def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int, channel_ma
     """Transposed convolution as matrix products, in the formulation that moves the least memory
     (all are memory-bound on a CPU): for a few output channels (the image layer) the channel-major
     col2im; otherwise whichever materialises the smaller intermediate, col2im's (N, H, W, k*k*O)
-    taps or the phase formulation's (N, Q, Q, J*J*C) columns. Measured at 2500 images, fwd+bwd:
-    30x30x32 -> 64x64x3 planar 1.68 s, col2im 2.37-2.46 s, by phase 3.18 s; 13x13x64 -> 30x30x32
-    by phase 2.53 s, col2im 3.24 s, planar 10.9 s; col2im for the 1x1 and 5x5 inputs.
+    taps or the phase formulation's (N, Q, Q, J*J*C) columns. Timed forward and backward on the
+    phase-1 batch, that rule picked the fastest of the three for every decoder layer: planar for
+    30x30x32 -> 64x64x3, by phase for 13x13x64 -> 30x30x32, col2im for the 1x1 and 5x5 inputs.
     NHWC output, or (O, N, H, W) with `channel_major` (the planar formulation's own layout)."""
     kh, kw, c, o = kernel.shape
     _, h, w, _ = x.shape
@@ -289,6 +289,37 @@ def conv_transpose_gemm(x: jax.Array, kernel: jax.Array, stride: int, channel_ma
     return jnp.transpose(y, (3, 0, 1, 2)) if channel_major else y
 
 
+def strided_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: int = 2, transpose: bool = False,
+                 impl: str = "auto", dtype: Dtype = jnp.float32, channel_major_output: bool = False) -> jax.Array:
+    """The VALID strided (transposed) convolution of NHWC `x` with an HWIO `kernel`, plus `bias`,
+    in `dtype`; `channel_major_output` gives (O, N, H, W) instead of NHWC: the planar transposed
+    convolution's own layout, for a consumer that reduces over channels and pixels anyway (the
+    ELBO's image term, aime_jax/nets/image_loss.py)."""
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=dtype)
+    impl = resolve_impl(impl)
+    if transpose and impl != "lax":
+        y = conv_transpose_gemm(x, kernel, stride, channel_major_output)
+    else:
+        if transpose:
+            y = lax.conv_transpose(x, kernel, (stride,) * 2, "VALID", dimension_numbers=_DIMS)
+        elif impl == "lax":
+            y = lax.conv_general_dilated(x, kernel, (stride,) * 2, "VALID", dimension_numbers=_DIMS)
+        else:
+            y = conv_im2col(x, kernel, stride)
+        if channel_major_output:
+            y = jnp.transpose(y, (3, 0, 1, 2))
+    return y + (bias[:, None, None, None] if channel_major_output else bias)
+
+
+def _declare_params(module: nn.Module, in_channels: int, features: int, kernel_size: int) -> tuple[jax.Array, jax.Array]:
+    """flax `nn.Conv`'s parameters, names and initialisers (`kernel` HWIO, then `bias`), declared
+    in `module`'s compact method."""
+    k = kernel_size
+    kernel = module.param("kernel", nn.initializers.lecun_normal(), (k, k, in_channels, features), jnp.float32)
+    bias = module.param("bias", nn.initializers.zeros_init(), (features,), jnp.float32)
+    return kernel, bias
+
+
 class _StridedConv(nn.Module):
     features: int
     kernel_size: int
@@ -299,30 +330,27 @@ class _StridedConv(nn.Module):
     # Whether the output carries the CONV_OUTPUT name that the chunked CNN's checkpoint policy
     # saves for the backward pass (False: recomputed there instead).
     save_output: bool = True
-    # Output (O, N, H, W) instead of NHWC: the planar transposed convolution's native layout,
-    # for a consumer that reduces over channels and pixels anyway (the decoder's fused loss).
+    # Output (O, N, H, W) instead of NHWC: see `strided_conv`.
     channel_major_output: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        k = self.kernel_size
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), (k, k, x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        impl = resolve_impl(self.impl)
-        if self.transpose and impl != "lax":
-            y = conv_transpose_gemm(x, kernel, self.stride, self.channel_major_output)
-        else:
-            if self.transpose:
-                y = lax.conv_transpose(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
-            elif impl == "lax":
-                y = lax.conv_general_dilated(x, kernel, (self.stride,) * 2, "VALID", dimension_numbers=_DIMS)
-            else:
-                y = conv_im2col(x, kernel, self.stride)
-            if self.channel_major_output:
-                y = jnp.transpose(y, (3, 0, 1, 2))
-        y = y + (bias[:, None, None, None] if self.channel_major_output else bias)
+        kernel, bias = _declare_params(self, x.shape[-1], self.features, self.kernel_size)
+        y = strided_conv(x, kernel, bias, self.stride, self.transpose, self.impl, self.dtype, self.channel_major_output)
         return checkpoint_name(y, CONV_OUTPUT) if self.save_output else y
+
+
+class ConvParams(nn.Module):
+    """The parameters of a strided (transposed) convolution, as `Conv` and `ConvTranspose` name
+    and initialise them, for a caller that applies them itself with `strided_conv`: called with
+    the input's channel count, returns (kernel, bias)."""
+
+    features: int
+    kernel_size: int
+
+    @nn.compact
+    def __call__(self, in_channels: int) -> tuple[jax.Array, jax.Array]:
+        return _declare_params(self, in_channels, self.features, self.kernel_size)
 
 
 def Conv(features: int, kernel_size: int, stride: int = 2, impl: str = "auto", dtype: Dtype = jnp.float32,

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from aime_jax.errors import ConfigError
+from aime_jax.nets import image_loss
 from aime_jax.nets.cnn import IMAGE_SHAPE, ConvDecoder, ConvEncoder
 from aime_jax.nets.mlp import MLP, GaussianMLP
 from aime_jax.nets.policy import TanhGaussianPolicy, tanh_gaussian_log_prob, tanh_gaussian_mode
@@ -156,8 +157,10 @@ class WorldModel(nn.Module):
 
     def image_squared_error(self, features: jax.Array, image: jax.Array) -> jax.Array:
         """(..., H + Z), (..., 64, 64, 3) uint8 -> (...,) float32: each decoded image's sum of
-        squared errors over its pixels in [0, 1], fused into the decoder (see ConvDecoder)."""
-        return self.decoders[IMAGE_KEY](features, image)
+        squared errors over its pixels in [0, 1]. Decoded, then scored: the decoder's layers up to
+        its image layer, then `image_loss.squared_error` (that layer and the error in one),
+        chunk by chunk so that the decoded images are never materialised (see ConvDecoder)."""
+        return self.decoders[IMAGE_KEY](features, head=image_loss.squared_error, target=image)
 
     def probe(self, features: jax.Array) -> dict[str, jax.Array]:
         """Predictions of the probe keys from detached features: probes measure what the latent
@@ -353,8 +356,8 @@ def negative_elbo(
     num_dims = 0
     if IMAGE_KEY in model.config.obs_keys:
         # Unit std: the log-likelihood is -sse / 2 - const, its reweighting by the std is the
-        # identity, and the decoder computes the sse without materialising the prediction (it
-        # also checks the images' shape).
+        # identity, and the sse is computed without materialising the prediction (the images'
+        # shape is checked there too).
         sse = model.apply(
             {"params": params}, feats, obs[IMAGE_KEY], method=WorldModel.image_squared_error
         )
