@@ -168,6 +168,17 @@ def _say(line: str) -> None:
         print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
+def _as_saved_on_host(path: epath.Path) -> ocp.args.PyTreeRestore:
+    """Restore arguments for the pytree item at `path`: every array as its saved metadata
+    describes it, as host numpy (no target, no devices)."""
+    reader = ocp.PyTreeCheckpointHandler()
+    try:
+        saved = reader.metadata(path).tree
+    finally:
+        reader.close()
+    return ocp.args.PyTreeRestore(restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved))
+
+
 class Checkpointer:
     """Saves and restores the checkpoints of one run directory, keeping the last `max_to_keep`.
 
@@ -307,17 +318,8 @@ class Checkpointer:
 
     def _numpy_args(self, step: int, names: tuple[str, ...]) -> dict[str, Any]:
         """Restore arguments that read the array items `names` of `step` as saved, on the host."""
-        args = {}
-        for name in names:
-            # The manager knows an item's metadata only once it has handled that item.
-            reader = ocp.PyTreeCheckpointHandler()
-            try:
-                saved = reader.metadata(self.directory / str(step) / name).tree
-            finally:
-                reader.close()
-            as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
-            args[name] = ocp.args.PyTreeRestore(restore_args=as_numpy)
-        return args
+        # The manager knows an item's metadata only once it has handled that item: read it here.
+        return {name: _as_saved_on_host(self.directory / str(step) / name) for name in names}
 
     def holds(self, step: int, name: str) -> bool:
         """Whether the checkpoint of `step` has the item `name` (checkpoints of older versions
@@ -383,9 +385,7 @@ class Checkpointer:
             path = self.directory / str(step) / item
             reader = ocp.PyTreeCheckpointHandler()
             try:
-                saved = reader.metadata(path).tree
-                as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), saved)
-                reader.restore(path, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+                reader.restore(path, args=_as_saved_on_host(path))
             except Exception as e:  # noqa: BLE001
                 return f"its arrays cannot be read: {_reason(e)}"
             finally:
