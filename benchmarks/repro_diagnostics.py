@@ -85,11 +85,16 @@ def coverage(args) -> dict:
     for folder in args.demos:
         ds, dh = _speed_height(folder)
         lo, hi = np.quantile(ds, [0.1, 0.9])
+        hlo, hhi = np.quantile(dh, [0.1, 0.9])
+        in_speed = (bs >= lo) & (bs <= hi)
         out["demos"][folder] = {
             "speed_q10_q50_q90": np.quantile(ds, [0.1, 0.5, 0.9]).tolist(),
             "height_q10_q50_q90": np.quantile(dh, [0.1, 0.5, 0.9]).tolist(),
-            # The share of the buffer's steps at the demonstrations' speeds (their 10-90 % band).
-            "buffer_share_in_demo_speed_band": float(np.mean((bs >= lo) & (bs <= hi))),
+            # The share of the buffer's steps at the demonstrations' speeds (their 10-90 % band),
+            # and at their speeds and torso heights at once (a walker lying still moves at a
+            # standing walker's speed).
+            "buffer_share_in_demo_speed_band": float(np.mean(in_speed)),
+            "buffer_share_in_demo_speed_and_height_band": float(np.mean(in_speed & (bh >= hlo) & (bh <= hhi))),
         }
     return out
 
