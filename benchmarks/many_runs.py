@@ -2,7 +2,7 @@
 results.json of each, alternating; JSON out.
 
   python benchmarks/many_runs.py --num_demos=1,2,5,10,20,50,100 --seeds=0,1,2 \
-      --config=configs/walker_mdp.py --set=phase2.steps=5000 --out=benchmarks/results/many_runs_gpu.json
+      --config=configs/walker_mdp.py --config.phase2.steps=5000 --out=benchmarks/results/many_runs_gpu.json
 
 Set-up, untimed: the datasets (--embodiment_dir and --demos_dir, or --collect random walker-walk
 episodes for both, enough for a quick check) and one world model per seed (`experiments/main.py
@@ -15,8 +15,8 @@ order:
   (`--config.world_model_dir=... --config.stages=phase2,eval`), the next started when the last ends.
 
 Each arm is timed from its first command's start to its last results.json (compilation, start-up,
-phase 2 and the final evaluation all count). `--set key=value` (repeatable) is passed to every
-command as `--config.key=value`. Every command runs in a fresh process; nothing here imports JAX,
+phase 2 and the final evaluation all count). `--config.key=value` overrides are passed to every
+command. Every command runs in a fresh process; nothing here imports JAX,
 so that the commands have the accelerator to themselves.
 """
 import argparse
@@ -31,6 +31,9 @@ import tempfile
 import time
 
 from aime_jax.atomic import write_json
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from overrides import config_overrides  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,7 +53,7 @@ def _run(cmd: list[str], log: str) -> None:
 def _main_cmd(args, workdir: str, *extra: str) -> list[str]:
     return [sys.executable, os.path.join(REPO, "experiments", "main.py"), f"--config={os.path.join(REPO, args.config)}",
             f"--workdir={workdir}", f"--config.data.embodiment_dir={args.embodiment_dir}",
-            f"--config.data.demos_dir={args.demos_dir}", *[f"--config.{item}" for item in args.set], *extra]
+            f"--config.data.demos_dir={args.demos_dir}", *args.overrides, *extra]
 
 
 def _results(folders: list[str]) -> tuple[float, list[dict]]:
@@ -99,14 +102,14 @@ def main():
     p.add_argument("--num_demos", default="1,2,5,10")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--repeats", type=int, default=2, help="measurements of each arm, alternating")
-    p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     p.add_argument("--embodiment_dir", default=None, help="embodiment dataset (default: --collect episodes)")
     p.add_argument("--demos_dir", default=None, help="demonstrations (default: the --collect episodes)")
     p.add_argument("--collect", type=int, default=0,
                    help="collect this many random walker-walk episodes as both datasets (a quick check)")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed after)")
     p.add_argument("--out", default=None, help="JSON file to write (default: print only)")
-    args = p.parse_args()
+    args, rest = p.parse_known_args()
+    args.overrides = config_overrides(rest)
     try:
         grid = [(int(n), int(s)) for s in args.seeds.split(",") for n in args.num_demos.split(",")]
     except ValueError:
@@ -149,7 +152,7 @@ def main():
         "command": "python benchmarks/many_runs.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "host": platform.platform(), "devices": _devices(),
                     "load_avg_start": load_start, "load_avg_end": os.getloadavg()},
-        "runs": len(grid), "num_demos": args.num_demos, "seeds": args.seeds, "overrides": args.set,
+        "runs": len(grid), "num_demos": args.num_demos, "seeds": args.seeds, "overrides": args.overrides,
         "phase1_s_per_seed": phase1_s,
         "wall_s": walls,
         "median_wall_s": median,

@@ -21,7 +21,6 @@ per-step FLOPs below come from a second lowering (never compiled or run) with ev
 and GPU lowerings report none); the raw figure of the compiled step is reported beside it.
 """
 import argparse
-import ast
 import contextlib
 import json
 import os
@@ -37,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import load_avg, scheduling, time_calls, wait_for_quiet  # noqa: E402
+from overrides import as_dict, config_overrides  # noqa: E402
 
 from aime_jax import envs, parallel  # noqa: E402
 from aime_jax.agents import phase1  # noqa: E402
@@ -125,7 +125,8 @@ def matmul_peak(n: int = 2048, reps: int = 8, trials: int = 5) -> dict:
 
 
 def build(domain: str, modality: str, dtype: str, overrides: dict | None = None, settings: dict | None = None):
-    """`overrides`: the config's own world-model settings; `settings`: --set's, for every config."""
+    """`overrides`: the config's own world-model settings; `settings`: the command line's
+    `--config.world_model.*` ones, for every config."""
     config = resolve(make_config(domain, modality, ""))
     config.world_model.dtype = dtype
     config.world_model.update_from_flattened_dict(overrides or {})  # dotted keys: "idm.enabled"
@@ -293,24 +294,9 @@ def device_info() -> dict:
             "glibc_tunables": os.environ.get("GLIBC_TUNABLES")}
 
 
-def parse_settings(text: str) -> dict:
-    """"a=1,b.c=false" -> {"a": 1, "b.c": False}: world-model settings for every config."""
-    out = {}
-    for item in filter(None, (t.strip() for t in text.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value items separated by commas, got {item!r}")
-        value = {"true": "True", "false": "False"}.get(value.lower(), value)
-        try:
-            out[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key] = value
-    return out
-
-
-def run_worker(name: str, steps: int, warmup: int, breakdown: bool, settings: str) -> dict:
+def run_worker(name: str, steps: int, warmup: int, breakdown: bool, settings: list[str]) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), f"--worker={name}", f"--steps={steps}", f"--warmup={warmup}",
-           f"--set={settings}"]
+           *settings]
     if breakdown:
         cmd.append("--breakdown")
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -333,16 +319,16 @@ def main():
                    help="before each measurement wait up to this many seconds for other processes to go idle")
     p.add_argument("--retries", type=int, default=0,
                    help="remeasure a config whose timed steps shared the CPU with other processes (>10%%)")
-    p.add_argument("--set", default="", help="world-model settings for every config, e.g. "
-                   "--set=scan_unroll=5,cnn_chunk=-1 (keys of config.world_model, dotted below it)")
     p.add_argument("--worker", default="", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    p.epilog = ("World-model settings for every config as in experiments/main.py, e.g. "
+                "--config.world_model.scan_unroll=5 --config.world_model.cnn_chunk=-1")
+    args, rest = p.parse_known_args()
+    args.overrides = config_overrides(rest, allowed="world_model.")
 
     if args.worker:
-        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown, parse_settings(args.set))))
+        print(json.dumps(measure(args.worker, args.steps, args.warmup, args.breakdown, as_dict(args.overrides, strip="world_model."))))
         return
 
-    parse_settings(args.set)  # a malformed --set fails here, not in every worker
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
@@ -370,7 +356,7 @@ def main():
         steps, warmup = (args.visual_steps, args.visual_warmup) if visual else (args.steps, args.warmup)
         for attempt in range(args.retries + 1):
             waited = wait_for_quiet(args.quiet_wait) if args.quiet_wait else 0.0
-            r = run_worker(name, steps, warmup, args.breakdown, args.set)
+            r = run_worker(name, steps, warmup, args.breakdown, args.overrides)
             r["waited_for_quiet_s"], r["attempt"] = waited, attempt + 1
             if r["other_processes_cpu_share"] <= 0.1:
                 break

@@ -4,8 +4,8 @@
 
 Runs `experiments/main.py --config=CONFIG` in a fresh run directory with a fresh data root, so the
 time includes building every dataset the config needs (training the experts it needs first),
-phase 1, phase 2 and the final evaluation, exactly as a new user's first run. `--set` passes
-`--config.key=value` overrides through (repeatable). Records each stage's wall time (from the
+phase 1, phase 2 and the final evaluation, exactly as a new user's first run. `--config.key=value`
+overrides pass through. Records each stage's wall time (from the
 pipeline's own `== stage` lines), the results.json of the run and the machine's load.
 """
 import argparse
@@ -21,16 +21,19 @@ import time
 
 from aime_jax.atomic import write_json
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from overrides import config_overrides  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/walker_mdp.py:quick")
-    p.add_argument("--set", action="append", default=[], help="config override key=value (repeatable)")
     p.add_argument("--workdir", default=None, help="scratch folder (default: a temporary one, removed after)")
     p.add_argument("--out", default=None, help="JSON file to write (default: print only)")
-    args = p.parse_args()
+    args, rest = p.parse_known_args()
+    args.overrides = config_overrides(rest)
 
     scratch = args.workdir or tempfile.mkdtemp(prefix="quick_pipeline_")
     if os.path.exists(os.path.join(scratch, "run")):
@@ -38,7 +41,7 @@ def main():
     run_dir, data_root = os.path.join(scratch, "run"), os.path.join(scratch, "data")
     cmd = [sys.executable, os.path.join(REPO, "experiments", "main.py"), f"--config={os.path.join(REPO, args.config)}",
            f"--workdir={run_dir}", f"--config.data.root={data_root}"]
-    cmd += [f"--config.{item}" for item in args.set]
+    cmd += args.overrides
     load_start = os.getloadavg()
     stage_starts, lines = [], []
     start = time.perf_counter()
