@@ -184,3 +184,85 @@ def run_program(name: str, *args, timeout: float = 600, env: dict | None = None)
     """Runs tests/programs/`name`.py with `args` to its end, its output captured as text."""
     return subprocess.run([sys.executable, program(name), *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env if env is not None else program_env())
+
+
+# ------------------------------------------------------------------------------------------------
+# Command-line programs, started warm
+
+
+class _CliServer:
+    """tests/programs/cli_server.py, started on first use and kept for the session."""
+
+    def __init__(self):
+        self.proc = None
+        self.env = None
+
+    def start(self) -> None:
+        import atexit
+
+        self.env = program_env(AIME_JAX_HUGEPAGES="0")
+        self.proc = subprocess.Popen([sys.executable, program("cli_server")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=self.env, cwd=REPO,
+                                     start_new_session=True)
+        atexit.register(self.stop)
+
+    def stop(self) -> None:
+        import signal
+
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the server and a child it may be running
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+        self.proc = None
+
+    def run(self, argv: list[str], cwd: str, env: dict[str, str], timeout: float) -> int:
+        import json
+        import select
+        import tempfile
+
+        if self.proc is None or self.proc.poll() is not None:
+            self.start()
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+            self.proc.stdin.write(json.dumps({"argv": argv, "cwd": cwd, "env": env, "stdout": out, "stderr": err}) + "\n")
+            self.proc.stdin.flush()
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            if not ready:
+                self.stop()
+                raise subprocess.TimeoutExpired(argv, timeout)
+            reply = self.proc.stdout.readline()
+            if not reply:
+                self.stop()
+                raise RuntimeError(f"tests/programs/cli_server.py ended while running {argv}")
+            with open(out) as f, open(err) as g:
+                return json.loads(reply)["rc"], f.read(), g.read()
+
+
+_CLI = _CliServer()
+
+
+def _read_at_import() -> set[str]:
+    """Environment variables read when the server starts (JAX's settings, the interpreter's, the
+    renderer's): a command that needs other values than the server's cannot run in a fork of it."""
+    return {name.upper() for name in jax.config.values} | {"PYTHONPATH", "GLIBC_TUNABLES", "MUJOCO_GL"}
+
+
+def run_cli(*argv, cwd: str = REPO, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python ARGV...` in `cwd`, output captured as text, as subprocess.run would give it, but
+    run in a fork of a warm server that has imported JAX and the project already (seconds saved
+    per command: for the many tests that only check how a command is refused). `env`: the
+    program's whole environment (default: program_env()); one that differs from the server's in
+    what is read at import time (JAX_*, PYTHONPATH, ...) runs in a fresh interpreter instead."""
+    argv = [str(a) for a in argv]
+    env = dict(env if env is not None else program_env())
+    env.setdefault("AIME_JAX_HUGEPAGES", "0")  # no re-exec: a fork has nothing to gain from it
+    if _CLI.proc is None or _CLI.proc.poll() is not None:
+        _CLI.start()
+    differs = any(env.get(k) != _CLI.env.get(k) for k in _read_at_import())
+    if differs:
+        return subprocess.run([sys.executable, *argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    rc, out, err = _CLI.run(argv, str(cwd), env, timeout)
+    return subprocess.CompletedProcess([sys.executable, *argv], rc, out, err)

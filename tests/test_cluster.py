@@ -5,7 +5,6 @@ import ast
 import json
 import os
 import re
-import subprocess
 import sys
 
 import pytest
@@ -15,7 +14,7 @@ from aime_jax import locks, parallel, stages
 from aime_jax.atomic import write_json, writable_dir
 from aime_jax.errors import ConfigError
 
-from support import run_program
+from support import program_env, run_cli, run_program
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,10 +60,8 @@ def test_cloud_urls_are_refused_before_anything_is_written(tmp_path, monkeypatch
 
 def test_main_refuses_a_cloud_workdir_in_one_line_and_writes_nothing(tmp_path):
     os.symlink(os.path.join(REPO, "configs"), tmp_path / "configs")
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", WANDB_MODE="disabled")
-    out = subprocess.run([sys.executable, os.path.join(REPO, "experiments", "main.py"),
-                          "--config=configs/walker_mdp.py:quick", "--workdir=gs://bucket/runs/walker"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = run_cli(os.path.join(REPO, "experiments", "main.py"), "--config=configs/walker_mdp.py:quick",
+                  "--workdir=gs://bucket/runs/walker", cwd=tmp_path, env=program_env(WANDB_MODE="disabled"))
     assert out.returncode != 0
     assert out.stderr.strip().splitlines()[-1].startswith("error: --workdir: 'gs://bucket/runs/walker' is a cloud URL")
     assert sorted(os.listdir(tmp_path)) == ["configs"]  # no local "gs:" folder, no data

@@ -17,7 +17,7 @@ from aime_jax.data import EpisodeStore, list_episodes, load_episode
 from aime_jax.errors import AimeError, ConfigError, DatasetError
 from aime_jax.experts import build as build_lib
 
-from support import program, program_env
+from support import program, program_env, run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WALKER_KEYS = {"orientations", "height", "velocity", "pre_action", "reward", "is_first", "is_last", "is_terminal",
@@ -131,17 +131,14 @@ def test_expert_demonstrations_and_their_card(root):
 
 def test_expert_benchmark_reads_the_dataset_card(root, tmp_path):
     out = tmp_path / "experts.json"
-    proc = subprocess.run([sys.executable, "benchmarks/experts.py", "--datasets", str(root / "walker-stand-expert"),
-                           f"--out={out}"], cwd=REPO, capture_output=True, text=True,
-                          env=dict(os.environ, PYTHONPATH=REPO))
+    proc = run_cli("benchmarks/experts.py", "--datasets", str(root / "walker-stand-expert"), f"--out={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     row = json.load(open(out))["datasets"][0]
     card = build_lib.read_card(str(root / "walker-stand-expert"))
     assert row["expert_return"] == card["expert_return"]
     assert row["policy_env_steps"] == card["expert"]["policy_env_steps"]
     assert row["target_met"] == (card["expert_return"] >= 0.9 * row["paper_expert_return"])
-    proc = subprocess.run([sys.executable, "benchmarks/experts.py", "--datasets", str(root / "walker-random")],
-                          cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    proc = run_cli("benchmarks/experts.py", "--datasets", str(root / "walker-random"))
     assert proc.returncode != 0 and "takes <task>-expert ones" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -286,9 +283,7 @@ def test_pipeline_stage_builds_the_embodiment_data_and_the_demonstrations(tmp_pa
 
 
 def _cli(*args):
-    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "experiments/datasets.py", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_cli("experiments/datasets.py", *args)
 
 
 def test_cli_builds_and_reports_bad_input_in_one_line(tmp_path):

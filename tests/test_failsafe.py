@@ -15,8 +15,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,7 +32,7 @@ from aime_jax.checkpoint import CheckpointError, Checkpointer
 from aime_jax.data import EpisodeStore, save_episode
 from aime_jax.errors import AimeError
 
-from support import tiny_config
+from support import run_cli, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -530,10 +528,7 @@ CLI_CASES = [
 def test_command_line_refusals_are_one_line(walker_random_dir, tmp_path, klass, argv, expected):
     data = copy_episodes(walker_random_dir, tmp_path / "data")
     before = snapshot(data)
-    out = subprocess.run(
-        [sys.executable, *(a.format(data=data) for a in argv)], cwd=REPO, capture_output=True, text=True,
-        env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300,
-    )
+    out = run_cli(*(a.format(data=data) for a in argv))
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 1 and len(lines) == 1, out.stderr[-3000:]
     assert lines[0].startswith("error: ") and expected in lines[0], lines[0]

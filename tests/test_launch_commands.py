@@ -4,10 +4,10 @@ and process count (fake CPU devices), the README's single-machine commands on 8,
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
+
+from support import program_env, run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = ("README.md", "docs/scaling.md", "launch/tpu_pod.sh", "launch/slurm.sbatch", "launch/local.sh")
@@ -93,14 +93,12 @@ def test_the_docs_show_cluster_commands_for_8_16_and_32_devices():
 def test_shown_command_passes_dry_run(source, command, devices, processes, tmp_path):
     # Relative paths (configs/, data/, runs/) resolve in an empty folder that sees the configs.
     os.symlink(os.path.join(REPO, "configs"), tmp_path / "configs")
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", WANDB_MODE="disabled",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = program_env(WANDB_MODE="disabled", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     for name in ("JAX_NUM_PROCESSES", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "TPU_PROCESS_ADDRESSES"):
         env.pop(name, None)
     # What the launcher would set: the process count (no process connects in a dry run).
     env["SLURM_NTASKS" if "sbatch" in command else "JAX_NUM_PROCESSES"] = str(processes)
-    args = [sys.executable, os.path.join(REPO, "experiments", "main.py"), *main_args(command), "--dry_run"]
-    out = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = run_cli(os.path.join(REPO, "experiments", "main.py"), *main_args(command), "--dry_run", cwd=tmp_path, env=env)
     assert out.returncode == 0 and "the command is valid" in out.stdout, (command, out.stdout, out.stderr[-2000:])
     plural = "es" if processes > 1 else ""
     assert f"on {devices} devices ({processes} process{plural})" in out.stdout, out.stdout

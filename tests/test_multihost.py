@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
-from support import program
+from support import program, program_env, run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LOCAL = os.path.join(REPO, "launch", "local.sh")
@@ -19,7 +19,7 @@ SWEEP = os.path.join(REPO, "launch", "sweeps", "num_demos.yaml")
 
 
 def _env(devices=None):
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", WANDB_MODE="disabled")
+    env = program_env(WANDB_MODE="disabled")
     env.pop("XLA_FLAGS", None)
     if devices is not None:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
@@ -185,16 +185,14 @@ def test_every_run_of_the_sweep_is_a_valid_main_command(tmp_path, monkeypatch):
     assert len(workdirs) == len(grid)  # one run directory per run
     # main.py itself accepts a run (dry run: nothing is trained), and wandb's own expansion.
     command = sweep.expand(spec, grid[-1], str(tmp_path))
-    out = subprocess.run(command + ["--dry_run"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    out = run_cli(*command[1:], "--dry_run", env=_env())
     assert out.returncode == 0 and "the command is valid" in out.stdout, out.stderr[-2000:]
     assert "--config.wandb.mode=online" in command and "--config.data.num_demos=100" in command
     assert not os.listdir(tmp_path)
     # The command line tool checks all of them; a bad override is caught for every run.
-    out = subprocess.run([sys.executable, "experiments/sweep.py", SWEEP, "--dry_run", f"--workdir_root={tmp_path}"],
-                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    out = run_cli("experiments/sweep.py", SWEEP, "--dry_run", f"--workdir_root={tmp_path}", env=_env())
     assert out.returncode == 0 and f"{len(grid)} of {len(grid)} runs valid" in out.stdout, out.stdout[-2000:]
-    out = subprocess.run([sys.executable, "experiments/sweep.py", SWEEP, "--dry_run", "--", "--config.phase2.stepz=1"],
-                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    out = run_cli("experiments/sweep.py", SWEEP, "--dry_run", "--", "--config.phase2.stepz=1", env=_env())
     assert out.returncode == 1 and f"0 of {len(grid)} runs valid" in out.stdout
     assert "unknown config key 'stepz'" in out.stdout
 
@@ -214,6 +212,5 @@ def test_sweep_runs_each_run_in_its_own_directory(tmp_path):
     assert args[:4] == ["--lr=0.1", "--seed=1", "--tag=x", "--extra=1"]
     spec["method"] = "bayes"
     path.write_text(yaml.safe_dump(spec))
-    out = subprocess.run([sys.executable, "experiments/sweep.py", str(path)], cwd=REPO, env=_env(),
-                         capture_output=True, text=True, timeout=60)
+    out = run_cli("experiments/sweep.py", str(path), env=_env())
     assert out.returncode == 2 and "only grid sweeps can be expanded offline" in out.stderr

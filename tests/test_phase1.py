@@ -16,7 +16,7 @@ from aime_jax.agents import phase1
 from aime_jax.data import save_episode
 from aime_jax.errors import AimeError
 
-from support import REPO, run_program, tiny_config
+from support import REPO, run_cli, run_program, tiny_config
 
 
 def _params(run_dir, config, data_dir):
@@ -123,9 +123,7 @@ def test_visual_phase1_writes_an_open_loop_video(tmp_path):
 
 
 def _main(*args):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    return subprocess.run([sys.executable, "experiments/main.py", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_cli("experiments/main.py", *args)
 
 
 @pytest.mark.parametrize(

@@ -2,14 +2,14 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from aime_jax import report
 from aime_jax.errors import AimeError
+
+from support import run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -116,14 +116,11 @@ def test_paper_normaliser_and_command_line(runs, tmp_path):
     rows = report.build_rows(report.find_results([str(runs)]), normaliser="paper")
     walk = [r for r in rows if r.dataset == "random" and r.num_demos == 100][0]
     assert walk.ours["aime"].mean == pytest.approx(np.mean([10.0, 12.5, 16.5]))
-    env = dict(os.environ, PYTHONPATH=REPO)
-    out = subprocess.run([sys.executable, "experiments/report.py", str(runs), f"--out={tmp_path / 'cli'}"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = run_cli("experiments/report.py", str(runs), f"--out={tmp_path / 'cli'}")
     assert out.returncode == 0, out.stderr
     assert "| walker | mix | run | Visual | 100 | 55.0 (1 run) | 61.1 |" in out.stdout
     assert sorted(os.listdir(tmp_path / "cli")) == ["demos_plot.png", "results.csv", "results.md"]
-    out = subprocess.run([sys.executable, "experiments/report.py", str(tmp_path / "cli")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    out = run_cli("experiments/report.py", str(tmp_path / "cli"))
     assert out.returncode != 0 and out.stderr.startswith("error: no results.json under")
 
 

@@ -13,6 +13,8 @@ from aime_jax import reproduce
 from aime_jax.errors import AimeError, ConfigError
 from aime_jax.report import block_markdown
 
+from support import run_cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -214,8 +216,8 @@ def test_tiny_block_end_to_end_killed_and_rerun_redoes_nothing_finished(tmp_path
      "run the datasets cell first"),
 ])
 def test_cli_bad_input_is_one_line(tmp_path, args, message):
-    proc = _cli([a.replace("{tmp}", str(tmp_path)) for a in args])
-    out = proc.communicate(timeout=120)[0]
+    proc = run_cli("experiments/reproduce.py", *(a.replace("{tmp}", str(tmp_path)) for a in args))
+    out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and message in out and "Traceback" not in out, out
 
 

@@ -21,6 +21,8 @@ from aime_jax.experts import driver, replay
 from aime_jax.experts import sac as sac_lib
 from aime_jax.nets.policy import tanh_gaussian_log_prob, tanh_gaussian_sample_with_log_prob
 
+from support import run_cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBS_DIM = 24
 
@@ -349,8 +351,8 @@ def test_cli_errors_are_one_line(tmp_path):
         ([EXPERT_CONFIG, "--config.sac.batch_size=0"], "error: SAC settings ['batch_size'] must be >= 1"),
         ([EXPERT_CONFIG, "--config.sac.batchsize=3"], "error: bad command line: unknown config key 'batchsize'"),
     ):
-        proc = _cli(f"--workdir={tmp_path}", *args)
-        out = proc.communicate(timeout=300)[0]
+        proc = run_cli("experiments/train_expert.py", f"--workdir={tmp_path}", *args)
+        out = proc.stdout + proc.stderr
         assert proc.returncode != 0 and message in out and "Traceback" not in out, out[-2000:]
 
 

@@ -10,19 +10,20 @@ import pytest
 
 from aime_jax.experts import build as build_lib
 
+from support import program_env, run_cli
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _env():
-    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu", WANDB_MODE="disabled")
+    env = program_env(WANDB_MODE="disabled")
     env.pop("XLA_FLAGS", None)
     return env
 
 
 def _main(*args, dry_run=False):
-    return subprocess.run([sys.executable, "experiments/main.py", "--config=configs/walker_mdp.py:quick", *args,
-                           *(["--dry_run"] if dry_run else [])], cwd=REPO, env=_env(), capture_output=True,
-                          text=True, timeout=300)
+    return run_cli("experiments/main.py", "--config=configs/walker_mdp.py:quick", *args,
+                   *(["--dry_run"] if dry_run else []), env=_env())
 
 
 def _one_line(out):
@@ -58,18 +59,16 @@ def test_the_dry_run_of_a_sweep_refuses_runs_that_clash_with_earlier_ones(tmp_pa
     spec["command"] = [c.replace("_seed{seed}", "") if "world_model_dir" in c else c for c in spec["command"]]
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
-    out = subprocess.run([sys.executable, "experiments/sweep.py", str(path), "--dry_run",
-                          f"--workdir_root={tmp_path / 'runs'}", "--", f"--config.data.root={tmp_path / 'data'}"],
-                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    out = run_cli("experiments/sweep.py", str(path), "--dry_run", f"--workdir_root={tmp_path / 'runs'}", "--",
+                  f"--config.data.root={tmp_path / 'data'}", env=_env())
     assert out.returncode == 1 and "2 of 4 runs valid" in out.stdout, out.stdout[-3000:]
     assert out.stdout.count("whose phase-1 settings differ (seed); name them in config.world_model_dir (e.g. "
                             "{seed})") == 2
     spec["parameters"]["config.data.seed"] = spec["parameters"].pop("config.seed")
     spec["command"] = [c.replace("{seed}", "{data.seed}") for c in spec["command"]]
     path.write_text(yaml.safe_dump(spec))
-    out = subprocess.run([sys.executable, "experiments/sweep.py", str(path), "--dry_run",
-                          f"--workdir_root={tmp_path / 'runs'}", "--", f"--config.data.root={tmp_path / 'data'}"],
-                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    out = run_cli("experiments/sweep.py", str(path), "--dry_run", f"--workdir_root={tmp_path / 'runs'}", "--",
+                  f"--config.data.root={tmp_path / 'data'}", env=_env())
     assert out.returncode == 1 and "2 of 4 runs valid" in out.stdout, out.stdout[-3000:]
     assert out.stdout.count(f"an earlier run of this sweep builds {tmp_path / 'data' / 'walker-random'} with other "
                             "settings {'seed': (0, 1)") == 2
