@@ -10,6 +10,9 @@
 - tests/programs/: every Python program of more than a line that a test runs in a subprocess,
   as a file that can be read, linted and run by hand
   (`PYTHONPATH=.:tests python tests/programs/NAME.py ARGS`).
+- support.run_cli: a project command (experiments/*.py, benchmarks/*.py) run as `python PROGRAM
+  ARGS` would run it, in a fork of a warm server (tests/programs/cli_server.py) that has JAX and
+  the project imported already: for the many short commands whose refusal or dry run a test checks.
 
 No test file imports another test file. `pytest -m "not slow"` is the quick tier; the full suite
 (CI) also runs the tests marked slow.
