@@ -48,7 +48,7 @@ from aime_jax.atomic import check_local_path, write_json
 from aime_jax.checkpoint import Checkpointer
 from aime_jax.data.episodes import list_episodes
 from aime_jax.errors import AimeError, ConfigError
-from aime_jax.experts.build import EPISODES, build, parse_name, scaled
+from aime_jax.experts.build import EPISODES, build, given, parse_name, scaled
 from aime_jax.report import block_csv, block_markdown, dataset_name, paper_cell
 from aime_jax.world_model.config import SPEED_ONLY
 
@@ -311,9 +311,15 @@ def _card(folder: str) -> dict | None:
     return _complete(os.path.join(folder, "card.json"))
 
 
+def _ready(folder: str) -> bool:
+    """A dataset the block can use: one we built (its card is written last), or one given as it
+    is (episodes without our card or meta.json, e.g. the authors' published files)."""
+    return _card(folder) is not None or given(folder)
+
+
 def is_complete(block: Block, cell: Cell) -> bool:
     if cell.kind == "datasets":
-        return all(_card(f) is not None for f in _dataset_folders(block))
+        return all(_ready(f) for f in _dataset_folders(block))
     if cell.kind == "world_model":
         return os.path.isdir(block.world_model_dir(cell.phase1_steps))
     return os.path.exists(os.path.join(block.cell_dir(cell), "cell.json"))
@@ -334,7 +340,7 @@ def _check_inputs(block: Block, cell: Cell) -> None:
         return
     needs = [os.path.join(block.root, block.dataset)] if cell.kind in ("world_model", "bco") else []
     needs += [block.demos_dir(cell.task)] if cell.task else []
-    missing = [f for f in needs if _card(f) is None]
+    missing = [f for f in needs if not _ready(f)]
     if missing:
         raise AimeError(f"cell {cell.name} needs {', '.join(missing)}, which is not complete; run the "
                         "datasets cell first (--cells=datasets)")
@@ -370,6 +376,11 @@ def _run_datasets(block: Block) -> None:
     names = [block.dataset] if _needs_embodiment(block.methods) else []
     names += [f"{t}-expert" for t in block.tasks]
     for name in names:
+        folder = os.path.join(block.root, name)
+        if given(folder):
+            print(f"datasets: using {folder} as given ({len(list_episodes(folder))} episodes, not built by aime-jax)",
+                  flush=True)
+            continue
         episodes = max(scaled(EPISODES["expert"], d.scale), d.num_demos) if name.endswith("-expert") else None
         with clock.stage(name):
             parallel.on_main(
@@ -461,20 +472,27 @@ def _metrics(path: str, keys: Sequence[str]) -> list[dict]:
 
 
 def dataset_summary(folder: str) -> dict | None:
-    """The episode returns of a dataset: the card's statistics plus quantiles and a histogram."""
+    """The episode returns of a dataset: the card's statistics (computed from the episodes for a
+    dataset given as it is, marked `given`) plus quantiles and a histogram."""
     card = _card(folder)
-    if card is None:
+    if card is None and not given(folder):
         return None
-    returns = []
+    returns, steps = [], 0
     for path in list_episodes(folder):
         with np.load(path) as z:
             returns.append(float(np.sum(z["reward"])))
+            steps += len(z["reward"]) - 1
     returns = np.asarray(returns)
     counts, edges = np.histogram(returns, bins=10)
+    if card is None:
+        card = {"name": os.path.basename(os.path.normpath(folder)), "episodes": len(returns), "steps": steps,
+                "return_mean": float(returns.mean()), "return_std": float(returns.std()),
+                "return_min": float(returns.min()), "return_max": float(returns.max()), "given": True}
     return {
         "name": card["name"], "episodes": card["episodes"], "steps": card["steps"],
         "return_mean": card["return_mean"], "return_std": card["return_std"],
         "return_min": card["return_min"], "return_max": card["return_max"],
+        **({"given": True} if card.get("given") else {}),
         "return_quantiles": {f"q{int(q * 100)}": float(np.quantile(returns, q)) for q in (0.1, 0.25, 0.5, 0.75, 0.9)},
         "return_histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
         "returns": returns.tolist(),

@@ -1,6 +1,7 @@
 """experiments/reproduce.py: a block of the paper's table, its cells, resume and its report."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,3 +232,73 @@ def test_phase1_curve_is_plotted_only_where_a_task_has_several_lengths(tmp_path)
     assert (tmp_path / "curve.png").stat().st_size > 1000
     record["cells"] = cells[2:]
     assert not plot_phase1_curve(record, str(tmp_path / "none.png")) and not (tmp_path / "none.png").exists()
+
+
+def _given(source, folder):
+    """`folder` holding the episodes of `source` as the authors publish theirs: episode files alone."""
+    os.makedirs(folder)
+    for name in sorted(os.listdir(source)):
+        if name.endswith(".npz"):
+            shutil.copyfile(os.path.join(source, name), os.path.join(folder, name))
+    return folder
+
+
+def _tree(root):
+    return {os.path.join(d, f): open(os.path.join(d, f), "rb").read() for d, _, fs in os.walk(root) for f in fs}
+
+
+def test_datasets_given_as_they_are_are_used_and_never_built_into(walker_random_dir, tmp_path, capsys):
+    """A block whose data root holds the authors' published files (episodes without our card or
+    meta.json) takes them as they are: the datasets cell is complete without building, the record
+    marks them as given, and the builder refuses to write into them, in one line."""
+    from aime_jax.errors import DatasetError
+    from aime_jax.experts import build as build_lib
+
+    root = tmp_path / "data"
+    buffer = _given(walker_random_dir, root / "walker-stand-buffer")
+    demos = _given(walker_random_dir, root / "walker-stand-expert")
+    before = _tree(root)
+    config = _config()
+    config.data.root = str(root)
+    block = reproduce.make_block("walker-stand-buffer", config, "tenth", str(tmp_path / "runs"), tasks=["stand"])
+    assert reproduce.is_complete(block, reproduce.Cell("datasets"))
+    reproduce._run_datasets(block)
+    out = capsys.readouterr().out
+    assert f"datasets: using {buffer} as given (3 episodes, not built by aime-jax)" in out
+    assert f"datasets: using {demos} as given (3 episodes, not built by aime-jax)" in out
+    summary = reproduce.dataset_summary(str(buffer))
+    assert summary["given"] and summary["episodes"] == 3 and summary["steps"] == 3 * 500
+    with pytest.raises(DatasetError, match=r"holds episodes that aime-jax did not build \(no card.json or "
+                                           r"meta.json, e.g. the authors' published files\)"):
+        build_lib.build("walker-stand-expert", root=str(root), scale=0.01, progress=False)
+    assert _tree(root) == before
+    # A folder of ours that a build left unfinished has its meta.json: it is not taken as given.
+    (root / "walker-stand-buffer" / "meta.json").write_text("{}")
+    assert not build_lib.given(str(buffer)) and not reproduce.is_complete(block, reproduce.Cell("datasets"))
+
+
+@pytest.mark.slow
+def test_a_block_trains_and_scores_on_given_datasets(walker_random_dir, tmp_path):
+    """AIME and BC cells of a tiny block on given datasets: trained, evaluated and normalised by
+    the given demonstrations' mean return (they carry no card with an expert return)."""
+    import numpy as np
+
+    root = tmp_path / "data"
+    _given(walker_random_dir, root / "walker-stand-buffer")
+    demos = _given(walker_random_dir, root / "walker-stand-expert")
+    config = _config()
+    config.data.root = str(root)
+    config.data.num_demos = 2
+    config.phase1.update(steps=10, eval_every=10, save_every=10, log_every=5)
+    config.phase2.update(steps=5, eval_every=5, save_every=5, log_every=5, eval_episodes=1)
+    config.eval.update(episodes=1, num_envs=1)
+    config.bc.update(min_epochs=1, max_epochs=2, log_every=10)
+    block = reproduce.make_block("walker-stand-buffer", config, "config", str(tmp_path / "runs"), tasks=["stand"],
+                                 methods=["aime", "bc"])
+    record = reproduce.run_block(block)
+    cells = {c["cell"]: c for c in record["cells"]}
+    assert cells["aime:stand"]["complete"] and cells["bc:stand"]["complete"]
+    assert record["data"]["walker-stand-buffer"]["given"] and record["data"]["walker-stand-expert"]["given"]
+    mean = np.mean([np.load(os.path.join(demos, f))["reward"].sum() for f in os.listdir(demos) if f.endswith(".npz")])
+    results = json.loads(open(os.path.join(block.cell_dir(reproduce.Cell("bc", "walker-stand")), "results.json")).read())
+    assert results["expert_return"] == pytest.approx(mean, rel=1e-5)

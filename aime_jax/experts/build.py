@@ -182,8 +182,22 @@ def build(
     return _build(ctx, spec, modality, episodes)
 
 
+def given(folder: str) -> bool:
+    """Whether `folder` holds episodes that aime-jax did not build or collect: episode files but
+    neither a card nor the meta.json every builder and collector writes before its first episode
+    (e.g. the authors' published datasets, extracted as they are)."""
+    return (not os.path.exists(os.path.join(folder, CARD)) and not os.path.exists(os.path.join(folder, "meta.json"))
+            and bool(glob.glob(os.path.join(folder, "*.npz"))))
+
+
 def _build(ctx: _Build, spec: Spec, modality: str, episodes: int | None) -> str:
     folder = os.path.join(ctx.root, spec.name)
+    if given(folder):
+        raise DatasetError(
+            f"{folder} holds episodes that aime-jax did not build (no card.json or meta.json, e.g. the authors' "
+            "published files); it never writes into such a folder: pass it as it is (--config.data.embodiment_dir "
+            "or demos_dir; experiments/reproduce.py uses it as given), or build into another --root"
+        )
     if _complete(ctx, spec, modality, episodes, folder):
         return folder  # nothing to write (it may be on a read-only disk): no lock
     # Other processes (or hosts) may build the same dataset: one builds, the others wait and
